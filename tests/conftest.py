@@ -1,0 +1,34 @@
+"""Shared fixtures: the task data directory and small seeded settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def find_data_dir() -> Path | None:
+    """``$DATA_DIR`` if set, else ``../shared/data`` from the project root, else ``./data``."""
+    candidates = [os.environ.get("DATA_DIR"), ROOT.parent / "shared" / "data", ROOT / "data"]
+    for c in candidates:
+        if c and (Path(c) / "ids-sst-dev.csv").is_file():
+            return Path(c)
+    return None
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    d = find_data_dir()
+    if d is None:
+        pytest.skip("task data not found: set DATA_DIR or place the CS224N files in ../shared/data")
+    return d
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
