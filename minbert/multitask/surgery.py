@@ -1,0 +1,183 @@
+"""Gradient surgery on the shared parameters: PCGrad, GradVac, CAGrad.
+
+Each task's loss is backpropagated on its own; after each backward the shared parameters'
+gradients are copied into row i of one ``(K, P)`` buffer ``G`` (K tasks in the step, P shared
+scalars; a parameter a task did not touch contributes zeros) and cleared. Heads are not
+touched: each head only receives its own task's gradient. The three methods below return a
+combination ``d = c @ G`` of the task gradients, so they only need the ``(K, K)`` Gram matrix
+``G G^T`` to find the coefficients ``c`` (also the weights returned for logging), and ``d`` is
+written back slice by slice. Memory: the one ``(K, P)`` buffer plus the new gradients.
+
+Each task's loss must come from its own forward pass (as in the training loop): its graph is
+freed by its backward. Pass ``retain_graph=True`` if losses share one forward.
+The methods are scale-invariant, so losses scaled by a ``GradScaler`` work unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import torch
+from scipy.optimize import minimize
+from torch import Tensor
+
+from minbert.multitask.weighting import Combiner
+
+
+class GradientSurgery(Combiner):
+    """Base class: per-task backward into the ``(K, P)`` buffer, then ``combine(gram)``."""
+
+    def __init__(self, tasks: list[str], seed: int = 0, retain_graph: bool = False) -> None:
+        super().__init__(tasks)
+        self.rng = random.Random(seed)  # the random task order of PCGrad / GradVac
+        self.retain_graph = retain_graph
+
+    def combine(self, gram: Tensor, idx: list[int]) -> Tensor:
+        """``gram``: ``(K, K)`` float64 on CPU, ``gram[i, j] = g_i . g_j``; ``idx``: the rows'
+        positions in ``self.tasks``. Returns the ``(K,)`` coefficients ``c`` of ``d = c @ G``."""
+        raise NotImplementedError
+
+    def backward(self, losses, shared_params):
+        self._check(losses)
+        names = list(losses)
+        params = list({id(p): p for p in shared_params if p.requires_grad}.values())  # unique
+        carry = [p.grad for p in params]  # gradient accumulated before this step, if any
+        for p in params:
+            p.grad = None
+        dtype = torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32
+        device = params[0].device if params else torch.device("cpu")
+        sizes = [p.numel() for p in params]
+        grads = torch.zeros(len(names), sum(sizes), dtype=dtype, device=device)  # (K, P)
+        touched = [False] * len(params)
+        for i, t in enumerate(names):
+            if losses[t].requires_grad:
+                losses[t].backward(retain_graph=self.retain_graph)
+            for k, (p, row) in enumerate(zip(params, grads[i].split(sizes), strict=True)):
+                if p.grad is not None:
+                    row.copy_(p.grad.reshape(-1))
+                    p.grad, touched[k] = None, True
+        gram = (grads @ grads.T).double().cpu()  # (K, K)
+        if torch.isfinite(gram).all():
+            coef = self.combine(gram, [self.tasks.index(t) for t in names])  # (K,)
+        else:  # a GradScaler overflow: keep the plain sum (the scaler skips the step), state untouched
+            coef = torch.ones(len(names), dtype=torch.float64)
+        c = coef.to(device=device, dtype=dtype)
+        for p, old, block, hit in zip(params, carry, grads.split(sizes, dim=1), touched, strict=True):
+            if not hit:  # no task reached p: leave its gradient as it was (None stays None)
+                p.grad = old
+                continue
+            g = (c @ block).view_as(p).to(p.dtype)  # (numel,) -> p's shape
+            p.grad = g if old is None else old.add_(g)
+        return {t: float(w) for t, w in zip(names, coef, strict=True)}
+
+
+class PCGrad(GradientSurgery):
+    """Yu et al., "Gradient Surgery for Multi-Task Learning" (NeurIPS 2020), Algorithm 1.
+
+    For each task i, over the other tasks j in random order: if ``g_i' . g_j < 0`` (``g_j``
+    the ORIGINAL gradient), ``g_i' -= (g_i' . g_j) / |g_j|^2 g_j``. Result: ``sum_i g_i'``.
+    """
+
+    name = "pcgrad"
+
+    def combine(self, gram, idx):
+        return self.projections(gram).sum(0)
+
+    def projections(self, gram: Tensor) -> Tensor:
+        """``(K, K)`` matrix ``C`` with ``g_i' = C[i] @ G``, from the ``(K, K)`` Gram matrix."""
+        k = gram.shape[0]
+        coef = torch.eye(k, dtype=torch.float64)
+        for i in range(k):
+            others = [j for j in range(k) if j != i]
+            self.rng.shuffle(others)
+            for j in others:
+                dot = coef[i] @ gram[:, j]
+                if dot < 0 and gram[j, j] > 0:
+                    coef[i, j] -= dot / gram[j, j]
+        return coef
+
+
+class GradVac(GradientSurgery):
+    """Wang et al., "Gradient Vaccine" (ICLR 2021), whole-model granularity.
+
+    Keeps an EMA target cosine ``phi_ij`` per ordered task pair (init 0, ``beta`` = EMA rate).
+    For each i, other j in random order, with ``rho = cos(g_i', g_j)``: if ``rho < phi_ij``,
+    ``g_i' += |g_i'| (phi sqrt(1-rho^2) - rho sqrt(1-phi^2)) / (|g_j| sqrt(1-phi^2)) g_j``,
+    which makes ``cos(g_i', g_j) = phi_ij``; then ``phi_ij <- (1-beta) phi_ij + beta rho``.
+    Result: ``sum_i g_i'``. With all targets 0 it is PCGrad.
+    """
+
+    name = "gradvac"
+
+    def __init__(self, tasks: list[str], beta: float = 0.01, seed: int = 0, retain_graph: bool = False):
+        super().__init__(tasks, seed=seed, retain_graph=retain_graph)
+        if not 0 <= beta <= 1:
+            raise ValueError(f"beta must be in [0, 1], got {beta}")
+        self.beta = beta
+        self.register_buffer("targets", torch.zeros(len(self.tasks), len(self.tasks), dtype=torch.float64))
+
+    def combine(self, gram, idx):
+        k, eps = gram.shape[0], 1e-12
+        coef = torch.eye(k, dtype=torch.float64)
+        for i in range(k):
+            others = [j for j in range(k) if j != i]
+            self.rng.shuffle(others)
+            for j in others:
+                norm_i = max(float(coef[i] @ gram @ coef[i]), 0.0) ** 0.5
+                norm_j = float(gram[j, j]) ** 0.5
+                if norm_i == 0 or norm_j == 0:
+                    continue
+                rho = max(-1.0, min(1.0, float(coef[i] @ gram[:, j]) / (norm_i * norm_j)))
+                phi = float(self.targets[idx[i], idx[j]])
+                if rho < phi:
+                    num = phi * math.sqrt(1 - rho**2) - rho * math.sqrt(1 - phi**2)
+                    coef[i, j] += norm_i * num / (norm_j * math.sqrt(1 - phi**2) + eps)
+                self.targets[idx[i], idx[j]] = (1 - self.beta) * phi + self.beta * rho
+        return coef.sum(0)
+
+
+class CAGrad(GradientSurgery):
+    """Liu et al., "Conflict-Averse Gradient Descent for Multi-task Learning" (NeurIPS 2021).
+
+    ``d = argmax_d min_i g_i . d`` s.t. ``|d - g0| <= c |g0|``, ``g0 = mean_i g_i``, via the dual
+    over the simplex: ``w* = argmin_w g_w . g0 + c |g0| |g_w|`` (``g_w = sum_i w_i g_i``, solved
+    with SLSQP on the K x K Gram matrix), ``d = g0 + c |g0| / |g_w| g_w``, divided by ``1 + c^2``
+    when ``rescale`` (the authors' default). ``c = 0`` gives the average gradient.
+    Deterministic: ``seed`` is accepted only for a uniform interface.
+    """
+
+    name = "cagrad"
+
+    def __init__(self, tasks: list[str], c: float = 0.5, rescale: bool = True, seed: int = 0,
+                 retain_graph: bool = False):
+        super().__init__(tasks, seed=seed, retain_graph=retain_graph)
+        if c < 0:
+            raise ValueError(f"c must be >= 0, got {c}")
+        self.c, self.rescale = float(c), rescale
+
+    def combine(self, gram, idx):
+        k = gram.shape[0]
+        a = gram.numpy()
+        avg = np.full(k, 1.0 / k)
+        radius = self.c * max(float(a.mean()), 0.0) ** 0.5  # c |g0|, |g0|^2 = mean of the Gram matrix
+        if radius == 0:
+            return torch.from_numpy(avg)
+        v = a @ avg  # g_i . g0
+
+        def dual(w):
+            norm = max(w @ a @ w, 1e-20) ** 0.5
+            return w @ v + radius * norm, v + radius * (a @ w) / norm
+
+        res = minimize(dual, avg, jac=True, method="SLSQP", bounds=[(0, 1)] * k,
+                       constraints={"type": "eq", "fun": lambda w: w.sum() - 1}, options={"ftol": 1e-12})
+        w = np.clip(res.x, 0, None)
+        gw_norm = max(w @ a @ w, 0.0) ** 0.5
+        coef = avg + (radius / gw_norm * w if gw_norm > 0 else 0.0)
+        if self.rescale:
+            coef = coef / (1 + self.c**2)
+        return torch.from_numpy(coef)
+
+
+SURGERIES: dict[str, type[Combiner]] = {cls.name: cls for cls in (PCGrad, GradVac, CAGrad)}

@@ -1,0 +1,167 @@
+"""Combining the task losses of a mixed step: the ``Combiner`` interface and loss weightings.
+
+A combiner owns the backward pass of a step that trains several tasks at once::
+
+    weights = combiner.backward(losses, shared_params)   # losses: {task: scalar Tensor}
+
+after which every parameter's ``.grad`` holds the combined gradient (accumulated onto any
+gradient already there, like ``Tensor.backward``). ``shared_params`` are the parameters
+used by more than one task (the encoder); weightings ignore them, gradient surgery
+(``surgery.py``) rewrites only their gradients. ``losses`` may hold a subset of the tasks
+(a sampling schedule trains one task per step). Combiners are ``nn.Module`` so learned
+weights are saved with the checkpoint: put ``combiner.parameters()`` in the optimizer
+(without weight decay) and move the combiner to the model's device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class Combiner(nn.Module):
+    """Base class. ``tasks``: every task name the run may pass in ``losses``."""
+
+    name: str = ""
+
+    def __init__(self, tasks: list[str]) -> None:
+        super().__init__()
+        if not tasks or len(set(tasks)) != len(tasks):
+            raise ValueError(f"tasks must be a non-empty list of distinct names, got {tasks}")
+        self.tasks = list(tasks)
+
+    def _check(self, losses: dict[str, Tensor]) -> None:
+        unknown = sorted(set(losses) - set(self.tasks))
+        if not losses or unknown:
+            raise ValueError(f"losses must name some of {self.tasks}; got {list(losses)}")
+
+    def backward(self, losses: dict[str, Tensor], shared_params: list[nn.Parameter]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def end_epoch(self, mean_losses: dict[str, float]) -> None:
+        """Called once per epoch with each task's mean training loss; default: nothing."""
+
+
+class LossWeighting(Combiner):
+    """``total = sum_i w_i * L_i`` and a single ``total.backward()``."""
+
+    def weights(self, losses: dict[str, Tensor]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def backward(self, losses, shared_params):
+        self._check(losses)
+        w = self.weights(losses)
+        total = sum(w[t] * loss for t, loss in losses.items())
+        total.backward()
+        return w
+
+
+class Equal(LossWeighting):
+    """Plain sum of the task losses, every weight 1 (registered as ``sum`` and ``equal``)."""
+
+    name = "sum"
+
+    def weights(self, losses):
+        return {t: 1.0 for t in losses}
+
+
+class Fixed(LossWeighting):
+    """Hand-set weights ``{task: w}``, one per task, each ``>= 0``."""
+
+    name = "fixed"
+
+    def __init__(self, tasks: list[str], weights: dict[str, float]) -> None:
+        super().__init__(tasks)
+        if set(weights) != set(self.tasks) or any(w < 0 for w in weights.values()):
+            raise ValueError(f"weights must give a weight >= 0 for each of {self.tasks}, got {weights}")
+        self.fixed = {t: float(w) for t, w in weights.items()}
+
+    def weights(self, losses):
+        return {t: self.fixed[t] for t in losses}
+
+
+class Uncertainty(Combiner):
+    """Kendall, Gal & Cipolla, "Multi-Task Learning Using Uncertainty to Weigh Losses" (CVPR 2018).
+
+    ``total = sum_i exp(-s_i) * L_i + s_i`` with learned ``s_i = log sigma_i^2``
+    (``log_vars``, shape ``(K,)``, init 0). One form for every task: the paper's regression
+    form ``L / (2 sigma^2) + log sigma`` is half of it, so both have the same optimum
+    ``s_i* = log L_i`` -- a noisier task (larger loss) gets a larger ``s_i`` and a smaller
+    weight ``exp(-s_i)``. The reported weights are ``exp(-s_i)``.
+    """
+
+    name = "uncertainty"
+
+    def __init__(self, tasks: list[str]) -> None:
+        super().__init__(tasks)
+        self.log_vars = nn.Parameter(torch.zeros(len(self.tasks)))  # (K,)
+
+    def backward(self, losses, shared_params):
+        self._check(losses)
+        s = {t: self.log_vars[self.tasks.index(t)] for t in losses}
+        total = sum(torch.exp(-s[t]) * loss + s[t] for t, loss in losses.items())
+        total.backward()
+        return {t: math.exp(-float(s[t].detach())) for t in losses}
+
+
+class DWA(LossWeighting):
+    """Dynamic Weight Average: Liu, Johns & Davison, "End-to-End Multi-Task Learning with
+    Attention" (CVPR 2019).
+
+    ``w_k = K * softmax_k(r / T)`` with ``r_k = L_k(t-1) / L_k(t-2)``, the ratio of task k's
+    mean loss over the last two epochs (or windows); ``w_k = 1`` until two are recorded.
+    ``window=None``: records come from :meth:`end_epoch`; ``window=n``: the combiner averages
+    the losses it sees over every ``n`` calls itself and ignores ``end_epoch``.
+    """
+
+    name = "dwa"
+
+    def __init__(self, tasks: list[str], temperature: float = 2.0, window: int | None = None) -> None:
+        super().__init__(tasks)
+        if temperature <= 0 or (window is not None and window < 1):
+            raise ValueError(f"need temperature > 0 and window >= 1, got {temperature}, {window}")
+        self.temperature, self.window = float(temperature), window
+        self.history: list[dict[str, float]] = []  # the last two records
+        self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+        self._calls = 0
+
+    def _record(self, mean_losses: dict[str, float]) -> None:
+        self.history = (self.history + [dict(mean_losses)])[-2:]
+
+    def end_epoch(self, mean_losses):
+        if self.window is None:
+            self._record(mean_losses)
+
+    def current_weights(self) -> dict[str, float]:
+        if len(self.history) < 2:
+            return {t: 1.0 for t in self.tasks}
+        prev, last = self.history
+        r = [last[t] / prev[t] if t in last and prev.get(t, 0) > 0 else 1.0 for t in self.tasks]
+        z = torch.softmax(torch.tensor(r, dtype=torch.float64) / self.temperature, dim=0)
+        return {t: len(self.tasks) * float(zk) for t, zk in zip(self.tasks, z, strict=True)}
+
+    def weights(self, losses):
+        w = self.current_weights()
+        if self.window is not None:
+            for t, loss in losses.items():
+                self._sums[t] = self._sums.get(t, 0.0) + float(loss.detach())
+                self._counts[t] = self._counts.get(t, 0) + 1
+            self._calls += 1
+            if self._calls == self.window:
+                self._record({t: self._sums[t] / self._counts[t] for t in self._sums})
+                self._sums, self._counts, self._calls = {}, {}, 0
+        return {t: w[t] for t in losses}
+
+    def get_extra_state(self):
+        return {"history": self.history}
+
+    def set_extra_state(self, state):
+        self.history = list(state["history"])
+
+
+WEIGHTINGS: dict[str, type[Combiner]] = {
+    "sum": Equal, "equal": Equal, "fixed": Fixed, "uncertainty": Uncertainty, "dwa": DWA,
+}

@@ -1,0 +1,123 @@
+"""Loss weightings against hand-computed gradients and weights."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from minbert.multitask import COMBINERS, DWA, Uncertainty, build_combiner
+
+
+def two_losses() -> tuple[nn.Parameter, dict[str, torch.Tensor]]:
+    # x = [1, 2]; d/dx sum(2x) = [2, 2]; d/dx sum(x^2) = [2, 4]
+    x = nn.Parameter(torch.tensor([1.0, 2.0]))
+    return x, {"a": (2 * x).sum(), "b": (x**2).sum()}
+
+
+@pytest.mark.parametrize("name", ["sum", "equal"])
+def test_equal_is_the_plain_sum(name):
+    x, losses = two_losses()
+    w = build_combiner(name, ["a", "b"]).backward(losses, [x])
+    assert w == {"a": 1.0, "b": 1.0}
+    assert x.grad.tolist() == [4.0, 6.0]
+
+
+def test_fixed_weights():
+    x, losses = two_losses()
+    w = build_combiner("fixed", ["a", "b"], weights={"a": 0.5, "b": 2.0}).backward(losses, [x])
+    assert w == {"a": 0.5, "b": 2.0}
+    assert x.grad.tolist() == [0.5 * 2 + 2 * 2, 0.5 * 2 + 2 * 4]
+    with pytest.raises(ValueError, match="weight"):
+        build_combiner("fixed", ["a", "b"], weights={"a": 1.0})
+
+
+def test_losses_may_be_a_subset_but_not_unknown():
+    x, losses = two_losses()
+    comb = build_combiner("sum", ["a", "b"])
+    assert comb.backward({"b": losses["b"]}, [x]) == {"b": 1.0}
+    assert x.grad.tolist() == [2.0, 4.0]
+    with pytest.raises(ValueError):
+        comb.backward({"c": losses["a"]}, [x])
+
+
+def test_uncertainty_gradients_match_the_formula():
+    # total = sum_i exp(-s_i) L_i + s_i  =>  d/ds_i = 1 - exp(-s_i) L_i,  d/dx = sum_i exp(-s_i) dL_i/dx
+    x, losses = two_losses()  # L_a = 6, L_b = 5
+    comb = Uncertainty(["a", "b"])
+    with torch.no_grad():
+        comb.log_vars.copy_(torch.tensor([math.log(2.0), 0.0]))
+    w = comb.backward(losses, [x])
+    assert w == pytest.approx({"a": 0.5, "b": 1.0})
+    assert comb.log_vars.grad.tolist() == pytest.approx([1 - 0.5 * 6, 1 - 5])
+    assert x.grad.tolist() == pytest.approx([0.5 * 2 + 2, 0.5 * 2 + 4])
+    assert "log_vars" in comb.state_dict()
+
+
+def test_uncertainty_learns_a_smaller_weight_for_the_noisier_task():
+    # Shared trunk, two regression heads; task "noisy" has 10x the target noise of "clean".
+    gen = torch.Generator().manual_seed(0)
+    trunk, heads = nn.Linear(4, 8), nn.ModuleDict({"clean": nn.Linear(8, 1), "noisy": nn.Linear(8, 1)})
+    true_w = torch.randn(4, 1, generator=gen)
+    noise = {"clean": 0.1, "noisy": 1.0}
+    comb = build_combiner("uncertainty", ["clean", "noisy"])
+    params = [*trunk.parameters(), *heads.parameters(), *comb.parameters()]
+    opt = torch.optim.SGD(params, lr=0.05)
+    for _ in range(300):
+        losses = {}
+        for t in ("clean", "noisy"):
+            x = torch.randn(64, 4, generator=gen)
+            y = x @ true_w + noise[t] * torch.randn(64, 1, generator=gen)
+            losses[t] = nn.functional.mse_loss(heads[t](torch.relu(trunk(x))), y)
+        opt.zero_grad()
+        w = comb.backward(losses, list(trunk.parameters()))
+        opt.step()
+    s_clean, s_noisy = comb.log_vars.tolist()
+    assert s_noisy > s_clean + 1.0
+    assert w["noisy"] < w["clean"]
+    # at its optimum s_i = log L_i; the noisy task's loss is ~ its noise variance 1 -> s ~ 0
+    assert abs(s_noisy - math.log(float(losses["noisy"].detach()))) < 0.5
+
+
+def test_dwa_weights_from_the_last_two_epochs():
+    comb = build_combiner("dwa", ["a", "b"], temperature=2.0)
+    x, losses = two_losses()
+    assert comb.backward(losses, [x]) == {"a": 1.0, "b": 1.0}  # no history yet
+    comb.end_epoch({"a": 1.0, "b": 1.0})
+    assert comb.current_weights() == {"a": 1.0, "b": 1.0}  # one epoch is not enough
+    comb.end_epoch({"a": 0.5, "b": 1.0})
+    # r = [0.5, 1.0]; w = 2 exp(r/2) / sum exp(r/2) = 2 e^.25 / (e^.25 + e^.5)
+    #   e^.25 = 1.2840254, e^.5 = 1.6487213 -> w_a = 0.8756462, w_b = 1.1243538
+    expected = {"a": 0.8756462, "b": 1.1243538}
+    assert comb.current_weights() == pytest.approx(expected, abs=1e-6)
+    x, losses = two_losses()
+    assert comb.backward(losses, [x]) == pytest.approx(expected, abs=1e-6)
+    assert x.grad.tolist() == pytest.approx([expected["a"] * 2 + expected["b"] * 2,
+                                             expected["a"] * 2 + expected["b"] * 4], abs=1e-5)
+    comb.end_epoch({"a": 0.5, "b": 0.25})  # only the last two epochs count: r = [1, 0.25]
+    w = comb.current_weights()
+    assert w["a"] / w["b"] == pytest.approx(math.exp((1 - 0.25) / 2))
+    restored = DWA(["a", "b"])
+    restored.load_state_dict(comb.state_dict())
+    assert restored.current_weights() == pytest.approx(w)
+
+
+def test_dwa_windows_of_steps():
+    comb = build_combiner("dwa", ["a", "b"], window=2)
+    for la, lb in [(1.0, 1.0), (1.0, 1.0), (0.5, 1.0), (0.5, 1.0)]:  # window means: (1, 1), (0.5, 1)
+        losses = {"a": torch.tensor(la, requires_grad=True), "b": torch.tensor(lb, requires_grad=True)}
+        comb.backward(losses, [])
+    comb.end_epoch({"a": 100.0, "b": 1.0})  # ignored in window mode
+    assert comb.current_weights() == pytest.approx({"a": 0.8756462, "b": 1.1243538}, abs=1e-6)
+
+
+def test_registry_names_and_errors():
+    assert {"sum", "equal", "fixed", "uncertainty", "dwa", "pcgrad", "gradvac", "cagrad"} == set(COMBINERS)
+    with pytest.raises(ValueError, match="mgda"):
+        build_combiner("mgda", ["a"])
+    with pytest.raises(ValueError, match="temp"):
+        build_combiner("dwa", ["a", "b"], temp=2.0)
+    with pytest.raises(ValueError):
+        build_combiner("sum", ["a", "a"])
