@@ -58,6 +58,14 @@ def macro_f1(preds: ArrayLike, labels: ArrayLike) -> float:
     return float(np.mean(f1s))
 
 
+def f1(preds: ArrayLike, labels: ArrayLike) -> float:
+    """F1 of the positive class (label 1) for binary tasks; 0 when there is no true positive."""
+    p, y = _pair(preds, labels)
+    tp = np.sum((p == 1) & (y == 1))
+    denom = 2 * tp + np.sum((p == 1) & (y != 1)) + np.sum((p != 1) & (y == 1))
+    return float(2 * tp / denom) if tp else 0.0
+
+
 def pearson(preds: ArrayLike, labels: ArrayLike) -> float:
     """Pearson correlation (scipy). NaN if either side is constant."""
     p, y = _pair(preds, labels)
@@ -73,6 +81,7 @@ def spearman(preds: ArrayLike, labels: ArrayLike) -> float:
 METRICS: dict[str, Callable[[ArrayLike, ArrayLike], float]] = {
     "accuracy": accuracy,
     "macro_f1": macro_f1,
+    "f1": f1,
     "pearson": pearson,
     "spearman": spearman,
 }

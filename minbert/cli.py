@@ -1,0 +1,249 @@
+"""``minbert`` command line: train | eval | predict | run | similarity | export.
+
+Errors a user can fix (a bad config field, a missing file, a malformed data row)
+print one line naming the problem and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from minbert.checkpoint import CheckpointError
+from minbert.config import ConfigError, load_config
+
+USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError)
+
+EPILOG = """examples:
+  minbert train --task sst --mode last-layer            frozen encoder, heads only
+  minbert train --task sst --mode finetune --set optim.lr=3e-5 --set train.epochs=2
+  minbert train --config configs/multitask.yaml          all tasks of a YAML experiment
+  minbert eval --run runs/sst --split dev
+  minbert predict --run runs/sst --task sst --input data/ids-sst-test-student.csv --output sst.csv
+  minbert run                                            the default multitask job (make run)
+"""
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="experiment YAML (see configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set optim.lr=3e-5 (repeatable; value parsed as YAML)")
+    p.add_argument("--data-dir", help="task data directory (default: $DATA_DIR, ../shared/data, ./data)")
+    p.add_argument("--run-dir", help="where to write the run (default: runs/<name>)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="minbert", description="A from-scratch BERT and a multitask fine-tuning lab.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="fine-tune on one or more tasks", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(p)
+    p.add_argument("--task", action="append", help="task name (repeatable); default: the config's tasks")
+    p.add_argument("--mode", choices=["finetune", "last-layer"], help="full fine-tuning or a frozen encoder")
+    p.add_argument("--name", help="run name (default: the task names and mode)")
+
+    p = sub.add_parser("eval", help="evaluate a run's best checkpoint")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--split", default="dev", help="split to evaluate (needs labels; default dev)")
+    p.add_argument("--data-dir")
+
+    p = sub.add_parser("predict", help="write id,prediction CSVs for unlabeled data")
+    p.add_argument("--run", required=True)
+    p.add_argument("--task", required=True)
+    p.add_argument("--input", required=True, help="a file in the task's CSV layout (labels not needed)")
+    p.add_argument("--output", required=True, help="CSV to write: header id,prediction")
+
+    p = sub.add_parser("run", help="the main job: multitask training, dev metrics, test predictions")
+    add_config_args(p)
+    p.add_argument("--predictions-dir", default="predictions")
+
+    p = sub.add_parser("similarity", help="zero-shot check: STS dev Pearson of cosine similarities")
+    p.add_argument("--model", default=None, help="HF BERT directory (default: all-MiniLM-L6-v2)")
+    p.add_argument("--data-dir")
+    p.add_argument("--pooling", default="mean")
+
+    p = sub.add_parser("export", help="write a run's encoder as a Hugging Face BERT directory")
+    p.add_argument("--run", required=True)
+    p.add_argument("--output", required=True)
+    return parser
+
+
+def cmd_train(args) -> int:
+    from minbert.train import fit, setup
+
+    base = {}
+    if args.task:
+        base["tasks"] = {t: {} for t in args.task}
+    if args.mode:
+        base.setdefault("train", {})["mode"] = args.mode
+    if args.name or not args.config:
+        default_name = "-".join(args.task or ["run"]) + f"-{args.mode or 'finetune'}"
+        base["name"] = args.name or default_name
+    if args.data_dir:
+        base["data_dir"] = args.data_dir
+    if args.run_dir:
+        base["run_dir"] = args.run_dir
+    cfg = load_config(args.config, args.set, base=base)
+    if args.task and args.config:  # --task narrows a config's task list
+        cfg.tasks = {t: cfg.tasks.get(t) or type(next(iter(cfg.tasks.values())))() for t in args.task}
+    tr = setup(cfg)
+    summary = fit(tr)
+    print(json.dumps(summary, indent=2))
+    print(f"run written to {tr.run_dir}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from minbert.data import EncodedDataset, make_loader, read_examples
+    from minbert.evaluate import collect_outputs, compute_metrics, mean_score
+    from minbert.runs import load_run
+    from minbert.train import autocast_for, pick_device
+
+    cfg, tasks, model, tok = load_run(args.run, args.data_dir)
+    device = pick_device(cfg.train.device)
+    model.to(device)
+    results = {}
+    for name, t in tasks.items():
+        examples, _ = read_examples(t.spec, t.spec.path(args.split, cfg.resolved_data_dir()), labeled=True,
+                                    skip_bad=t.cfg.skip_bad)
+        fmt = "bi" if t.cfg.pair_mode in ("bi", "cosine") else t.cfg.pair_mode
+        loader = make_loader(EncodedDataset(examples, tok, fmt, t.cfg.max_length, t.spec.label_kind),
+                             cfg.train.eval_batch_size, shuffle=False)
+        out = collect_outputs(model, name, t.loss, loader, device, autocast_for(cfg.train.precision, device))
+        results[name] = compute_metrics(t.spec, out, t.threshold)
+        print(f"{name:8s} {args.split}: " + "  ".join(f"{k}={v:.4f}" for k, v in results[name].items()))
+    score = mean_score({n: t.spec for n, t in tasks.items()}, results)
+    print(f"mean score: {score:.4f}")
+    out_file = Path(args.run) / f"eval-{args.split}.json"
+    out_file.write_text(json.dumps({"split": args.split, "score": score, "tasks": results}, indent=2) + "\n")
+    print(f"written to {out_file}")
+    return 0
+
+
+def predict_file(run_parts, task: str, input_path: str | Path, output_path: str | Path) -> int:
+    from minbert.data import EncodedDataset, make_loader, read_examples
+    from minbert.evaluate import collect_outputs, write_predictions
+    from minbert.train import autocast_for, pick_device
+
+    cfg, tasks, model, tok = run_parts
+    if task not in tasks:
+        raise ConfigError(f"task {task!r} was not trained in this run; it has: {', '.join(tasks)}")
+    t = tasks[task]
+    device = pick_device(cfg.train.device)
+    model.to(device)
+    examples, _ = read_examples(t.spec, input_path, labeled=False)
+    fmt = "bi" if t.cfg.pair_mode in ("bi", "cosine") else t.cfg.pair_mode
+    loader = make_loader(EncodedDataset(examples, tok, fmt, t.cfg.max_length), cfg.train.eval_batch_size,
+                         shuffle=False)
+    out = collect_outputs(model, task, t.loss, loader, device, autocast_for(cfg.train.precision, device))
+    write_predictions(output_path, t.spec, out, t.threshold)
+    return len(examples)
+
+
+def cmd_predict(args) -> int:
+    from minbert.runs import load_run
+
+    n = predict_file(load_run(args.run), args.task, args.input, args.output)
+    print(f"wrote {n} predictions to {args.output}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    """The main job: train the default multitask config, predict the test files, print a table."""
+    from minbert.runs import load_run
+    from minbert.train import fit, setup
+
+    config = args.config or Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+    base = {}
+    if args.data_dir:
+        base["data_dir"] = args.data_dir
+    if args.run_dir:
+        base["run_dir"] = args.run_dir
+    cfg = load_config(config, args.set, base=base)
+    tr = setup(cfg)
+    summary = fit(tr)
+    parts = load_run(tr.run_dir, cfg.data_dir)
+    print(f"\nbest checkpoint: step {summary['best_step']}, trained {summary['train_seconds'] / 60:.1f} min")
+    print(f"{'task':8s} {'dev metric':>12s} {'value':>8s}   predictions")
+    for name, t in parts[1].items():
+        out = Path(args.predictions_dir) / f"{name}-test-output.csv"
+        predict_file(parts, name, t.spec.path("test", cfg.resolved_data_dir()), out)
+        value = summary["best_metrics"][name][t.spec.primary_metric]
+        print(f"{name:8s} {t.spec.primary_metric:>12s} {value:8.4f}   {out}")
+    print(f"{'mean':8s} {'score':>12s} {summary['best_score']:8.4f}")
+    return 0
+
+
+def cmd_similarity(args) -> int:
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+
+    from minbert.config import resolve_data_dir
+    from minbert.data import read_examples
+    from minbert.metrics import pearson, spearman
+    from minbert.model import BertModel
+    from minbert.pooling import pool
+    from minbert.tasks import get_task
+    from minbert.tokenizer import BertTokenizer
+
+    spec = get_task("sts")
+    path = spec.path("dev", resolve_data_dir(args.data_dir))
+    examples, _ = read_examples(spec, path)
+    model = BertModel.from_pretrained(args.model).eval()
+    tok = BertTokenizer.from_pretrained(args.model)
+    cos = []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(examples), 64), desc="encoding STS dev"):
+            chunk = examples[i : i + 64]
+            vecs = []
+            for side in (0, 1):
+                b = tok([e.texts[side] for e in chunk])
+                out = model(**b)
+                vecs.append(pool(args.pooling, out.last_hidden_state, b["attention_mask"], out.pooler_output))
+            cos.append(torch.nn.functional.cosine_similarity(*vecs).numpy())
+    cos = np.concatenate(cos)
+    gold = np.array([e.label for e in examples])
+    print(f"{model!r} on {path} ({len(examples)} pairs), {args.pooling} pooling + cosine:")
+    print(f"  Pearson {pearson(cos, gold):.4f}  Spearman {spearman(cos, gold):.4f}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from minbert.runs import load_run
+
+    _, _, model, tok = load_run(args.run)
+    model.bert.save_pretrained(args.output)
+    tok.save_pretrained(args.output)
+    print(f"encoder written to {args.output} (Hugging Face BERT format)")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "run": cmd_run,
+            "similarity": cmd_similarity, "export": cmd_export}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    from minbert.data import DataError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (*USER_ERRORS, DataError) as e:
+        print(f"minbert {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the best checkpoint so far is kept in the run directory", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

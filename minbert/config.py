@@ -1,0 +1,273 @@
+"""Experiment configuration: typed dataclasses, loaded from YAML, overridden from the CLI.
+
+One YAML file per experiment; any field can be overridden with ``--set a.b=value``
+(the value is parsed as YAML, so ``3e-5``, ``true``, ``[u, v]`` work). Unknown
+fields and wrong types fail before training, naming the field:
+
+    config field 'optim.lrr' is unknown; known fields: lr, head_lr, ...
+
+The resolved config is written to the run directory as ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names the field."""
+
+
+@dataclass
+class ModelConfig:
+    pretrained: str = "all-MiniLM-L6-v2"  # a local HF BERT directory, or the default model's name
+    hidden_dropout: float | None = None  # override the checkpoint's dropout
+    attention_dropout: float | None = None
+
+
+@dataclass
+class TaskConfig:
+    """How one task is modelled and fed. ``None`` means "from the task spec's defaults"."""
+
+    pair_mode: str | None = None  # single | cross | bi | cosine
+    pooling: str | None = None  # cls | cls_raw | mean | max
+    features: list[str] = field(default_factory=lambda: ["u", "v", "|u-v|"])  # bi-encoder features
+    loss: str | None = None  # cross_entropy | bce | mse | cosine_mse | cosent
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    head_hidden: int | None = None
+    head_activation: str = "gelu"
+    head_dropout: float = 0.1
+    threshold: str = "tune_accuracy"  # binary tasks: fixed (0.5) | tune_accuracy | tune_f1
+    batch_size: int = 32
+    max_length: int = 128
+    train_limit: int | None = None  # use the first N training examples (quick runs, tests)
+    dev_limit: int | None = None
+    skip_bad: bool = False  # skip (and count) malformed rows instead of failing
+    weight: float = 1.0  # the task's weight for the "fixed" combiner
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-5
+    head_lr: float | None = None  # default: lr
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-6
+    layer_decay: float | None = None  # layer-wise lr decay factor, e.g. 0.9
+    schedule: str = "linear"  # constant | constant_warmup | linear | cosine | cosine_restarts | polynomial
+    warmup: float = 0.1  # steps (>= 1) or a fraction of all steps (< 1)
+    grad_clip: float | None = 1.0
+    grad_accum: int = 1
+    child_tuning: str | None = None  # None | F | D
+    reserve_p: float = 0.3
+
+
+@dataclass
+class TrainConfig:
+    mode: str = "finetune"  # finetune | last-layer (frozen encoder, heads only)
+    epochs: int = 3
+    steps_per_epoch: str | int = "max"  # max | sum | min (batches of the largest / all / smallest task) or N
+    schedule: str = "round_robin"  # sequential | round_robin | proportional | annealed | mixed
+    schedule_kwargs: dict[str, Any] = field(default_factory=dict)
+    combiner: str = "sum"  # sum | fixed | uncertainty | dwa | pcgrad | gradvac | cagrad
+    combiner_kwargs: dict[str, Any] = field(default_factory=dict)
+    eval_every: int | None = None  # steps; None = once per epoch
+    early_stopping: int | None = None  # stop after this many evaluations without improvement
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    max_steps: int | None = None  # a compute budget: stop after this many optimiser steps
+    max_minutes: float | None = None  # ... or after this much wall time
+    eval_batch_size: int = 128
+    num_workers: int = 0
+    progress: bool = True
+    threads: int | None = None  # torch.set_num_threads; None = torch's default
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    tasks: dict[str, TaskConfig] = field(default_factory=dict)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data_dir: str | None = None  # default: $DATA_DIR, else ../shared/data, else ./data
+    run_dir: str | None = None  # default: runs/<name>
+    task_specs: str | None = None  # a YAML file of extra task specs
+
+    def __post_init__(self):
+        validate(self)
+
+    def resolved_data_dir(self) -> Path:
+        return resolve_data_dir(self.data_dir)
+
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir or Path("runs") / self.name)
+
+
+CHOICES = {
+    "train.mode": ("finetune", "last-layer"),
+    "train.precision": ("fp32", "bf16", "fp16"),
+    "optim.child_tuning": (None, "F", "D"),
+    "tasks.*.pair_mode": (None, "single", "cross", "bi", "cosine"),
+    "tasks.*.threshold": ("fixed", "tune_accuracy", "tune_f1"),
+}
+
+
+def validate(cfg: Config) -> None:
+    """Value checks that types alone cannot express."""
+    for path, allowed in CHOICES.items():
+        section, key = path.rsplit(".", 1)
+        objs = (
+            [(f"tasks.{n}", t) for n, t in cfg.tasks.items()]
+            if section == "tasks.*"
+            else [(section, getattr(cfg, section))]
+        )
+        for where, obj in objs:
+            value = getattr(obj, key)
+            if value not in allowed:
+                raise ConfigError(f"config field '{where}.{key}' is {value!r}; allowed: {allowed}")
+    positive = {"optim.lr": cfg.optim.lr, "optim.grad_accum": cfg.optim.grad_accum, "train.epochs": cfg.train.epochs}
+    for n, t in cfg.tasks.items():
+        positive[f"tasks.{n}.batch_size"] = t.batch_size
+        positive[f"tasks.{n}.max_length"] = t.max_length
+    for where, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"config field '{where}' must be positive, got {value}")
+    if not 0 < cfg.optim.reserve_p <= 1:
+        raise ConfigError(f"config field 'optim.reserve_p' must be in (0, 1], got {cfg.optim.reserve_p}")
+    if isinstance(cfg.train.steps_per_epoch, str) and cfg.train.steps_per_epoch not in ("max", "sum", "min"):
+        raise ConfigError(
+            f"config field 'train.steps_per_epoch' is {cfg.train.steps_per_epoch!r}; use max, sum, min or a number"
+        )
+
+
+def resolve_data_dir(data_dir: str | Path | None) -> Path:
+    if data_dir:
+        return Path(data_dir)
+    if os.environ.get("DATA_DIR"):
+        return Path(os.environ["DATA_DIR"])
+    shared = Path("../shared/data")
+    return shared if shared.is_dir() else Path("data")
+
+
+# ---------------------------------------------------------------- dict <-> dataclass
+
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    """Coerce ``value`` to the annotated type ``tp`` or raise naming ``where``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_type(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"config field '{where}' has invalid value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config field '{where}' must be a mapping, got {value!r}")
+        _, vt = typing.get_args(tp)
+        return {k: _check_type(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config field '{where}' must be a list, got {value!r}")
+        (et,) = typing.get_args(tp)
+        return [_check_type(v, et, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML reads "3e-5" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"config field '{where}' must be {tp.__name__}, got {value!r}")
+
+
+def from_dict(cls: type, data: dict | None, where: str = "") -> Any:
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{where or 'root'}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{where}.{key}" if where else key
+        if key not in known:
+            raise ConfigError(f"config field '{full}' is unknown; known fields: {', '.join(known)}")
+        kwargs[key] = _check_type(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> Any:
+    return dataclasses.asdict(cfg)
+
+
+def set_path(data: dict, dotted: str, value: Any) -> None:
+    """``set_path(d, "optim.lr", 3e-5)``: create intermediate mappings as needed."""
+    keys = dotted.split(".")
+    node = data
+    for k in keys[:-1]:
+        nxt = node.get(k)
+        if nxt is None:
+            nxt = node[k] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {dotted}: '{k}' is not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> Config:
+    """YAML file (optional) + ``key=value`` overrides -> a validated ``Config``."""
+    data: dict = dict(base or {})
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from e
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of config sections")
+        data.update(loaded)
+    for o in overrides:
+        set_path(data, *parse_override(o))
+    if isinstance(data.get("tasks"), list):  # "tasks: [sst, quora]" shorthand
+        data["tasks"] = {t: {} for t in data["tasks"]}
+    if data.get("tasks") is not None:
+        data["tasks"] = {k: (v or {}) for k, v in data["tasks"].items()}
+    return from_dict(Config, data)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

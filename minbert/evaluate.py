@@ -1,0 +1,130 @@
+"""Evaluation: model outputs -> predictions in label space -> metrics.
+
+Per label kind (the task spec says which):
+
+- classification: the loss's ``predict`` gives the class (argmax);
+- binary: the loss's ``predict`` gives a score in [0, 1] (a sigmoid probability, or a
+  cosine mapped to [0, 1]); the class is ``score >= threshold``, the threshold 0.5 or
+  tuned on dev (``minbert.metrics.tune_threshold``) and stored with the model;
+- regression: the loss's ``predict`` gives a value in the label range.
+
+The checkpoint-selection score averages the primary metrics with Pearson mapped to
+(r + 1) / 2, the CS224N convention, so every term lies in [0, 1].
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from minbert.data import Batch
+from minbert.metrics import METRICS, apply_threshold, tune_threshold
+from minbert.tasks import TaskSpec
+from minbert.taskmodel import MultitaskModel
+
+
+@dataclass
+class TaskOutputs:
+    """Predictions of one task over one split, in the dataset's order."""
+
+    ids: list[str]
+    scores: np.ndarray  # (N,) class id, binary score in [0, 1], or regression value
+    labels: np.ndarray | None
+
+
+@torch.no_grad()
+def collect_outputs(
+    model: MultitaskModel,
+    task: str,
+    loss_fn: torch.nn.Module,
+    loader,
+    device: torch.device,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> TaskOutputs:
+    """Run the model over a loader and put the results back into dataset order."""
+    was_training = model.training
+    model.eval()
+    n = len(loader.dataset)
+    scores = np.zeros(n, dtype=np.float64)
+    labels = np.zeros(n, dtype=np.float64)
+    ids: list[str | None] = [None] * n
+    has_labels = True
+    for batch in loader:
+        batch: Batch = batch.to(device)
+        with autocast():
+            out = model(task, batch.inputs)
+        pred = loss_fn.predict(out.float()).float().cpu().numpy()
+        idx = batch.indices.cpu().numpy()
+        scores[idx] = pred
+        for i, id_ in zip(idx, batch.ids, strict=True):
+            ids[i] = id_
+        if batch.labels is None:
+            has_labels = False
+        else:
+            labels[idx] = batch.labels.float().cpu().numpy()
+    model.train(was_training)
+    return TaskOutputs(ids=ids, scores=scores, labels=labels if has_labels else None)
+
+
+def decide(spec: TaskSpec, scores: np.ndarray, threshold: float | None) -> np.ndarray:
+    """Final predictions: classes for classification / binary, values for regression."""
+    if spec.label_kind == "classification":
+        return scores.astype(np.int64)
+    if spec.label_kind == "binary":
+        return apply_threshold(scores, 0.5 if threshold is None else threshold)
+    lo, hi = spec.label_range
+    return np.clip(scores, lo, hi)
+
+
+def fit_threshold(spec: TaskSpec, outputs: TaskOutputs, rule: str) -> float | None:
+    """The binary decision threshold from dev outputs: fixed 0.5 or tuned (accuracy / F1)."""
+    if spec.label_kind != "binary":
+        return None
+    if rule == "fixed" or outputs.labels is None:
+        return 0.5
+    objective = {"tune_accuracy": "accuracy", "tune_f1": "f1"}[rule]
+    return float(tune_threshold(outputs.scores, outputs.labels.astype(np.int64), objective=objective))
+
+
+def compute_metrics(spec: TaskSpec, outputs: TaskOutputs, threshold: float | None) -> dict[str, float]:
+    preds = decide(spec, outputs.scores, threshold)
+    labels = outputs.labels
+    if spec.label_kind != "regression":
+        labels = labels.astype(np.int64)
+    result = {m: float(METRICS[m](preds, labels)) for m in spec.metrics}
+    if threshold is not None:
+        result["threshold"] = threshold
+    return result
+
+
+def primary_score(spec: TaskSpec, metrics: dict[str, float]) -> float:
+    """The task's primary metric in [0, 1]: correlations r are mapped to (r + 1) / 2."""
+    value = metrics[spec.primary_metric]
+    if math.isnan(value):
+        return 0.0
+    return (value + 1) / 2 if spec.primary_metric in ("pearson", "spearman") else value
+
+
+def mean_score(specs: dict[str, TaskSpec], metrics: dict[str, dict[str, float]]) -> float:
+    return float(np.mean([primary_score(specs[t], m) for t, m in metrics.items()]))
+
+
+def write_predictions(path: str | Path, spec: TaskSpec, outputs: TaskOutputs, threshold: float | None) -> None:
+    """``id,prediction`` CSV, one row per input row, in input order."""
+    preds = decide(spec, outputs.scores, threshold)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "prediction"])
+        for id_, p in zip(outputs.ids, preds, strict=True):
+            w.writerow([id_, f"{p:.4f}" if spec.label_kind == "regression" else int(p)])
+    tmp.replace(path)

@@ -1,0 +1,138 @@
+"""How a task turns its input segments into an output, over the shared encoder.
+
+Each class is one way of modelling a task's input:
+
+- ``SingleEncoder``: one segment per example: a single sentence, or a sentence pair
+  cross-encoded as ``[CLS] a [SEP] b [SEP]`` with segment ids 0 / 1
+  (Devlin et al. 2019). Pool, then a head.
+- ``BiEncoder``: Sentence-BERT (Reimers & Gurevych 2019): encode a and b separately
+  into u and v, then a head over a chosen subset of (u, v, |u-v|, u*v).
+- ``CosineEncoder``: Sentence-BERT scoring: cos(u, v), no head parameters.
+
+Both bi-encoders run the two sides through the encoder in one call: the two (B, T)
+batches are padded to a common width and stacked to (2B, T).
+
+``encode`` is a callable ``(input_ids, attention_mask, token_type_ids) -> BertOutput``;
+normally the shared ``BertModel``, but a regulariser may pass a wrapper that
+perturbs the embeddings (SMART).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minbert.heads import ClassifierHead
+from minbert.model import BertOutput
+from minbert.pooling import pool
+
+EncodeFn = Callable[..., BertOutput]
+Segments = Sequence[dict[str, torch.Tensor]]
+
+PAIR_FEATURES = {
+    "u": lambda u, v: u,
+    "v": lambda u, v: v,
+    "|u-v|": lambda u, v: (u - v).abs(),
+    "u*v": lambda u, v: u * v,
+}
+
+
+def encode_and_pool(encode: EncodeFn, segment: dict[str, torch.Tensor], pooling: str) -> torch.Tensor:
+    out = encode(segment["input_ids"], segment["attention_mask"], segment["token_type_ids"])
+    return pool(pooling, out.last_hidden_state, segment["attention_mask"], out.pooler_output)  # (B, H)
+
+
+def stack_segments(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Two (B, Ta) and (B, Tb) batches -> one (2B, max(Ta, Tb)) batch, right-padded with 0."""
+    T = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
+
+    def widen(t: torch.Tensor) -> torch.Tensor:
+        return F.pad(t, (0, T - t.shape[1]), value=0)
+
+    return {k: torch.cat([widen(a[k]), widen(b[k])]) for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def encode_pair(encode: EncodeFn, segments: Segments, pooling: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """u, v: (B, H) each, from one encoder call over the stacked pair."""
+    a, b = segments
+    both = encode_and_pool(encode, stack_segments(a, b), pooling)  # (2B, H)
+    return both.chunk(2)
+
+
+class SingleEncoder(nn.Module):
+    """One segment (a sentence, or a cross-encoded pair) -> pool -> head."""
+
+    input_format = "single"
+
+    def __init__(self, head: nn.Module, pooling: str = "cls", cross: bool = False):
+        super().__init__()
+        self.head = head
+        self.pooling = pooling
+        if cross:
+            self.input_format = "cross"
+
+    def forward(self, encode: EncodeFn, segments: Segments) -> torch.Tensor:
+        (seg,) = segments
+        return self.head(encode_and_pool(encode, seg, self.pooling))
+
+
+class BiEncoder(nn.Module):
+    """Sentence-BERT pair features -> head. ``features`` is a subset of u, v, |u-v|, u*v."""
+
+    input_format = "bi"
+
+    def __init__(self, head: nn.Module, pooling: str = "mean", features: Sequence[str] = ("u", "v", "|u-v|")):
+        super().__init__()
+        unknown = [f for f in features if f not in PAIR_FEATURES]
+        if unknown or not features:
+            raise ValueError(f"pair features {unknown or '[]'} invalid; choose from {list(PAIR_FEATURES)}")
+        self.head = head
+        self.pooling = pooling
+        self.features = tuple(features)
+
+    def forward(self, encode: EncodeFn, segments: Segments) -> torch.Tensor:
+        u, v = encode_pair(encode, segments, self.pooling)
+        feats = torch.cat([PAIR_FEATURES[f](u, v) for f in self.features], dim=-1)  # (B, len(features) * H)
+        return self.head(feats)
+
+
+class CosineEncoder(nn.Module):
+    """cos(u, v) in [-1, 1], shape (B,). Trained with a cosine loss (cosine_mse, CoSENT)."""
+
+    input_format = "bi"
+
+    def __init__(self, pooling: str = "mean"):
+        super().__init__()
+        self.pooling = pooling
+
+    def forward(self, encode: EncodeFn, segments: Segments) -> torch.Tensor:
+        u, v = encode_pair(encode, segments, self.pooling)
+        return F.cosine_similarity(u, v, dim=-1)
+
+
+PAIR_MODES = ("single", "cross", "bi", "cosine")
+
+
+def build_task_encoder(
+    mode: str,
+    hidden_size: int,
+    num_outputs: int,
+    pooling: str,
+    features: Sequence[str] = ("u", "v", "|u-v|"),
+    head_hidden: int | None = None,
+    head_activation: str = "gelu",
+    head_dropout: float = 0.1,
+) -> nn.Module:
+    """The module for one task from its config. ``mode`` is one of ``PAIR_MODES``."""
+    if mode == "cosine":
+        return CosineEncoder(pooling)
+    in_features = hidden_size * (len(features) if mode == "bi" else 1)
+    head = ClassifierHead(in_features, num_outputs, head_hidden, head_activation, head_dropout)
+    if mode == "bi":
+        return BiEncoder(head, pooling, features)
+    if mode in ("single", "cross"):
+        return SingleEncoder(head, pooling, cross=mode == "cross")
+    raise ValueError(f"pair mode {mode!r} unknown; one of {PAIR_MODES}")

@@ -1,0 +1,95 @@
+"""A run directory: what training leaves behind, and how eval / predict read it back.
+
+    runs/<name>/
+      config.yaml        the resolved experiment config
+      metrics.jsonl      one JSON record per evaluation (and training-loss snapshots)
+      summary.json       best score and step, wall time, throughput, memory
+      best/              the best checkpoint by the mean dev score
+        model.safetensors  every parameter: encoder (bert.*) and task modules (tasks.*)
+        config.json        the encoder's BertConfig (HF format)
+        vocab.txt, tokenizer_config.json
+        meta.json          step, score, dev metrics, binary decision thresholds
+        child_tuning.safetensors   the Child-Tuning D mask, when used
+
+Checkpoints are written to a temporary directory and swapped in with renames, so a
+crash while saving never leaves a half-written ``best/``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from minbert.checkpoint import CheckpointError
+from minbert.config import Config, load_config
+from minbert.model import BertConfig, BertModel
+from minbert.tokenizer import BertTokenizer
+
+if TYPE_CHECKING:
+    from minbert.train import Task, Trainer
+
+
+def write_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+
+
+def save_run_checkpoint(tr: Trainer, directory: Path, extra: dict | None = None) -> None:
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    sd = {k: v.detach().contiguous().cpu() for k, v in tr.model.state_dict().items()}
+    save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    (tmp / "config.json").write_text(json.dumps(tr.model.bert.config.to_hf_dict(), indent=2) + "\n")
+    tr.tokenizer.save_pretrained(tmp)
+    meta = {**(extra or {}), "thresholds": {n: t.threshold for n, t in tr.tasks.items()}}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    if tr.child_tuning is not None and hasattr(tr.child_tuning, "state_dict"):
+        masks = tr.child_tuning.state_dict()
+        if masks:
+            save_file({k: v.contiguous().cpu() for k, v in masks.items()}, str(tmp / "child_tuning.safetensors"))
+    old = directory.with_name(directory.name + ".old")
+    if directory.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        directory.rename(old)
+    tmp.rename(directory)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def load_run(run_dir: str | Path, data_dir: str | None = None) -> tuple[Config, dict[str, Task], torch.nn.Module,
+                                                                          BertTokenizer]:
+    """Rebuild the trained model of a run (without reading any training data)."""
+    from minbert.train import build_model, make_tasks
+
+    run_dir = Path(run_dir)
+    ckpt = run_dir / "best"
+    for f in (run_dir / "config.yaml", ckpt / "model.safetensors", ckpt / "meta.json"):
+        if not f.is_file():
+            raise CheckpointError(f"not a finished run directory: {f} is missing")
+    cfg = load_config(run_dir / "config.yaml")
+    if data_dir:
+        cfg.data_dir = data_dir
+    tokenizer = BertTokenizer.from_pretrained(ckpt)
+    tasks = make_tasks(cfg, tokenizer, splits=())
+    bert = BertModel(BertConfig.from_json_file(ckpt / "config.json"))
+    model = build_model(cfg, tasks, bert)
+    missing, unexpected = model.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{ckpt}: checkpoint does not fit the run's config "
+                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    model.bert.source_dir = ckpt
+    meta = json.loads((ckpt / "meta.json").read_text())
+    for name, t in tasks.items():
+        t.threshold = meta.get("thresholds", {}).get(name)
+    model.eval()
+    return cfg, tasks, model, tokenizer
