@@ -134,7 +134,8 @@ def load_state_into(model: torch.nn.Module, sd: dict[str, torch.Tensor], source:
     ]
     if mismatched:
         raise CheckpointError(
-            f"{source}: {len(mismatched)} tensor shape(s) do not match the config:\n  " + "\n  ".join(mismatched)
+            f"{source}: {len(mismatched)} tensor shape(s) do not match the config:\n  "
+            + "\n  ".join(mismatched)
         )
     missing = [k for k in own if k not in sd]
     fatal = [k for k in missing if not k.startswith("pooler.")]

@@ -29,21 +29,33 @@ EPILOG = """examples:
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="experiment YAML (see configs/)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set optim.lr=3e-5 (repeatable; value parsed as YAML)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set optim.lr=3e-5 (repeatable; value parsed as YAML)",
+    )
     p.add_argument("--data-dir", help="task data directory (default: $DATA_DIR, ../shared/data, ./data)")
     p.add_argument("--run-dir", help="where to write the run (default: runs/<name>)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="minbert", description="A from-scratch BERT and a multitask fine-tuning lab.", epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="minbert",
+        description="A from-scratch BERT and a multitask fine-tuning lab.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="fine-tune on one or more tasks", epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "train",
+        help="fine-tune on one or more tasks",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_config_args(p)
     p.add_argument("--task", action="append", help="task name (repeatable); default: the config's tasks")
     p.add_argument("--mode", choices=["finetune", "last-layer"], help="full fine-tuning or a frozen encoder")
@@ -111,11 +123,15 @@ def cmd_eval(args) -> int:
     model.to(device)
     results = {}
     for name, t in tasks.items():
-        examples, _ = read_examples(t.spec, t.spec.path(args.split, cfg.resolved_data_dir()), labeled=True,
-                                    skip_bad=t.cfg.skip_bad)
+        examples, _ = read_examples(
+            t.spec, t.spec.path(args.split, cfg.resolved_data_dir()), labeled=True, skip_bad=t.cfg.skip_bad
+        )
         fmt = "bi" if t.cfg.pair_mode in ("bi", "cosine") else t.cfg.pair_mode
-        loader = make_loader(EncodedDataset(examples, tok, fmt, t.cfg.max_length, t.spec.label_kind),
-                             cfg.train.eval_batch_size, shuffle=False)
+        loader = make_loader(
+            EncodedDataset(examples, tok, fmt, t.cfg.max_length, t.spec.label_kind),
+            cfg.train.eval_batch_size,
+            shuffle=False,
+        )
         out = collect_outputs(model, name, t.loss, loader, device, autocast_for(cfg.train.precision, device))
         results[name] = compute_metrics(t.spec, out, t.threshold)
         print(f"{name:8s} {args.split}: " + "  ".join(f"{k}={v:.4f}" for k, v in results[name].items()))
@@ -140,8 +156,9 @@ def predict_file(run_parts, task: str, input_path: str | Path, output_path: str 
     model.to(device)
     examples, _ = read_examples(t.spec, input_path, labeled=False)
     fmt = "bi" if t.cfg.pair_mode in ("bi", "cosine") else t.cfg.pair_mode
-    loader = make_loader(EncodedDataset(examples, tok, fmt, t.cfg.max_length), cfg.train.eval_batch_size,
-                         shuffle=False)
+    loader = make_loader(
+        EncodedDataset(examples, tok, fmt, t.cfg.max_length), cfg.train.eval_batch_size, shuffle=False
+    )
     out = collect_outputs(model, task, t.loss, loader, device, autocast_for(cfg.train.precision, device))
     write_predictions(output_path, t.spec, out, t.threshold)
     return len(examples)
@@ -226,13 +243,21 @@ def cmd_export(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "run": cmd_run,
-            "similarity": cmd_similarity, "export": cmd_export}
+COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "predict": cmd_predict,
+    "run": cmd_run,
+    "similarity": cmd_similarity,
+    "export": cmd_export,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
     from minbert.data import DataError
 
     try:

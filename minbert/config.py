@@ -135,7 +135,11 @@ def validate(cfg: Config) -> None:
             value = getattr(obj, key)
             if value not in allowed:
                 raise ConfigError(f"config field '{where}.{key}' is {value!r}; allowed: {allowed}")
-    positive = {"optim.lr": cfg.optim.lr, "optim.grad_accum": cfg.optim.grad_accum, "train.epochs": cfg.train.epochs}
+    positive = {
+        "optim.lr": cfg.optim.lr,
+        "optim.grad_accum": cfg.optim.grad_accum,
+        "train.epochs": cfg.train.epochs,
+    }
     for n, t in cfg.tasks.items():
         positive[f"tasks.{n}.batch_size"] = t.batch_size
         positive[f"tasks.{n}.max_length"] = t.max_length
@@ -177,7 +181,9 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
                 return _check_type(value, a, where)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"config field '{where}' has invalid value {value!r}")
+        raise ConfigError(
+            errors[0] if len(errors) == 1 else f"config field '{where}' has invalid value {value!r}"
+        )
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if origin is dict:
@@ -246,7 +252,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw) if raw.strip() else None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> Config:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None
+) -> Config:
     """YAML file (optional) + ``key=value`` overrides -> a validated ``Config``."""
     data: dict = dict(base or {})
     if path is not None:

@@ -26,8 +26,8 @@ import torch
 
 from minbert.data import Batch
 from minbert.metrics import METRICS, apply_threshold, tune_threshold
-from minbert.tasks import TaskSpec
 from minbert.taskmodel import MultitaskModel
+from minbert.tasks import TaskSpec
 
 
 @dataclass
@@ -116,7 +116,9 @@ def mean_score(specs: dict[str, TaskSpec], metrics: dict[str, dict[str, float]])
     return float(np.mean([primary_score(specs[t], m) for t, m in metrics.items()]))
 
 
-def write_predictions(path: str | Path, spec: TaskSpec, outputs: TaskOutputs, threshold: float | None) -> None:
+def write_predictions(
+    path: str | Path, spec: TaskSpec, outputs: TaskOutputs, threshold: float | None
+) -> None:
     """``id,prediction`` CSV, one row per input row, in input order."""
     preds = decide(spec, outputs.scores, threshold)
     path = Path(path)

@@ -52,7 +52,9 @@ def stack_segments(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> di
     def widen(t: torch.Tensor) -> torch.Tensor:
         return F.pad(t, (0, T - t.shape[1]), value=0)
 
-    return {k: torch.cat([widen(a[k]), widen(b[k])]) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    return {
+        k: torch.cat([widen(a[k]), widen(b[k])]) for k in ("input_ids", "attention_mask", "token_type_ids")
+    }
 
 
 def encode_pair(encode: EncodeFn, segments: Segments, pooling: str) -> tuple[torch.Tensor, torch.Tensor]:

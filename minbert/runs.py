@@ -55,7 +55,9 @@ def save_run_checkpoint(tr: Trainer, directory: Path, extra: dict | None = None)
     if tr.child_tuning is not None and hasattr(tr.child_tuning, "state_dict"):
         masks = tr.child_tuning.state_dict()
         if masks:
-            save_file({k: v.contiguous().cpu() for k, v in masks.items()}, str(tmp / "child_tuning.safetensors"))
+            save_file(
+                {k: v.contiguous().cpu() for k, v in masks.items()}, str(tmp / "child_tuning.safetensors")
+            )
     old = directory.with_name(directory.name + ".old")
     if directory.exists():
         if old.exists():
@@ -66,8 +68,9 @@ def save_run_checkpoint(tr: Trainer, directory: Path, extra: dict | None = None)
         shutil.rmtree(old)
 
 
-def load_run(run_dir: str | Path, data_dir: str | None = None) -> tuple[Config, dict[str, Task], torch.nn.Module,
-                                                                          BertTokenizer]:
+def load_run(
+    run_dir: str | Path, data_dir: str | None = None
+) -> tuple[Config, dict[str, Task], torch.nn.Module, BertTokenizer]:
     """Rebuild the trained model of a run (without reading any training data)."""
     from minbert.train import build_model, make_tasks
 
@@ -85,8 +88,10 @@ def load_run(run_dir: str | Path, data_dir: str | None = None) -> tuple[Config, 
     model = build_model(cfg, tasks, bert)
     missing, unexpected = model.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{ckpt}: checkpoint does not fit the run's config "
-                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise CheckpointError(
+            f"{ckpt}: checkpoint does not fit the run's config "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     model.bert.source_dir = ckpt
     meta = json.loads((ckpt / "meta.json").read_text())
     for name, t in tasks.items():

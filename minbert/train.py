@@ -45,8 +45,8 @@ from minbert.optim.child_tuning import build_child_tuning, compute_fisher, eligi
 from minbert.optim.groups import build_param_groups
 from minbert.optim.schedules import get_schedule
 from minbert.pairs import build_task_encoder
-from minbert.tasks import TaskSpec, load_task_specs
 from minbert.taskmodel import MultitaskModel
+from minbert.tasks import TaskSpec, load_task_specs
 from minbert.tokenizer import BertTokenizer
 
 log = logging.getLogger(__name__)
@@ -73,15 +73,19 @@ def resolve_task_config(name: str, cfg: TaskConfig, spec: TaskSpec) -> TaskConfi
     head = spec.head
     mode = cfg.pair_mode or head.get("pair_mode") or ("single" if not spec.is_pair else spec.input_format)
     if spec.is_pair and mode == "single":
-        raise ConfigError(f"config field 'tasks.{name}.pair_mode': task {name} has sentence pairs; use cross, bi or "
-                          "cosine")
+        raise ConfigError(
+            f"config field 'tasks.{name}.pair_mode': task {name} has sentence pairs; use cross, bi or cosine"
+        )
     if not spec.is_pair and mode != "single":
-        raise ConfigError(f"config field 'tasks.{name}.pair_mode' is {mode!r} but task {name} has single sentences")
+        raise ConfigError(
+            f"config field 'tasks.{name}.pair_mode' is {mode!r} but task {name} has single sentences"
+        )
     pooling = cfg.pooling or head.get("pooling") or ("mean" if mode in ("bi", "cosine") else "cls")
     loss = cfg.loss or spec.loss
     if mode == "cosine" and loss not in ("cosine_mse", "cosent"):
-        raise ConfigError(f"config field 'tasks.{name}.loss': pair_mode cosine needs cosine_mse or cosent, "
-                          f"got {loss!r}")
+        raise ConfigError(
+            f"config field 'tasks.{name}.loss': pair_mode cosine needs cosine_mse or cosent, got {loss!r}"
+        )
     return TaskConfig(**{**to_dict(cfg), "pair_mode": mode, "pooling": pooling, "loss": loss})
 
 
@@ -125,7 +129,9 @@ def load_bert(cfg: Config) -> BertModel:
     return BertModel.from_pretrained(cfg.model.pretrained, **overrides)
 
 
-def make_tasks(cfg: Config, tokenizer: BertTokenizer, splits: tuple[str, ...] = ("train", "dev")) -> dict[str, Task]:
+def make_tasks(
+    cfg: Config, tokenizer: BertTokenizer, splits: tuple[str, ...] = ("train", "dev")
+) -> dict[str, Task]:
     """Task specs + configs -> tasks with their losses and (optionally) data loaders."""
     if not cfg.tasks:
         raise ConfigError("config field 'tasks' is empty: name at least one task (e.g. tasks: [sst])")
@@ -141,17 +147,20 @@ def make_tasks(cfg: Config, tokenizer: BertTokenizer, splits: tuple[str, ...] = 
         fmt = "bi" if tcfg.pair_mode in ("bi", "cosine") else tcfg.pair_mode
         for split in splits:
             limit = tcfg.train_limit if split == "train" else tcfg.dev_limit
-            examples, report = read_examples(spec, spec.path(split, data_dir), labeled=True,
-                                             skip_bad=tcfg.skip_bad, limit=limit)
+            examples, report = read_examples(
+                spec, spec.path(split, data_dir), labeled=True, skip_bad=tcfg.skip_bad, limit=limit
+            )
             if report.skipped:
                 log.warning("%s", report)
             ds = EncodedDataset(examples, tokenizer, fmt, tcfg.max_length, label_kind=spec.label_kind)
             if split == "train":
-                task.train = make_loader(ds, tcfg.batch_size, shuffle=True, seed=cfg.train.seed,
-                                         num_workers=cfg.train.num_workers)
+                task.train = make_loader(
+                    ds, tcfg.batch_size, shuffle=True, seed=cfg.train.seed, num_workers=cfg.train.num_workers
+                )
             else:
-                task.dev = make_loader(ds, cfg.train.eval_batch_size, shuffle=False,
-                                       num_workers=cfg.train.num_workers)
+                task.dev = make_loader(
+                    ds, cfg.train.eval_batch_size, shuffle=False, num_workers=cfg.train.num_workers
+                )
         tasks[name] = task
     return tasks
 
@@ -228,14 +237,28 @@ def setup(cfg: Config, run_dir: Path | None = None) -> Trainer:
     model = build_model(cfg, tasks, bert).to(device)
 
     frozen = cfg.train.mode == "last-layer"
-    groups = build_param_groups(model, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                                layer_decay=cfg.optim.layer_decay, freeze_encoder=frozen, encoder_prefix="bert.")
+    groups = build_param_groups(
+        model,
+        lr=cfg.optim.lr,
+        weight_decay=cfg.optim.weight_decay,
+        layer_decay=cfg.optim.layer_decay,
+        freeze_encoder=frozen,
+        encoder_prefix="bert.",
+    )
     if cfg.optim.head_lr is not None:
         groups = with_head_lr(groups, model, cfg.optim.head_lr)
     combiner = build_combiner(cfg.train.combiner, list(tasks), **cfg.train.combiner_kwargs).to(device)
     if any(True for _ in combiner.parameters()):  # learned task weights (uncertainty) train with the heads
-        groups.append({"params": list(combiner.parameters()), "lr": cfg.optim.head_lr or cfg.optim.lr,
-                       "weight_decay": 0.0, "name": "combiner"})
+        named = list(combiner.named_parameters())
+        group = {
+            "params": [p for _, p in named],
+            "lr": cfg.optim.head_lr or cfg.optim.lr,
+            "weight_decay": 0.0,
+            "name": "combiner",
+        }
+        if "param_names" in groups[0]:
+            group["param_names"] = [f"combiner.{n}" for n, _ in named]
+        groups.append(group)
 
     sizes = {n: len(t.train) for n, t in tasks.items()}
     schedule = build_schedule(cfg.train.schedule, **cfg.train.schedule_kwargs)
@@ -250,15 +273,35 @@ def setup(cfg: Config, run_dir: Path | None = None) -> Trainer:
         fisher = None
         if cfg.optim.child_tuning == "D":
             fisher = run_fisher_pass(model, tasks, device)
-        child = build_child_tuning(cfg.optim.child_tuning, cfg.optim.reserve_p, eligible_parameters(model),
-                                   fisher=fisher)
-    optimizer = AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
-                      weight_decay=cfg.optim.weight_decay, grad_mask=child)
+        child = build_child_tuning(
+            cfg.optim.child_tuning, cfg.optim.reserve_p, eligible_parameters(model), fisher=fisher
+        )
+    optimizer = AdamW(
+        groups,
+        lr=cfg.optim.lr,
+        betas=tuple(cfg.optim.betas),
+        eps=cfg.optim.eps,
+        weight_decay=cfg.optim.weight_decay,
+        grad_mask=child,
+    )
     warmup = cfg.optim.warmup if cfg.optim.warmup < 1 else int(cfg.optim.warmup)
     scheduler = get_schedule(cfg.optim.schedule, optimizer, total_steps=total_steps, warmup=warmup)
-    return Trainer(cfg, model, tokenizer, tasks, optimizer, scheduler, schedule, combiner, device,
-                   autocast_for(cfg.train.precision, device), run_dir or cfg.resolved_run_dir(),
-                   steps_per_epoch, total_steps, child)
+    return Trainer(
+        cfg,
+        model,
+        tokenizer,
+        tasks,
+        optimizer,
+        scheduler,
+        schedule,
+        combiner,
+        device,
+        autocast_for(cfg.train.precision, device),
+        run_dir or cfg.resolved_run_dir(),
+        steps_per_epoch,
+        total_steps,
+        child,
+    )
 
 
 def with_head_lr(groups: list[dict], model: MultitaskModel, head_lr: float) -> list[dict]:
@@ -266,12 +309,19 @@ def with_head_lr(groups: list[dict], model: MultitaskModel, head_lr: float) -> l
     encoder = {id(p) for p in model.bert.parameters()}
     out = []
     for g in groups:
-        enc = [p for p in g["params"] if id(p) in encoder]
-        heads = [p for p in g["params"] if id(p) not in encoder]
-        if enc:
-            out.append({**g, "params": enc})
-        if heads:
-            out.append({**g, "params": heads, "lr": head_lr, "name": f"{g.get('name', 'group')}.heads"})
+        names = g.get("param_names", [None] * len(g["params"]))
+        for is_head in (False, True):
+            keep = [
+                (p, n) for p, n in zip(g["params"], names, strict=True) if (id(p) not in encoder) == is_head
+            ]
+            if not keep:
+                continue
+            part = {**g, "params": [p for p, _ in keep]}
+            if "param_names" in g:
+                part["param_names"] = [n for _, n in keep]
+            if is_head:
+                part.update(lr=head_lr, name=f"{g.get('name', 'group')}.heads")
+            out.append(part)
     return out
 
 
@@ -281,7 +331,9 @@ def task_loss(model: MultitaskModel, task: Task, batch, autocast) -> torch.Tenso
     return task.loss(out.float(), batch.labels)
 
 
-def run_fisher_pass(model: MultitaskModel, tasks: dict[str, Task], device: torch.device) -> dict[str, torch.Tensor]:
+def run_fisher_pass(
+    model: MultitaskModel, tasks: dict[str, Task], device: torch.device
+) -> dict[str, torch.Tensor]:
     """Child-Tuning D: one pass over every task's training data, each batch's own task loss."""
     batches = [(name, b) for name, t in tasks.items() for b in t.train]
 
@@ -336,8 +388,14 @@ def fit(tr: Trainer) -> dict:
         nonlocal evals_since_best
         metrics = validate(tr)
         score = mean_score({n: t.spec for n, t in tr.tasks.items()}, metrics)
-        record = {"step": step, "epoch": epoch, "split": "dev", "score": score, "tasks": metrics,
-                  "elapsed_s": round(time.time() - t0, 2)}
+        record = {
+            "step": step,
+            "epoch": epoch,
+            "split": "dev",
+            "score": score,
+            "tasks": metrics,
+            "elapsed_s": round(time.time() - t0, 2),
+        }
         tr.history.append(record)
         if main:
             write_jsonl(metrics_file, record)
@@ -347,7 +405,9 @@ def fit(tr: Trainer) -> dict:
             best.update(score=score, step=step, metrics=metrics)
             evals_since_best = 0
             if main:
-                save_run_checkpoint(tr, tr.run_dir / "best", extra={"step": step, "score": score, "metrics": metrics})
+                save_run_checkpoint(
+                    tr, tr.run_dir / "best", extra={"step": step, "score": score, "metrics": metrics}
+                )
         else:
             evals_since_best += 1
         train_mode()
@@ -361,8 +421,12 @@ def fit(tr: Trainer) -> dict:
     for epoch in range(cfg.train.epochs):
         running: dict[str, list[float]] = defaultdict(list)
         plan = list(tr.schedule.steps(epoch, sizes, step_rule, rng))
-        bar = tqdm(plan, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not (cfg.train.progress and main),
-                   dynamic_ncols=True)
+        bar = tqdm(
+            plan,
+            desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+            disable=not (cfg.train.progress and main),
+            dynamic_ncols=True,
+        )
         for names in bar:
             losses = {}
             for name in names:
@@ -377,8 +441,9 @@ def fit(tr: Trainer) -> dict:
                 continue
             scaler.unscale_(tr.optimizer)
             if cfg.optim.grad_clip:
-                torch.nn.utils.clip_grad_norm_([p for g in tr.optimizer.param_groups for p in g["params"]],
-                                               cfg.optim.grad_clip)
+                torch.nn.utils.clip_grad_norm_(
+                    [p for g in tr.optimizer.param_groups for p in g["params"]], cfg.optim.grad_clip
+                )
             scaler.step(tr.optimizer)
             scaler.update()
             tr.optimizer.zero_grad(set_to_none=True)
@@ -386,13 +451,21 @@ def fit(tr: Trainer) -> dict:
             step += 1
             bar.set_postfix({n: f"{np.mean(v[-50:]):.3f}" for n, v in running.items()})
             if main and step % 50 == 0:
-                write_jsonl(metrics_file, {"step": step, "epoch": epoch, "split": "train",
-                                           "loss": {n: float(np.mean(v[-50:])) for n, v in running.items()},
-                                           "lr": tr.scheduler.get_last_lr()[0]})
+                write_jsonl(
+                    metrics_file,
+                    {
+                        "step": step,
+                        "epoch": epoch,
+                        "split": "train",
+                        "loss": {n: float(np.mean(v[-50:])) for n, v in running.items()},
+                        "lr": tr.scheduler.get_last_lr()[0],
+                    },
+                )
             if cfg.train.eval_every and step % cfg.train.eval_every == 0:
                 evaluate_and_keep(epoch)
             out_of_budget = (cfg.train.max_steps and step >= cfg.train.max_steps) or (
-                cfg.train.max_minutes and time.time() - t0 > 60 * cfg.train.max_minutes)
+                cfg.train.max_minutes and time.time() - t0 > 60 * cfg.train.max_minutes
+            )
             early = cfg.train.early_stopping and evals_since_best >= cfg.train.early_stopping
             if out_of_budget or early:
                 stop = True
@@ -435,4 +508,3 @@ def peak_memory_mb(device: torch.device) -> float:
         return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
     except ImportError:  # pragma: no cover - non-Unix
         return float("nan")
-

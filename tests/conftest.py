@@ -32,3 +32,32 @@ def data_dir() -> Path:
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random BERT (2 layers, hidden 32) with the default checkpoint's real vocabulary.
+
+    Real vocabulary so that the real tokenizer and real data work; tiny everything else so
+    that training runs take a second.
+    """
+    import shutil
+
+    from minbert import BertConfig, BertModel
+    from minbert.checkpoint import resolve_model_dir
+
+    d = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
+    BertModel(cfg).save_pretrained(d)
+    src = resolve_model_dir(None)
+    for name in ("vocab.txt", "tokenizer_config.json"):
+        shutil.copy(src / name, d / name)
+    return d

@@ -133,7 +133,9 @@ def test_tiny_random_config_saved_by_transformers(tmp_path):
     tt = torch.zeros(3, 10, dtype=torch.long)
     tt[:, 5:] = 1
     with torch.no_grad():
-        assert_outputs_close(ours(ids, mask, tt), hf(input_ids=ids, attention_mask=mask, token_type_ids=tt), mask)
+        assert_outputs_close(
+            ours(ids, mask, tt), hf(input_ids=ids, attention_mask=mask, token_type_ids=tt), mask
+        )
 
 
 def test_config_rejects_bad_values():

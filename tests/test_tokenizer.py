@@ -37,8 +37,10 @@ def test_every_sst_dev_sentence_matches(toks, data_dir):
     assert len(sents) == 1001
     for i in range(0, len(sents), 128):
         chunk = sents[i : i + 128]
-        assert_same(ours(chunk, max_length=128), theirs(chunk, padding=True, truncation=True, max_length=128,
-                                                         return_tensors="pt"))
+        assert_same(
+            ours(chunk, max_length=128),
+            theirs(chunk, padding=True, truncation=True, max_length=128, return_tensors="pt"),
+        )
 
 
 def test_500_quora_pairs_match(toks, data_dir):
@@ -49,14 +51,22 @@ def test_500_quora_pairs_match(toks, data_dir):
         # max_length 32 forces longest-first truncation of many pairs
         for max_len in (32, 128):
             o = ours(a[i : i + 100], b[i : i + 100], max_length=max_len)
-            t = theirs(a[i : i + 100], b[i : i + 100], padding=True, truncation="longest_first",
-                       max_length=max_len, return_tensors="pt")
+            t = theirs(
+                a[i : i + 100],
+                b[i : i + 100],
+                padding=True,
+                truncation="longest_first",
+                max_length=max_len,
+                return_tensors="pt",
+            )
             assert_same(o, t)
 
 
 def test_long_reviews_truncate_like_transformers(toks, data_dir):
     ours, theirs = toks
-    reviews = sorted((s for (s,) in read_column(data_dir / "ids-cfimdb-train.csv", "sentence")), key=len)[-20:]
+    reviews = sorted((s for (s,) in read_column(data_dir / "ids-cfimdb-train.csv", "sentence")), key=len)[
+        -20:
+    ]
     o = ours(reviews, max_length=512)
     assert o["input_ids"].shape[1] == 512
     assert_same(o, theirs(reviews, padding=True, truncation=True, max_length=512, return_tensors="pt"))

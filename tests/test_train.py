@@ -1,0 +1,147 @@
+"""The training loop end to end on tiny models and slices of the real data."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from minbert.cli import main as cli
+from minbert.config import load_config
+from minbert.train import fit, setup
+
+
+def tiny_config(tiny_model_dir, data_dir, tmp_path, tasks, **sections):
+    base = {
+        "name": "t",
+        "model": {"pretrained": str(tiny_model_dir)},
+        "tasks": {t: {"train_limit": 64, "dev_limit": 48, "batch_size": 16, "max_length": 48} for t in tasks},
+        "data_dir": str(data_dir),
+        "run_dir": str(tmp_path / "run"),
+        "optim": {"lr": 1e-3, "warmup": 0, "schedule": "constant"},
+        "train": {"epochs": 1, "progress": False},
+    }
+    for key, value in sections.items():
+        base.setdefault(key, {}).update(value)
+    return load_config(base=base)
+
+
+@torch.no_grad()
+def mean_train_loss(tr, task):
+    tr.model.eval()
+    t = tr.tasks[task]
+    losses = [t.loss(tr.model(task, b.inputs), b.labels).item() for b in t.train]
+    tr.model.train()
+    return float(np.mean(losses))
+
+
+def test_loss_goes_down_on_real_sst_slice(tiny_model_dir, data_dir, tmp_path):
+    cfg = tiny_config(
+        tiny_model_dir,
+        data_dir,
+        tmp_path,
+        ["sst"],
+        train={"epochs": 8},
+        optim={"weight_decay": 0.0, "lr": 3e-3},
+    )
+    tr = setup(cfg)
+    before = mean_train_loss(tr, "sst")
+    summary = fit(tr)
+    after = mean_train_loss(tr, "sst")
+    assert after < before - 0.1, (before, after)
+    assert summary["steps"] == 8 * 4  # 64 examples / batch 16, 8 epochs
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["split"] == "dev"] == list(range(8))
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+
+
+def test_last_layer_mode_trains_heads_only(tiny_model_dir, data_dir, tmp_path):
+    cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst"], train={"mode": "last-layer"})
+    tr = setup(cfg)
+    bert_before = {k: v.clone() for k, v in tr.model.bert.state_dict().items()}
+    head_before = {k: v.clone() for k, v in tr.model.tasks.state_dict().items()}
+    fit(tr)
+    for k, v in tr.model.bert.state_dict().items():
+        assert torch.equal(v, bert_before[k]), k
+    assert any(not torch.equal(v, head_before[k]) for k, v in tr.model.tasks.state_dict().items())
+
+
+def read_predictions(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize(
+    "task,pair_mode,loss,kind",
+    [
+        ("sst", None, None, int),
+        ("quora", "cross", None, int),
+        ("sts", "bi", "mse", float),
+        ("sts", "cosine", "cosent", float),
+    ],
+)
+def test_train_then_predict_via_cli(tiny_model_dir, data_dir, tmp_path, task, pair_mode, loss, kind):
+    run = tmp_path / "run"
+    args = [
+        "train",
+        "--task",
+        task,
+        "--data-dir",
+        str(data_dir),
+        "--run-dir",
+        str(run),
+        "--set",
+        f"model.pretrained={tiny_model_dir}",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.progress=false",
+        "--set",
+        f"tasks.{task}.train_limit=32",
+        "--set",
+        f"tasks.{task}.dev_limit=32",
+        "--set",
+        f"tasks.{task}.max_length=32",
+    ]
+    if pair_mode:
+        args += ["--set", f"tasks.{task}.pair_mode={pair_mode}"]
+    if loss:
+        args += ["--set", f"tasks.{task}.loss={loss}"]
+    assert cli(args) == 0
+    spec_file = {
+        "sst": "ids-sst-test-student.csv",
+        "quora": "quora-test-student.csv",
+        "sts": "sts-test-student.csv",
+    }[task]
+    # a small input file in the test-student layout, with quoting, order to be kept
+    with open(data_dir / spec_file, newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    inp = tmp_path / "in.csv"
+    with open(inp, "w", newline="") as f:
+        csv.writer(f, delimiter="\t").writerows(rows[:41])
+    out = tmp_path / "out.csv"
+    assert cli(["predict", "--run", str(run), "--task", task, "--input", str(inp), "--output", str(out)]) == 0
+    preds = read_predictions(out)
+    assert list(preds[0]) == ["id", "prediction"]
+    header = rows[0]
+    assert [p["id"] for p in preds] == [r[header.index("id")] for r in rows[1:41]]
+    values = [kind(p["prediction"]) for p in preds]
+    if task == "sst":
+        assert all(v in range(5) and p["prediction"].isdigit() for v, p in zip(values, preds, strict=True))
+    elif task == "quora":
+        assert set(values) <= {0, 1}
+    else:
+        assert all(0.0 <= v <= 5.0 for v in values)
+    assert cli(["eval", "--run", str(run), "--split", "dev", "--data-dir", str(data_dir)]) == 0
+    assert json.loads((run / "eval-dev.json").read_text())["tasks"][task]
+
+
+def test_bad_config_fails_before_training(tiny_model_dir, data_dir, tmp_path, capsys):
+    assert cli(["train", "--task", "sst", "--set", "optim.lr=-1", "--run-dir", str(tmp_path)]) == 2
+    assert "config field 'optim.lr' must be positive" in capsys.readouterr().err
+    assert cli(["train", "--task", "sst", "--set", "tasks.sst.pair_mode=cross"]) == 2
+    assert "single sentences" in capsys.readouterr().err
+    assert not (tmp_path / "config.yaml").exists()
