@@ -102,6 +102,7 @@ class Config:
     data_dir: str | None = None  # default: $DATA_DIR, else ../shared/data, else ./data
     run_dir: str | None = None  # default: runs/<name>
     task_specs: str | None = None  # a YAML file of extra task specs
+    regularizers: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. {smart: {lambda_s: 1.0}}
 
     def __post_init__(self):
         validate(self)
@@ -181,9 +182,7 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
                 return _check_type(value, a, where)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(
-            errors[0] if len(errors) == 1 else f"config field '{where}' has invalid value {value!r}"
-        )
+        raise ConfigError(errors[0] if len(errors) == 1 else f"config field '{where}' has invalid value {value!r}")
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if origin is dict:
@@ -252,9 +251,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw) if raw.strip() else None
 
 
-def load_config(
-    path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None
-) -> Config:
+def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> Config:
     """YAML file (optional) + ``key=value`` overrides -> a validated ``Config``."""
     data: dict = dict(base or {})
     if path is not None:

@@ -40,6 +40,49 @@ def write_jsonl(path: Path, record: dict) -> None:
         f.flush()
 
 
+def flatten(record: dict, prefix: str = "") -> dict[str, float]:
+    """{"tasks": {"sst": {"accuracy": 0.5}}} -> {"tasks/sst/accuracy": 0.5} (numbers only)."""
+    out = {}
+    for k, v in record.items():
+        key = f"{prefix}/{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(flatten(v, key))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[key] = float(v)
+    return out
+
+
+class RunLogger:
+    """Writes each record to ``metrics.jsonl`` and, when tensorboard is installed, as scalars
+    (``tensorboard --logdir runs/``): dev records under ``dev/...``, training under ``train/...``."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.enabled = enabled
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(log_dir=str(run_dir))
+            except ImportError:  # tensorboard is optional (the `report` extra)
+                self.tb = None
+
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        write_jsonl(self.path, record)
+        if self.tb is not None:
+            split = record.get("split", "train")
+            for key, value in flatten({k: v for k, v in record.items() if k not in ("step", "epoch")}).items():
+                self.tb.add_scalar(f"{split}/{key}", value, record.get("step", 0))
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
 def save_run_checkpoint(tr: Trainer, directory: Path, extra: dict | None = None) -> None:
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
@@ -55,9 +98,7 @@ def save_run_checkpoint(tr: Trainer, directory: Path, extra: dict | None = None)
     if tr.child_tuning is not None and hasattr(tr.child_tuning, "state_dict"):
         masks = tr.child_tuning.state_dict()
         if masks:
-            save_file(
-                {k: v.contiguous().cpu() for k, v in masks.items()}, str(tmp / "child_tuning.safetensors")
-            )
+            save_file({k: v.contiguous().cpu() for k, v in masks.items()}, str(tmp / "child_tuning.safetensors"))
     old = directory.with_name(directory.name + ".old")
     if directory.exists():
         if old.exists():
@@ -89,8 +130,7 @@ def load_run(
     missing, unexpected = model.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=False)
     if missing or unexpected:
         raise CheckpointError(
-            f"{ckpt}: checkpoint does not fit the run's config "
-            f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+            f"{ckpt}: checkpoint does not fit the run's config (missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
     model.bert.source_dir = ckpt
     meta = json.loads((ckpt / "meta.json").read_text())

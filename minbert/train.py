@@ -67,6 +67,11 @@ class Task:
     dev: torch.utils.data.DataLoader | None = None
     threshold: float | None = None
 
+    @property
+    def output_kind(self) -> str:
+        """What the task module outputs: class logits, one binary logit, or a value/score."""
+        return {"cross_entropy": "classification", "bce": "binary"}.get(self.cfg.loss, "regression")
+
 
 def resolve_task_config(name: str, cfg: TaskConfig, spec: TaskSpec) -> TaskConfig:
     """Fill the config's open fields (pair mode, pooling, loss) from the task spec."""
@@ -77,9 +82,7 @@ def resolve_task_config(name: str, cfg: TaskConfig, spec: TaskSpec) -> TaskConfi
             f"config field 'tasks.{name}.pair_mode': task {name} has sentence pairs; use cross, bi or cosine"
         )
     if not spec.is_pair and mode != "single":
-        raise ConfigError(
-            f"config field 'tasks.{name}.pair_mode' is {mode!r} but task {name} has single sentences"
-        )
+        raise ConfigError(f"config field 'tasks.{name}.pair_mode' is {mode!r} but task {name} has single sentences")
     pooling = cfg.pooling or head.get("pooling") or ("mean" if mode in ("bi", "cosine") else "cls")
     loss = cfg.loss or spec.loss
     if mode == "cosine" and loss not in ("cosine_mse", "cosent"):
@@ -129,9 +132,7 @@ def load_bert(cfg: Config) -> BertModel:
     return BertModel.from_pretrained(cfg.model.pretrained, **overrides)
 
 
-def make_tasks(
-    cfg: Config, tokenizer: BertTokenizer, splits: tuple[str, ...] = ("train", "dev")
-) -> dict[str, Task]:
+def make_tasks(cfg: Config, tokenizer: BertTokenizer, splits: tuple[str, ...] = ("train", "dev")) -> dict[str, Task]:
     """Task specs + configs -> tasks with their losses and (optionally) data loaders."""
     if not cfg.tasks:
         raise ConfigError("config field 'tasks' is empty: name at least one task (e.g. tasks: [sst])")
@@ -158,9 +159,7 @@ def make_tasks(
                     ds, tcfg.batch_size, shuffle=True, seed=cfg.train.seed, num_workers=cfg.train.num_workers
                 )
             else:
-                task.dev = make_loader(
-                    ds, cfg.train.eval_batch_size, shuffle=False, num_workers=cfg.train.num_workers
-                )
+                task.dev = make_loader(ds, cfg.train.eval_batch_size, shuffle=False, num_workers=cfg.train.num_workers)
         tasks[name] = task
     return tasks
 
@@ -223,6 +222,7 @@ class Trainer:
     steps_per_epoch: int
     total_steps: int
     child_tuning: object = None
+    regularizers: list = field(default_factory=list)
     history: list[dict] = field(default_factory=list)
 
 
@@ -276,6 +276,15 @@ def setup(cfg: Config, run_dir: Path | None = None) -> Trainer:
         child = build_child_tuning(
             cfg.optim.child_tuning, cfg.optim.reserve_p, eligible_parameters(model), fisher=fisher
         )
+    regularizers = []
+    if cfg.regularizers:
+        from minbert.regularizers import build_regularizer
+
+        for name, kwargs in cfg.regularizers.items():
+            try:
+                regularizers.append(build_regularizer(name, model, **kwargs))
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"config field 'regularizers.{name}': {e}") from e
     optimizer = AdamW(
         groups,
         lr=cfg.optim.lr,
@@ -301,6 +310,7 @@ def setup(cfg: Config, run_dir: Path | None = None) -> Trainer:
         steps_per_epoch,
         total_steps,
         child,
+        regularizers,
     )
 
 
@@ -311,9 +321,7 @@ def with_head_lr(groups: list[dict], model: MultitaskModel, head_lr: float) -> l
     for g in groups:
         names = g.get("param_names", [None] * len(g["params"]))
         for is_head in (False, True):
-            keep = [
-                (p, n) for p, n in zip(g["params"], names, strict=True) if (id(p) not in encoder) == is_head
-            ]
+            keep = [(p, n) for p, n in zip(g["params"], names, strict=True) if (id(p) not in encoder) == is_head]
             if not keep:
                 continue
             part = {**g, "params": [p for p, _ in keep]}
@@ -325,15 +333,18 @@ def with_head_lr(groups: list[dict], model: MultitaskModel, head_lr: float) -> l
     return out
 
 
-def task_loss(model: MultitaskModel, task: Task, batch, autocast) -> torch.Tensor:
+def task_loss(model: MultitaskModel, task: Task, batch, autocast, regularizers=()) -> torch.Tensor:
+    """The task's loss on a batch, plus any regulariser terms (SMART) computed from the same forward."""
     with autocast():
         out = model(task.name, batch.inputs)
-    return task.loss(out.float(), batch.labels)
+    loss = task.loss(out.float(), batch.labels)
+    for reg in regularizers:
+        with autocast():
+            loss = loss + reg.loss(model, task.name, batch.inputs, out, task.output_kind)
+    return loss
 
 
-def run_fisher_pass(
-    model: MultitaskModel, tasks: dict[str, Task], device: torch.device
-) -> dict[str, torch.Tensor]:
+def run_fisher_pass(model: MultitaskModel, tasks: dict[str, Task], device: torch.device) -> dict[str, torch.Tensor]:
     """Child-Tuning D: one pass over every task's training data, each batch's own task loss."""
     batches = [(name, b) for name, t in tasks.items() for b in t.train]
 
@@ -361,14 +372,14 @@ def validate(tr: Trainer, tune_thresholds: bool = True) -> dict[str, dict[str, f
 
 def fit(tr: Trainer) -> dict:
     """Train; evaluate each epoch or every ``eval_every`` steps; keep the best checkpoint."""
-    from minbert.runs import save_run_checkpoint, write_jsonl
+    from minbert.runs import RunLogger, save_run_checkpoint
 
     cfg, model = tr.cfg, tr.model
     main = is_main_process()
     if main:
         tr.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, tr.run_dir / "config.yaml")
-    metrics_file = tr.run_dir / "metrics.jsonl"
+    logger = RunLogger(tr.run_dir, enabled=main)
     rng = random.Random(cfg.train.seed)
     iters = {n: forever(t.train) for n, t in tr.tasks.items()}
     sizes = {n: len(t.train) for n, t in tr.tasks.items()}
@@ -397,17 +408,14 @@ def fit(tr: Trainer) -> dict:
             "elapsed_s": round(time.time() - t0, 2),
         }
         tr.history.append(record)
-        if main:
-            write_jsonl(metrics_file, record)
+        logger.log(record)
         line = "  ".join(f"{n}: {fmt_metrics(m)}" for n, m in metrics.items())
         tqdm.write(f"[step {step}] dev score {score:.4f}  {line}")
         if score > best["score"]:
             best.update(score=score, step=step, metrics=metrics)
             evals_since_best = 0
             if main:
-                save_run_checkpoint(
-                    tr, tr.run_dir / "best", extra={"step": step, "score": score, "metrics": metrics}
-                )
+                save_run_checkpoint(tr, tr.run_dir / "best", extra={"step": step, "score": score, "metrics": metrics})
         else:
             evals_since_best += 1
         train_mode()
@@ -431,7 +439,7 @@ def fit(tr: Trainer) -> dict:
             losses = {}
             for name in names:
                 batch = next(iters[name]).to(tr.device)
-                loss = task_loss(model, tr.tasks[name], batch, tr.autocast)
+                loss = task_loss(model, tr.tasks[name], batch, tr.autocast, tr.regularizers)
                 running[name].append(loss.item())
                 examples_seen += len(batch)
                 losses[name] = scaler.scale(loss / cfg.optim.grad_accum)
@@ -448,11 +456,12 @@ def fit(tr: Trainer) -> dict:
             scaler.update()
             tr.optimizer.zero_grad(set_to_none=True)
             tr.scheduler.step()
+            for reg in tr.regularizers:
+                reg.after_step(model)
             step += 1
             bar.set_postfix({n: f"{np.mean(v[-50:]):.3f}" for n, v in running.items()})
-            if main and step % 50 == 0:
-                write_jsonl(
-                    metrics_file,
+            if step % 50 == 0:
+                logger.log(
                     {
                         "step": step,
                         "epoch": epoch,
@@ -472,6 +481,9 @@ def fit(tr: Trainer) -> dict:
                 break
         bar.close()
         tr.combiner.end_epoch({n: float(np.mean(v)) for n, v in running.items()})
+        for reg in tr.regularizers:
+            if getattr(reg, "calls", 0):
+                tqdm.write(f"{type(reg).__name__}: +{reg.seconds / reg.calls:.3f} s per task batch ({reg.calls} calls)")
         if not cfg.train.eval_every or (stop and step % cfg.train.eval_every):
             evaluate_and_keep(epoch)
         if stop:
@@ -491,7 +503,10 @@ def fit(tr: Trainer) -> dict:
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
     if main:
-        (tr.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        tmp = tr.run_dir / "summary.json.tmp"  # the file's existence marks a finished run: write it whole
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        tmp.replace(tr.run_dir / "summary.json")
+    logger.close()
     return summary
 
 

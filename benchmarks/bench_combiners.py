@@ -1,0 +1,78 @@
+"""Step time of each mixed-step combiner against plain summed losses, on the same batches.
+
+    python benchmarks/bench_combiners.py                       # default model, sst+quora+sts, 20 steps
+    python benchmarks/bench_combiners.py --combiners sum pcgrad --steps 30
+
+Every combiner trains from the same initial weights on the same sequence of mixed
+batches (one batch of every task per step); the time of a step covers the task
+forwards, the combiner's backward pass(es) and the optimizer step. The first steps are
+warm-up and not timed. Prints ms/step and the ratio to ``sum``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+from minbert.config import load_config
+from minbert.multitask import build_combiner
+from minbert.optim import AdamW
+from minbert.train import setup, task_loss
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="configs/default.yaml")
+    p.add_argument("--combiners", nargs="+", default=["sum", "pcgrad", "gradvac", "cagrad"])
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=16)
+    args = p.parse_args()
+
+    overrides = ["train.schedule=mixed", "train.progress=false"]
+    cfg = load_config(args.config, overrides)
+    for t in cfg.tasks.values():
+        t.batch_size = args.batch_size
+        t.train_limit = args.batch_size * (args.steps + args.warmup)
+        t.dev_limit = 8
+    tr = setup(cfg)
+    batches = [{n: b for n, b in zip(tr.tasks, bs, strict=True)} for bs in zip(*(t.train for t in tr.tasks.values()))]
+    batches = batches[: args.steps + args.warmup]
+    initial = copy.deepcopy(tr.model.state_dict())
+
+    results = {}
+    for name in args.combiners:
+        tr.model.load_state_dict(initial)
+        tr.model.train()
+        combiner = build_combiner(name, list(tr.tasks))
+        params = [p for p in tr.model.parameters() if p.requires_grad] + list(combiner.parameters())
+        opt = AdamW(params, lr=1e-5)
+        shared = tr.model.shared_parameters()
+        times = []
+        for i, step in enumerate(batches):
+            t0 = time.perf_counter()
+            losses = {n: task_loss(tr.model, tr.tasks[n], b, tr.autocast) for n, b in step.items()}
+            combiner.backward(losses, shared)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if i >= args.warmup:
+                times.append(time.perf_counter() - t0)
+        results[name] = statistics.median(times)
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"tasks: {', '.join(tr.tasks)}; batch {args.batch_size} per task; median of {args.steps} steps")
+    base = results.get("sum")
+    for name, sec in results.items():
+        ratio = f"{sec / base:.3f}x" if base else ""
+        print(f"{name:12s} {1000 * sec:8.1f} ms/step  {ratio}")
+
+
+if __name__ == "__main__":
+    main()
