@@ -497,6 +497,8 @@ def make_loader(
     num_workers: int = 0,
     bucket: bool = True,
     drop_last: bool = False,
+    num_replicas: int = 1,
+    rank: int = 0,
 ) -> DataLoader:
     """A DataLoader of :class:`Batch` over ``dataset``.
 
@@ -504,11 +506,20 @@ def make_loader(
     ``loader.batch_sampler.set_epoch(epoch)`` each epoch); ``bucket=False`` is plain
     random (or sequential) batching, seeded. Without shuffling, bucketed batches come
     sorted by length: use ``batch.indices`` to restore the input order.
+    ``num_replicas`` / ``rank`` shard the batches for data-parallel training (bucketed only).
     """
+    if num_replicas > 1 and not bucket:
+        raise ValueError("data-parallel sharding needs bucket=True")
     collate = Collator(dataset.tokenizer, dataset.label_kind)
     if bucket:
         sampler = BucketBatchSampler(
-            dataset.lengths, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed
+            dataset.lengths,
+            batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            seed=seed,
+            num_replicas=num_replicas,
+            rank=rank,
         )
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)
     return DataLoader(

@@ -155,8 +155,15 @@ def make_tasks(cfg: Config, tokenizer: BertTokenizer, splits: tuple[str, ...] = 
                 log.warning("%s", report)
             ds = EncodedDataset(examples, tokenizer, fmt, tcfg.max_length, label_kind=spec.label_kind)
             if split == "train":
+                # Under torchrun each rank takes its own share of every task's batches.
                 task.train = make_loader(
-                    ds, tcfg.batch_size, shuffle=True, seed=cfg.train.seed, num_workers=cfg.train.num_workers
+                    ds,
+                    tcfg.batch_size,
+                    shuffle=True,
+                    seed=cfg.train.seed,
+                    num_workers=cfg.train.num_workers,
+                    num_replicas=world_size(),
+                    rank=rank(),
                 )
             else:
                 task.dev = make_loader(ds, cfg.train.eval_batch_size, shuffle=False, num_workers=cfg.train.num_workers)
@@ -186,8 +193,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rank() -> int:
+    """This process's rank under torchrun (0 when not distributed)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+    return rank() == 0
 
 
 def forever(loader) -> Iterator:

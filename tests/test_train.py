@@ -145,3 +145,23 @@ def test_bad_config_fails_before_training(tiny_model_dir, data_dir, tmp_path, ca
     assert cli(["train", "--task", "sst", "--set", "tasks.sst.pair_mode=cross"]) == 2
     assert "single sentences" in capsys.readouterr().err
     assert not (tmp_path / "config.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"regularizers": {"smart": {"lambda_s": 1.0, "mu": 1.0}}},
+        {"optim": {"child_tuning": "F", "reserve_p": 0.3}},
+        {"optim": {"child_tuning": "D", "reserve_p": 0.3}},
+    ],
+    ids=["smart", "child-tuning-F", "child-tuning-D"],
+)
+def test_regularisers_plug_into_the_loop(tiny_model_dir, data_dir, tmp_path, extra):
+    cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst", "sts"], train={"max_steps": 2}, **extra)
+    tr = setup(cfg)
+    summary = fit(tr)
+    assert summary["steps"] == 2
+    if cfg.optim.child_tuning == "D":
+        masks = tr.child_tuning.state_dict()
+        assert masks and all(k.startswith("bert.encoder.layer.") for k in masks)
+        assert (tmp_path / "run" / "best" / "child_tuning.safetensors").is_file()
