@@ -1,0 +1,122 @@
+"""``minbert pretrain`` end to end on a tiny random BERT and real task text."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+
+import pytest
+import torch
+
+from minbert.config import ConfigError
+from minbert.mlm import BertForMaskedLM, BertForPreTraining
+from minbert.model import BertModel
+from minbert.pretrain import add_arguments, collect_documents, hold_out, run
+from minbert.tokenizer import BertTokenizer
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return p.parse_args(argv)
+
+
+def test_collect_documents_reads_every_text_column_and_dedupes(data_dir, tmp_path):
+    text = tmp_path / "extra.txt"
+    text.write_text("first line\n\n  first line  \nsecond line\n")
+    docs = collect_documents(["sts"], [text], data_dir)
+    # Independent count: the unique non-empty sentences of sts-train.csv, read with the csv module.
+    with open(data_dir / "sts-train.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    expected = list(dict.fromkeys(r[c].strip() for r in rows for c in ("sentence1", "sentence2") if r[c].strip()))
+    assert docs[0] == expected
+    assert docs[1] == ["first line", "second line"]
+
+
+def test_hold_out_is_disjoint_and_keeps_order():
+    docs = [[f"a{i}" for i in range(100)], [f"b{i}" for i in range(50)]]
+    train, held = hold_out(docs, 10, seed=0)
+    assert len(held) == 10 and sum(map(len, train)) == 140
+    assert not set(held) & {s for d in train for s in d}
+    assert train[0] == sorted(train[0], key=lambda s: int(s[1:]))
+
+
+def test_short_pretraining_lowers_mlm_loss_and_fine_tuning_starts_from_it(tiny_model_dir, data_dir, tmp_path):
+    out = tmp_path / "mlm"
+    args = parse(
+        ["--model", str(tiny_model_dir), "--task", "sst", "--output", str(out), "--max-steps", "100",
+         "--batch-size", "16", "--lr", "5e-3", "--eval-size", "200", "--max-length", "64", "--no-progress"]
+    )  # fmt: skip
+    assert run(args) == 0
+    assert not (tmp_path / ".mlm.partial").exists()
+    summary = json.loads((out / "pretrain_summary.json").read_text())
+    assert summary["steps"] == 100 and summary["eval_sentences"] == 200
+    assert summary["before"]["mlm_loss"] > 10.0  # a random model over 30522 tokens: about ln(30522) = 10.3
+    assert summary["after"]["mlm_loss"] < summary["before"]["mlm_loss"] - 2.0
+    records = [json.loads(line) for line in (out / "pretrain_log.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "step" in r]
+    assert [r["step"] for r in steps] == list(range(1, 101))
+    assert sum(r["loss"] for r in steps[-10:]) < sum(r["loss"] for r in steps[:10])
+
+    # Fine-tuning starts from it: the full encoder (pooler included) loads, the MLM head is reported unused.
+    enc = BertModel.from_pretrained(out)
+    assert enc.load_report.missing == []
+    assert {k for k in enc.load_report.unexpected} == {
+        "cls.predictions.bias",
+        "cls.predictions.transform.dense.weight",
+        "cls.predictions.transform.dense.bias",
+        "cls.predictions.transform.LayerNorm.weight",
+        "cls.predictions.transform.LayerNorm.bias",
+    }
+    start = BertModel.from_pretrained(tiny_model_dir)
+    assert not torch.equal(enc.embeddings.word_embeddings.weight, start.embeddings.word_embeddings.weight)
+    assert BertTokenizer.from_pretrained(out).vocab == BertTokenizer.from_pretrained(tiny_model_dir).vocab
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["BertForMaskedLM"]
+
+    # ... and transformers reads the same MLM.
+    hf = transformers.BertForMaskedLM.from_pretrained(out).eval()
+    ours = BertForMaskedLM.from_pretrained(out).eval()
+    assert not ours.load_report.missing
+    batch = BertTokenizer.from_pretrained(out)(["a [MASK] movie", "the plot is [MASK] and long"])
+    with torch.no_grad():
+        ref = hf(**batch).logits
+        got = ours(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).logits
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-5)
+
+
+def test_nsp_and_whole_word_run_writes_a_pretraining_checkpoint(tiny_model_dir, data_dir, tmp_path):
+    out = tmp_path / "nsp"
+    args = parse(
+        ["--model", str(tiny_model_dir), "--task", "sts", "--output", str(out), "--max-steps", "4", "--nsp",
+         "--whole-word", "--batch-size", "8", "--eval-size", "50", "--no-progress"]
+    )  # fmt: skip
+    assert run(args) == 0
+    records = [json.loads(line) for line in (out / "pretrain_log.jsonl").read_text().splitlines()]
+    assert all("nsp_loss" in r for r in records if "step" in r)
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["BertForPreTraining"]
+    hf = transformers.BertForPreTraining.from_pretrained(out).eval()
+    ours = BertForPreTraining.from_pretrained(out).eval()
+    assert not ours.load_report.missing and not ours.load_report.unexpected
+    batch = BertTokenizer.from_pretrained(out)(["a sentence"], ["and the next one"])
+    with torch.no_grad():
+        ref = hf(**batch).seq_relationship_logits
+        got = ours(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).seq_relationship_logits
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+
+
+def test_bad_arguments_are_config_errors(tiny_model_dir, tmp_path):
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(ConfigError, match="exists"):
+        run(parse(["--model", str(tiny_model_dir), "--task", "sst", "--output", str(tmp_path / "taken")]))
+    with pytest.raises(ConfigError, match="unknown task"):
+        run(parse(["--model", str(tiny_model_dir), "--task", "nope", "--output", str(tmp_path / "o")]))
+    with pytest.raises(ConfigError, match="no text"):
+        run(parse(["--model", str(tiny_model_dir), "--output", str(tmp_path / "o")]))
