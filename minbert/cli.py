@@ -20,10 +20,11 @@ USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError)
 EPILOG = """examples:
   minbert train --task sst --mode last-layer            frozen encoder, heads only
   minbert train --task sst --mode finetune --set optim.lr=3e-5 --set train.epochs=2
-  minbert train --config configs/multitask.yaml          all tasks of a YAML experiment
+  minbert train --config configs/default.yaml            all tasks of a YAML experiment
   minbert eval --run runs/sst --split dev
   minbert predict --run runs/sst --task sst --input data/ids-sst-test-student.csv --output sst.csv
   minbert run                                            the default multitask job (make run)
+  minbert pretrain --task sst --task quora --max-steps 200 --output runs/mlm   MLM further pretraining
 """
 
 
@@ -80,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="HF BERT directory (default: all-MiniLM-L6-v2)")
     p.add_argument("--data-dir")
     p.add_argument("--pooling", default="mean")
+
+    from minbert import pretrain
+
+    p = sub.add_parser("pretrain", help="MLM (+NSP) further pretraining on task text; writes an HF checkpoint")
+    pretrain.add_arguments(p)
 
     p = sub.add_parser("export", help="write a run's encoder as a Hugging Face BERT directory")
     p.add_argument("--run", required=True)
@@ -243,6 +249,12 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_pretrain(args) -> int:
+    from minbert import pretrain
+
+    return pretrain.run(args)
+
+
 COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
@@ -250,6 +262,7 @@ COMMANDS = {
     "run": cmd_run,
     "similarity": cmd_similarity,
     "export": cmd_export,
+    "pretrain": cmd_pretrain,
 }
 
 
