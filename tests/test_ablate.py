@@ -1,0 +1,287 @@
+"""The ablation runner on tiny grids: runs, report numbers, resume after a kill, validation, shipped grids."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import minbert.train as train_lib
+from minbert.ablate import (
+    GridError,
+    add_arguments,
+    check_runnable,
+    execute,
+    grid_from_dict,
+    load_grid,
+    plan,
+    run,
+    run_config,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "configs" / "ablations").glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def tiny_grid(tiny_model_dir, data_dir, out: Path, **changes) -> dict:
+    grid = {
+        "name": "tiny",
+        "base_config": {
+            "model": {"pretrained": str(tiny_model_dir)},
+            "data_dir": str(data_dir),
+            "tasks": {"sst": {"train_limit": 32, "dev_limit": 32, "max_length": 32, "batch_size": 16}},
+            "optim": {"lr": 1e-3, "warmup": 0, "schedule": "constant"},
+            "train": {"epochs": 1, "threads": 1, "eval_every": 1},
+        },
+        "budget": {"max_steps": 2},
+        "seeds": [0, 1],
+        "baseline": "cls",
+        "variants": {"cls": {"tasks.sst.pooling": "cls"}, "mean": {"tasks.sst.pooling": "mean"}},
+        "output": str(out),
+    }
+    grid.update(changes)
+    return grid
+
+
+def write_grid(tmp_path: Path, grid: dict) -> Path:
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+def cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return run(parser.parse_args([*argv, "--in-process"]))
+
+
+@pytest.fixture
+def count_fits(monkeypatch):
+    """Count the runs that train (by run directory) and optionally stop the grid at the n-th one like a kill."""
+    real_fit = train_lib.fit
+    state = {"calls": [], "kill_at": None}
+
+    def fit(tr):
+        state["calls"].append(tr.run_dir.relative_to(tr.run_dir.parents[1]).as_posix())
+        if len(state["calls"]) == state["kill_at"]:
+            tr.run_dir.mkdir(parents=True, exist_ok=True)
+            (tr.run_dir / "metrics.jsonl").write_text('{"step": 1, "split": "dev"}\n')  # half-written remains
+            raise KeyboardInterrupt
+        return real_fit(tr)
+
+    monkeypatch.setattr(train_lib, "fit", fit)
+    return state
+
+
+def test_grid_report_numbers_equal_the_runs_files(tiny_model_dir, data_dir, tmp_path, count_fits):
+    out = tmp_path / "grid"
+    path = write_grid(tmp_path, tiny_grid(tiny_model_dir, data_dir, out))
+    assert cli(str(path)) == 0
+    assert sorted(count_fits["calls"]) == ["cls/seed0", "cls/seed1", "mean/seed0", "mean/seed1"]
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["missing"] == [] and report["tasks"] == {"sst": "accuracy"}
+    for v in ("cls", "mean"):
+        summaries = [json.loads((out / v / f"seed{s}" / "summary.json").read_text()) for s in (0, 1)]
+        res = report["results"][v]
+        assert res["tasks"]["sst"]["accuracy"]["values"] == [s["best_metrics"]["sst"]["accuracy"] for s in summaries]
+        assert res["tasks"]["sst"]["macro_f1"]["values"] == [s["best_metrics"]["sst"]["macro_f1"] for s in summaries]
+        assert res["score"]["values"] == [s["best_score"] for s in summaries]
+        for f in ("train_seconds", "examples_per_second", "peak_memory_mb", "steps"):
+            assert res["cost"][f]["values"] == [s[f] for s in summaries]
+        acc = [s["best_metrics"]["sst"]["accuracy"] for s in summaries]
+        assert res["tasks"]["sst"]["accuracy"]["mean"] == pytest.approx(sum(acc) / 2, abs=1e-15)
+        # the learning curve: the mean over seeds of each step's dev record
+        records = [
+            [json.loads(line) for line in (out / v / f"seed{s}" / "metrics.jsonl").read_text().splitlines()]
+            for s in (0, 1)
+        ]
+        dev = [{r["step"]: r["tasks"]["sst"]["accuracy"] for r in rs if r["split"] == "dev"} for rs in records]
+        assert [p["step"] for p in report["curves"]["sst"][v]] == [1, 2]
+        for p in report["curves"]["sst"][v]:
+            assert p["mean"] == pytest.approx((dev[0][p["step"]] + dev[1][p["step"]]) / 2, abs=1e-15)
+            assert p["n"] == 2
+    diffs = [
+        report["results"]["mean"]["score"]["values"][i] - report["results"]["cls"]["score"]["values"][i] for i in (0, 1)
+    ]
+    assert report["results"]["mean"]["delta"]["score"]["mean"] == pytest.approx(sum(diffs) / 2, abs=1e-15)
+    assert report["results"]["mean"]["config_diff"] == {"tasks.sst.pooling": ["cls", "mean"]}
+
+    md = (out / "report.md").read_text()
+    mean_acc = report["results"]["mean"]["tasks"]["sst"]["accuracy"]["mean"]
+    assert f"{mean_acc:.4f}" in md and "`tasks.sst.pooling`" in md and "Finished runs: 4 of 4" in md
+    assert (out / "plots" / "curve-sst.png").stat().st_size > 0
+    for run_dir in out.glob("*/seed*"):  # TensorBoard events: from the loop, else converted from metrics.jsonl
+        assert list(run_dir.glob("events.out.tfevents.*")) or list(run_dir.glob("tb/events.out.tfevents.*"))
+    assert json.loads((out / "grid.json").read_text())["command"].startswith("minbert ablate ")
+    assert_tensorboard_conversion_matches_the_loop(out / "mean" / "seed1")
+    (out / "report.md").unlink()
+    assert cli(str(out), "--report-only") == 0 and (out / "report.md").read_text().startswith("# Ablation: tiny")
+
+
+def assert_tensorboard_conversion_matches_the_loop(run_dir: Path) -> None:
+    """jsonl_to_tensorboard gives the same scalars as the training loop's own logger (when it has one)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from minbert.report import jsonl_to_tensorboard
+
+    if not list(run_dir.glob("events.out.tfevents.*")):
+        return
+    live, converted = EventAccumulator(str(run_dir)), EventAccumulator(str(jsonl_to_tensorboard(run_dir)))
+    live.Reload()
+    converted.Reload()
+    assert set(converted.Tags()["scalars"]) == set(live.Tags()["scalars"])
+    for tag in live.Tags()["scalars"]:
+        assert [(e.step, e.value) for e in converted.Scalars(tag)] == [(e.step, e.value) for e in live.Scalars(tag)]
+
+
+def test_killed_grid_resumes_and_runs_only_what_is_missing(tiny_model_dir, data_dir, tmp_path, count_fits):
+    out = tmp_path / "grid"
+    path = write_grid(tmp_path, tiny_grid(tiny_model_dir, data_dir, out))
+    count_fits["kill_at"] = 3  # the third run dies half-way
+    assert cli(str(path)) == 130
+    assert count_fits["calls"] == ["cls/seed0", "cls/seed1", "mean/seed0"]
+    assert (out / "mean" / "seed0" / "metrics.jsonl").is_file() and not (
+        out / "mean" / "seed0" / "summary.json"
+    ).exists()
+    partial = json.loads((out / "report.json").read_text())  # a killed grid still has a report
+    assert partial["missing"] == [["mean", 0], ["mean", 1]]
+    finished = {p: (out / p / "summary.json").stat().st_mtime_ns for p in ("cls/seed0", "cls/seed1")}
+
+    count_fits.update(calls=[], kill_at=None)
+    assert cli(str(path)) == 0
+    assert count_fits["calls"] == ["mean/seed0", "mean/seed1"]
+    assert {p: (out / p / "summary.json").stat().st_mtime_ns for p in finished} == finished
+    dev = [json.loads(line) for line in (out / "mean" / "seed0" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in dev if r["split"] == "dev"] == [1, 2]  # the remains were wiped, not appended to
+    assert json.loads((out / "report.json").read_text())["missing"] == []
+
+    # a lost summary.json makes that run (and only that one) run again; --variant narrows the grid
+    (out / "cls" / "seed1" / "summary.json").unlink()
+    count_fits["calls"] = []
+    assert cli(str(path), "--variant", "mean") == 0
+    assert count_fits["calls"] == []
+    assert cli(str(path), "--variant", "cls") == 0
+    assert count_fits["calls"] == ["cls/seed1"]
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"optim.lrr": 1.0}, r"variant 'bad'.*'optim\.lrr' is unknown"),  # load_config
+        ({"optim.lr": -1.0}, r"variant 'bad'.*'optim\.lr' must be positive"),
+        ({"tasks.sst.pair_mode": "cross"}, r"variant 'bad'.*tasks\.sst\.pair_mode"),  # the task spec
+        ({"train.schedule": "annealed"}, r"variant 'bad'.*train\.schedule.*anneal_epochs"),  # strategy kwargs
+        ({"model.pretrained": "no/such/dir"}, r"variant 'bad'.*not found"),  # the checkpoint
+    ],
+)
+def test_invalid_variants_fail_before_any_run(tiny_model_dir, data_dir, tmp_path, count_fits, overrides, message):
+    out = tmp_path / "grid"
+    grid = tiny_grid(tiny_model_dir, data_dir, out, variants={"ok": {}, "bad": overrides}, baseline="ok")
+    with pytest.raises(GridError, match=message):
+        cli(str(write_grid(tmp_path, grid)))
+    assert count_fits["calls"] == [] and not out.exists()
+
+
+def test_grid_file_errors_name_the_field(tiny_model_dir, data_dir, tmp_path):
+    grid = tiny_grid(tiny_model_dir, data_dir, tmp_path / "grid")
+    with pytest.raises(GridError, match="unknown variant"):
+        cli(str(write_grid(tmp_path, grid)), "--variant", "nope")
+    for changes, message in [
+        ({"budget": {"max_epochs": 1}}, "'budget'"),
+        ({"baseline": "nope"}, "'baseline'"),
+        ({"seeds": [0, 0]}, "'seeds' has duplicates"),
+        ({"variants": {"a/b": {}}}, r"'variants\.a/b'"),
+        ({"variants": {False: {}}}, "quote YAML's on / off"),
+        ({"epochs": 3}, "'epochs' is unknown"),
+    ]:
+        with pytest.raises(GridError, match=message):
+            grid_from_dict({**grid, **changes})
+
+
+def test_run_config_applies_overrides_in_order(tiny_model_dir, data_dir, tmp_path):
+    grid = grid_from_dict(
+        tiny_grid(
+            tiny_model_dir,
+            data_dir,
+            tmp_path / "g",
+            overrides=["optim.lr=0.01", "train.max_minutes=9"],
+            budget={"max_minutes": 3},
+            variants={"a": {"optim.lr": 0.02}, "b": {"regularizers": {"smart": {"lambda_s": 2.0}}}},
+            baseline="a",
+        )
+    )
+    grid.extra = ["optim.weight_decay=0.5"]
+    cfg = run_config(grid, "a", 7)
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.train.seed) == (0.02, 0.5, 7)
+    assert (cfg.train.max_minutes, cfg.train.max_steps, cfg.train.progress) == (3, None, False)
+    assert Path(cfg.run_dir) == tmp_path / "g" / "a" / "seed7" and cfg.name == "tiny-a-seed7"
+    if hasattr(cfg, "regularizers"):  # a variant may add a whole section
+        assert run_config(grid, "b", 0).regularizers == {"smart": {"lambda_s": 2.0}}
+    runs = plan(grid, ["b"], [3, 4], check=False)
+    assert [(r.variant, r.seed) for r in runs] == [("b", 3), ("b", 4)]
+
+
+def test_dry_run_shows_the_plan_and_writes_nothing(tiny_model_dir, data_dir, tmp_path, capsys, count_fits):
+    out = tmp_path / "grid"
+    path = write_grid(tmp_path, tiny_grid(tiny_model_dir, data_dir, out))
+    assert cli(str(path), "--dry-run", "--seeds", "5") == 0
+    text = capsys.readouterr().out
+    assert "2 variant(s) x 1 seed(s) = 2 runs" in text and "tasks.sst.pooling: 'cls' -> 'mean'" in text
+    assert "[2/2] mean seed 5: to run" in text
+    assert not out.exists() and count_fits["calls"] == []
+
+
+def test_a_run_in_its_own_process(tiny_model_dir, data_dir, tmp_path):
+    out = tmp_path / "grid"
+    path = write_grid(tmp_path, tiny_grid(tiny_model_dir, data_dir, out))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert run(parser.parse_args([str(path), "--variant", "mean", "--seeds", "1"])) == 0
+    assert (out / "mean" / "seed1" / "summary.json").is_file()
+    assert "dev score" in (out / "mean" / "seed1" / "train.log").read_text()
+    assert json.loads((out / "report.json").read_text())["results"]["mean"]["n"] == 1
+
+
+def needs_later_checkpoint(cfg) -> bool:
+    """A variant whose checkpoint another command produces first (the MLM grid's ``minbert pretrain`` output)."""
+    return Path(cfg.model.pretrained).parent != Path(".")
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_grids_are_valid(path):
+    grid = load_grid(path)
+    assert grid.budget == {"max_minutes": 5} and grid.seeds == [0, 1, 2] and len(grid.variants) >= 2
+    runs = plan(grid, check=False)  # every variant's config passes load_config
+    assert len(runs) == len(grid.variants) * len(grid.seeds)
+    for v in grid.variants:
+        cfg = run_config(grid, v, 0)
+        assert cfg.train.max_minutes == 5 and cfg.train.max_steps is None
+        if not needs_later_checkpoint(cfg):
+            check_runnable(cfg)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_grids_train(path, tiny_model_dir, data_dir, tmp_path):
+    """Every variant of every shipped grid trains two steps on a tiny model (SMART, Child-Tuning D, PCGrad, ...)."""
+    grid = load_grid(path)
+    grid.output, grid.budget = tmp_path / "grid", {"max_steps": 2}
+    shrink = [f"model.pretrained={tiny_model_dir}", f"data_dir={data_dir}", "train.threads=1", "train.epochs=1"]
+    for task in run_config(grid, grid.baseline, 0).tasks:
+        shrink += [f"tasks.{task}.{k}={n}" for k, n in (("train_limit", 16), ("dev_limit", 16), ("batch_size", 8))]
+        shrink += [f"tasks.{task}.max_length=32"]
+    variants = [v for v in grid.variants if not needs_later_checkpoint(run_config(grid, v, 0))]
+    grid.extra = shrink
+    runs = plan(grid, variants, [0])
+    assert execute(grid, runs, isolate=False, echo=lambda _: None) == runs
+    assert all(r.finished for r in runs)
+    assert json.loads((grid.output / "report.json").read_text())["results"][grid.baseline]["n"] == 1

@@ -1,0 +1,201 @@
+"""Report statistics against scipy, summaries of hand-written grid directories, TensorBoard conversion."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from minbert.report import (
+    ABSENT,
+    config_diff,
+    describe,
+    flatten,
+    jsonl_to_tensorboard,
+    paired_ci,
+    paired_delta,
+    summarize,
+    write_report,
+)
+
+VARIANT = [0.812, 0.795, 0.841, 0.803, 0.829]
+BASELINE = [0.781, 0.800, 0.792, 0.770, 0.815]
+
+
+def test_paired_ci_matches_scipy():
+    mean, lo, hi = paired_ci(VARIANT, BASELINE)
+    d = np.subtract(VARIANT, BASELINE)
+    ref = stats.ttest_rel(VARIANT, BASELINE).confidence_interval(0.95)
+    assert (lo, hi) == pytest.approx((ref.low, ref.high), abs=1e-12)
+    ref_lo, ref_hi = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
+    assert (mean, lo, hi) == pytest.approx((d.mean(), ref_lo, ref_hi), abs=1e-12)
+    # by hand: t_{0.975, 4} = 2.7764451051977987
+    half = 2.7764451051977987 * statistics.stdev(d.tolist()) / math.sqrt(5)
+    assert (lo, hi) == pytest.approx((d.mean() - half, d.mean() + half), abs=1e-12)
+    assert paired_ci(VARIANT, BASELINE, confidence=0.9)[2] < hi
+
+
+def test_paired_ci_edge_cases():
+    assert paired_ci([0.7], [0.5]) == (pytest.approx(0.2), None, None)  # one pair: no interval
+    assert paired_ci([0.7, 0.8], [0.6, 0.7]) == pytest.approx((0.1, 0.1, 0.1))  # constant difference
+    with pytest.raises(ValueError):
+        paired_ci([0.1, 0.2], [0.1])
+    with pytest.raises(ValueError):
+        paired_ci([], [])
+
+
+def test_paired_delta_uses_only_common_seeds():
+    variant = {0: VARIANT[0], 1: VARIANT[1], 2: VARIANT[2], 7: 0.1}
+    baseline = {0: BASELINE[0], 1: BASELINE[1], 2: BASELINE[2], 3: 0.9}
+    d = paired_delta(variant, baseline)
+    assert d["seeds"] == [0, 1, 2] and d["n"] == 3
+    assert (d["mean"], d["lo"], d["hi"]) == pytest.approx(paired_ci(VARIANT[:3], BASELINE[:3]), abs=1e-15)
+    assert d["p"] == pytest.approx(stats.ttest_rel(VARIANT[:3], BASELINE[:3]).pvalue, abs=1e-12)
+    assert paired_delta({5: 0.1}, {6: 0.2}) is None
+
+
+def test_describe():
+    d = describe(VARIANT)
+    assert d["mean"] == pytest.approx(statistics.mean(VARIANT), abs=1e-15)
+    assert d["std"] == pytest.approx(statistics.stdev(VARIANT), abs=1e-15)
+    assert describe([0.5]) == {"n": 1, "mean": 0.5, "std": None, "values": [0.5]}
+
+
+def test_flatten_and_config_diff():
+    a = flatten({"optim": {"lr": 1e-3, "betas": [0.9, 0.99]}, "tasks": {"sst": {"pooling": "cls"}}, "reg": {}})
+    assert a == {"optim.lr": 1e-3, "optim.betas": [0.9, 0.99], "tasks.sst.pooling": "cls", "reg": {}}
+    b = flatten({"optim": {"lr": 1e-3, "betas": [0.9, 0.98]}, "tasks": {"sst": {"pooling": "mean"}}, "name": "x"})
+    assert config_diff(a, b) == {
+        "optim.betas": ([0.9, 0.99], [0.9, 0.98]),
+        "tasks.sst.pooling": ("cls", "mean"),
+        "reg": ({}, ABSENT),
+    }  # "name" differs between any two runs and is ignored
+    # an empty section filled in on the other side: its fields show the difference
+    assert config_diff(flatten({"reg": {}}), flatten({"reg": {"smart": {"mu": 1.0}}})) == {
+        "reg.smart.mu": (ABSENT, 1.0)
+    }
+
+
+# ------------------------------------------------------------------ a hand-written grid directory
+
+
+def write_run(d: Path, score: float, sts: float, evals: list[tuple[int, float]], seconds: float = 10.0) -> None:
+    d.mkdir(parents=True)
+    records = [
+        {"step": s, "epoch": 0, "split": "dev", "score": v, "tasks": {"sst": {"accuracy": v, "macro_f1": v / 2},
+         "sts": {"pearson": 2 * v - 1, "spearman": 0.0}}, "elapsed_s": 1.0}
+        for s, v in evals
+    ]  # fmt: skip
+    records.insert(1, {"step": 50, "epoch": 0, "split": "train", "loss": {"sst": 1.2, "sts": 0.5}, "lr": 1e-4})
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = {
+        "best_score": score,
+        "best_step": evals[-1][0],
+        "best_metrics": {"sst": {"accuracy": score, "macro_f1": score / 2}, "sts": {"pearson": sts, "spearman": 0.0}},
+        "steps": evals[-1][0],
+        "train_seconds": seconds,
+        "examples_per_second": 100.0 + seconds,
+        "peak_memory_mb": 900.0,
+    }
+    (d / "summary.json").write_text(json.dumps(summary))
+
+
+@pytest.fixture
+def grid_dir(tmp_path) -> Path:
+    g = tmp_path / "grid"
+    g.mkdir()
+    configs = {
+        "base": {"name": "g-base", "tasks": {"sst": {"pooling": "mean"}}, "train": {"seed": 0}},
+        "cls": {"name": "g-cls", "tasks": {"sst": {"pooling": "cls"}}, "train": {"seed": 0}},
+        "solo": {"name": "g-solo", "tasks": {"sst": {"pooling": "max"}}, "train": {"seed": 0}},
+    }
+    grid = {
+        "name": "g", "command": "minbert ablate g.yaml", "baseline": "base", "budget": {"max_minutes": 5},
+        "seeds": [0, 1, 2], "variants": {v: {} for v in configs}, "configs": configs,
+        "primary_metrics": {"sst": "accuracy", "sts": "pearson"},
+    }  # fmt: skip
+    (g / "grid.json").write_text(json.dumps(grid))
+    write_run(g / "base" / "seed0", BASELINE[0], 0.5, [(100, 0.6), (200, 0.7), (250, BASELINE[0])])
+    write_run(g / "base" / "seed1", BASELINE[1], 0.6, [(100, 0.5), (200, 0.6), (230, BASELINE[1])])
+    write_run(g / "base" / "seed2", BASELINE[2], float("nan"), [(100, 0.5)])
+    write_run(g / "cls" / "seed0", VARIANT[0], 0.4, [(100, 0.3)], seconds=20.0)
+    write_run(g / "cls" / "seed1", VARIANT[1], 0.5, [(100, 0.4)], seconds=30.0)
+    write_run(g / "solo" / "seed1", VARIANT[2], 0.5, [(100, 0.4)])
+    (g / "solo" / "seed0").mkdir()  # a killed run: no summary.json, left out
+    (g / "solo" / "seed0" / "metrics.jsonl").write_text("")
+    return g
+
+
+def test_summarize_takes_its_numbers_from_the_runs(grid_dir):
+    s = summarize(grid_dir)
+    assert s["tasks"] == {"sst": "accuracy", "sts": "pearson"}
+    assert s["missing"] == [["cls", 2], ["solo", 0], ["solo", 2]]
+    base, cls, solo = (s["results"][v] for v in ("base", "cls", "solo"))
+    assert base["tasks"]["sst"]["accuracy"]["values"] == BASELINE[:3]
+    assert base["tasks"]["sst"]["macro_f1"]["values"] == [v / 2 for v in BASELINE[:3]]
+    assert base["score"]["mean"] == pytest.approx(statistics.mean(BASELINE[:3]), abs=1e-15)
+    assert math.isnan(base["tasks"]["sts"]["pearson"]["mean"])
+    assert cls["cost"]["train_seconds"]["mean"] == 25.0 and cls["cost"]["examples_per_second"]["values"] == [120, 130]
+    delta = cls["delta"]["sst"]
+    assert delta["seeds"] == [0, 1]
+    assert (delta["mean"], delta["lo"], delta["hi"]) == pytest.approx(paired_ci(VARIANT[:2], BASELINE[:2]), abs=1e-15)
+    assert solo["delta"]["score"]["n"] == 1 and solo["delta"]["score"]["lo"] is None
+    assert cls["config_diff"] == {"tasks.sst.pooling": ["mean", "cls"]}
+    assert base["delta"] == {} and base["config_diff"] == {}
+    # a run's own config.yaml (what was trained) wins over grid.json (what the grid asks for now)
+    (grid_dir / "cls" / "seed0" / "config.yaml").write_text("name: x\ntasks: {sst: {pooling: cls_raw}}\n")
+    assert summarize(grid_dir)["results"]["cls"]["config_diff"] == {"tasks.sst.pooling": ["mean", "cls_raw"]}
+    # curve: mean over the seeds evaluated at each step
+    assert s["curves"]["sst"]["base"] == [
+        {"step": 100, "mean": pytest.approx((0.6 + 0.5 + 0.5) / 3), "n": 3},
+        {"step": 200, "mean": pytest.approx(0.65), "n": 2},
+        {"step": 230, "mean": BASELINE[1], "n": 1},
+        {"step": 250, "mean": BASELINE[0], "n": 1},
+    ]
+    assert s["curves"]["sts"]["cls"] == [{"step": 100, "mean": pytest.approx(-0.3), "n": 2}]
+
+
+def test_write_report(grid_dir):
+    md = write_report(grid_dir).read_text()
+    report = json.loads((grid_dir / "report.json").read_text(), parse_constant=lambda c: pytest.fail(c))  # strict JSON
+    assert report["results"]["base"]["tasks"]["sts"]["pearson"]["mean"] is None  # NaN -> null
+    assert md.startswith("# Ablation: g\n\nCommand: `minbert ablate g.yaml`")
+    assert "Finished runs: 6 of 9 (missing: cls seed 2, solo seed 0, solo seed 2)" in md
+    d = report["results"]["cls"]["delta"]["score"]
+    assert f"| cls | 2 | {d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]" in md
+    assert "(CI n/a)" in md  # solo: one pair
+    assert "| solo (baseline)" not in md and "| base (baseline) | 3 |" in md
+    for key in ("score", "sst", "sts"):
+        assert (grid_dir / "plots" / f"curve-{key}.png").stat().st_size > 0
+
+
+def test_jsonl_to_tensorboard(grid_dir):
+    """The same tags as the training loop's own TensorBoard logger, with the values of metrics.jsonl."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = grid_dir / "base" / "seed0"
+    jsonl_to_tensorboard(run_dir)
+    out = jsonl_to_tensorboard(run_dir)  # rewriting does not duplicate events
+    assert out == run_dir / "tb"
+    acc = EventAccumulator(str(out))
+    acc.Reload()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    dev = [r for r in records if r["split"] == "dev"]
+    scalars = acc.Tags()["scalars"]
+    assert {"dev/score", "dev/tasks/sst/accuracy", "dev/tasks/sts/pearson", "train/loss/sst", "train/lr"} <= set(
+        scalars
+    )
+    for tag, ref in [
+        ("dev/score", [(r["step"], r["score"]) for r in dev]),
+        ("dev/tasks/sst/macro_f1", [(r["step"], r["tasks"]["sst"]["macro_f1"]) for r in dev]),
+        ("train/loss/sts", [(50, 0.5)]),
+        ("train/lr", [(50, 1e-4)]),
+    ]:
+        got = [(e.step, e.value) for e in acc.Scalars(tag)]
+        assert [s for s, _ in got] == [s for s, _ in ref]
+        assert [v for _, v in got] == pytest.approx([v for _, v in ref], rel=1e-6)  # stored as float32
