@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= $(if $(wildcard ../shared/data),../shared/data,./data)
 export DATA_DIR
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench bench-speed bench-accuracy bench-single clean
 
 # The stamp depends on pyproject.toml, so a changed dependency list reinstalls.
 $(VENV)/.installed: pyproject.toml
@@ -30,8 +30,20 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check minbert tests benchmarks
 
-bench: setup
+bench: bench-speed
+
+# Optimizer and mixed-step speed (a few minutes).
+bench-speed: setup
 	$(PY) benchmarks/bench_adamw.py
+	$(PY) benchmarks/bench_combiners.py
+
+# Dev accuracy and wall time of the default multitask config (about 45 minutes on 2 cores).
+bench-accuracy: setup
+	$(PY) benchmarks/bench_train.py configs/default.yaml
+
+# Single-task SST-5 (last-layer, finetune) and CFIMDB benchmarks (issue 4).
+bench-single: setup
+	$(PY) benchmarks/bench_train.py configs/sst-last-layer.yaml configs/sst-finetune.yaml configs/cfimdb-finetune.yaml
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -24,6 +24,7 @@ EPILOG = """examples:
   minbert eval --run runs/sst --split dev
   minbert predict --run runs/sst --task sst --input data/ids-sst-test-student.csv --output sst.csv
   minbert run                                            the default multitask job (make run)
+  minbert ablate configs/ablations/pooling.yaml         variants x seeds -> report.md
   minbert pretrain --task sst --task quora --max-steps 200 --output runs/mlm   MLM further pretraining
 """
 
@@ -82,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--pooling", default="mean")
 
-    from minbert import pretrain
+    from minbert import ablate, pretrain
+
+    p = sub.add_parser("ablate", help="run a grid of config variants x seeds and write a report")
+    ablate.add_arguments(p)
 
     p = sub.add_parser("pretrain", help="MLM (+NSP) further pretraining on task text; writes an HF checkpoint")
     pretrain.add_arguments(p)
@@ -249,6 +253,12 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_ablate(args) -> int:
+    from minbert import ablate
+
+    return ablate.run(args)
+
+
 def cmd_pretrain(args) -> int:
     from minbert import pretrain
 
@@ -263,6 +273,7 @@ COMMANDS = {
     "similarity": cmd_similarity,
     "export": cmd_export,
     "pretrain": cmd_pretrain,
+    "ablate": cmd_ablate,
 }
 
 

@@ -406,13 +406,17 @@ def fit(tr: Trainer) -> dict:
 
     best = {"score": -math.inf, "step": 0, "metrics": None}
     evals_since_best = 0
+    last_eval_step = -1
+    eval_seconds = 0.0
     step = micro = 0
     examples_seen = 0
     t0 = time.time()
     stop = False
 
     def evaluate_and_keep(epoch: int) -> None:
-        nonlocal evals_since_best
+        nonlocal evals_since_best, last_eval_step, eval_seconds
+        started = time.time()
+        last_eval_step = step
         metrics = validate(tr)
         score = mean_score({n: t.spec for n, t in tr.tasks.items()}, metrics)
         record = {
@@ -434,6 +438,7 @@ def fit(tr: Trainer) -> dict:
                 save_run_checkpoint(tr, tr.run_dir / "best", extra={"step": step, "score": score, "metrics": metrics})
         else:
             evals_since_best += 1
+        eval_seconds += time.time() - started
         train_mode()
 
     def train_mode() -> None:
@@ -500,12 +505,14 @@ def fit(tr: Trainer) -> dict:
         for reg in tr.regularizers:
             if getattr(reg, "calls", 0):
                 tqdm.write(f"{type(reg).__name__}: +{reg.seconds / reg.calls:.3f} s per task batch ({reg.calls} calls)")
-        if not cfg.train.eval_every or (stop and step % cfg.train.eval_every):
+        if not cfg.train.eval_every:
             evaluate_and_keep(epoch)
         if stop:
             break
+    if last_eval_step != step:  # the budget or the last epoch ended between evaluations
+        evaluate_and_keep(epoch)
 
-    elapsed = time.time() - t0
+    elapsed = time.time() - t0 - eval_seconds  # training time only
     summary = {
         "name": cfg.name,
         "best_score": best["score"],
