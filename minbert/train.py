@@ -534,7 +534,7 @@ def fit(tr: Trainer) -> dict:
 
 
 def fmt_metrics(m: dict[str, float]) -> str:
-    return " ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "threshold")
+    return " ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "threshold" and "@" not in k)
 
 
 def peak_memory_mb(device: torch.device) -> float:
