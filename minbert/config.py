@@ -51,6 +51,7 @@ class TaskConfig:
     train_limit: int | None = None  # use the first N training examples (quick runs, tests)
     dev_limit: int | None = None
     skip_bad: bool = False  # skip (and count) malformed rows instead of failing
+    swap_augment: bool = False  # pair tasks: also train on (b, a) for every (a, b); for symmetric tasks
     weight: float = 1.0  # the task's weight for the "fixed" combiner
 
 

@@ -17,6 +17,7 @@ Only rank 0 writes files, so the loop is ready for ``torchrun``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -85,6 +86,8 @@ def resolve_task_config(name: str, cfg: TaskConfig, spec: TaskSpec) -> TaskConfi
         raise ConfigError(f"config field 'tasks.{name}.pair_mode' is {mode!r} but task {name} has single sentences")
     pooling = cfg.pooling or head.get("pooling") or ("mean" if mode in ("bi", "cosine") else "cls")
     loss = cfg.loss or spec.loss
+    if cfg.swap_augment and not spec.is_pair:
+        raise ConfigError(f"config field 'tasks.{name}.swap_augment' needs a sentence-pair task")
     if mode == "cosine" and loss not in ("cosine_mse", "cosent"):
         raise ConfigError(
             f"config field 'tasks.{name}.loss': pair_mode cosine needs cosine_mse or cosent, got {loss!r}"
@@ -153,6 +156,9 @@ def make_tasks(cfg: Config, tokenizer: BertTokenizer, splits: tuple[str, ...] = 
             )
             if report.skipped:
                 log.warning("%s", report)
+            if split == "train" and tcfg.swap_augment:
+                # Similarity and paraphrase are symmetric: (b, a) is as valid an example as (a, b).
+                examples = examples + [dataclasses.replace(ex, texts=ex.texts[::-1]) for ex in examples]
             ds = EncodedDataset(examples, tokenizer, fmt, tcfg.max_length, label_kind=spec.label_kind)
             if split == "train":
                 # Under torchrun each rank takes its own share of every task's batches.

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from minbert.cli import main as cli
-from minbert.config import load_config
+from minbert.config import ConfigError, load_config
 from minbert.train import fit, setup
 
 
@@ -165,3 +165,18 @@ def test_regularisers_plug_into_the_loop(tiny_model_dir, data_dir, tmp_path, ext
         masks = tr.child_tuning.state_dict()
         assert masks and all(k.startswith("bert.encoder.layer.") for k in masks)
         assert (tmp_path / "run" / "best" / "child_tuning.safetensors").is_file()
+
+
+def test_swap_augment_adds_the_reversed_pairs(tiny_model_dir, data_dir, tmp_path):
+    cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sts"])
+    cfg.tasks["sts"].swap_augment = True
+    cfg.tasks["sts"].train_limit = 8
+    tr = setup(cfg)
+    examples = tr.tasks["sts"].train.dataset.examples
+    assert len(examples) == 16
+    for ex, swapped in zip(examples[:8], examples[8:], strict=True):
+        assert swapped.texts == (ex.texts[1], ex.texts[0]) and swapped.label == ex.label
+    cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst"])
+    cfg.tasks["sst"].swap_augment = True
+    with pytest.raises(ConfigError, match="swap_augment' needs a sentence-pair task"):
+        setup(cfg)
