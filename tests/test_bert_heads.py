@@ -14,17 +14,10 @@ from minbert.bert_heads import (
     BertForTokenClassification,
 )
 from minbert.checkpoint import CheckpointError
+from tests.tiny import TINY
 
 transformers = pytest.importorskip("transformers")
 
-TINY = dict(
-    vocab_size=120,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=37,
-    max_position_embeddings=64,
-)
 ATOL = 1e-5
 
 

@@ -11,17 +11,10 @@ from safetensors.torch import load_file, save_file
 
 from minbert import BertModel, CheckpointError
 from minbert.checkpoint import resolve_model_dir
+from tests.tiny import TINY
 
 transformers = pytest.importorskip("transformers")
 
-TINY = dict(
-    vocab_size=120,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=64,
-    max_position_embeddings=64,
-)
 
 
 @pytest.fixture

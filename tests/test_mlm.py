@@ -11,17 +11,10 @@ from minbert.checkpoint import resolve_model_dir
 from minbert.mlm import BertForMaskedLM, BertForPreTraining, MLMMasker, mask_tokens, nsp_pairs
 from minbert.model import BertConfig, BertModel
 from minbert.tokenizer import BertTokenizer
+from tests.tiny import TINY
 
 transformers = pytest.importorskip("transformers")
 
-TINY = dict(
-    vocab_size=120,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=37,
-    max_position_embeddings=64,
-)
 ATOL = 1e-5
 MASK, CLS, SEP, PAD = 103, 101, 102, 0
 

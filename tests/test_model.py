@@ -12,18 +12,10 @@ import torch
 
 from minbert import BertConfig, BertModel, BertTokenizer
 from minbert.checkpoint import resolve_model_dir
+from tests.tiny import TINY
 
 transformers = pytest.importorskip("transformers")
 
-TINY = dict(
-    vocab_size=120,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=64,
-    max_position_embeddings=64,
-    type_vocab_size=2,
-)
 
 
 def real_sentences(data_dir, n: int = 12) -> list[str]:
