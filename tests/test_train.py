@@ -180,3 +180,15 @@ def test_swap_augment_adds_the_reversed_pairs(tiny_model_dir, data_dir, tmp_path
     cfg.tasks["sst"].swap_augment = True
     with pytest.raises(ConfigError, match="swap_augment' needs a sentence-pair task"):
         setup(cfg)
+
+
+def test_grad_accumulation_and_eval_every(tiny_model_dir, data_dir, tmp_path):
+    # 64 examples / batch 16 = 4 micro-batches per epoch, 2 epochs, 2 micro-batches per optimizer step
+    cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst"], optim={"grad_accum": 2},
+                      train={"epochs": 2, "eval_every": 3})
+    tr = setup(cfg)
+    assert tr.total_steps == 4
+    summary = fit(tr)
+    assert summary["steps"] == 4
+    evals = [r["step"] for r in tr.history]
+    assert evals == [3, 4]  # every 3 steps, and once more where training ended
