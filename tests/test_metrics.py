@@ -19,7 +19,13 @@ from minbert.metrics import (
 
 
 def test_registry_names():
-    assert set(METRICS) == {"accuracy", "macro_f1", "pearson", "spearman"}
+    assert set(METRICS) == {"accuracy", "macro_f1", "f1", "pearson", "spearman"}
+
+
+def test_binary_f1_of_the_positive_class():
+    # preds 1 1 0 0 1, labels 1 0 0 1 1: TP 2, FP 1, FN 1 -> F1 = 4 / (4 + 1 + 1)
+    assert METRICS["f1"]([1, 1, 0, 0, 1], [1, 0, 0, 1, 1]) == pytest.approx(4 / 6)
+    assert METRICS["f1"]([0, 0], [1, 0]) == 0.0
 
 
 # ---------------------------------------------------------------- classification
