@@ -401,6 +401,8 @@ def fit(tr: Trainer) -> dict:
     if main:
         tr.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, tr.run_dir / "config.yaml")
+        for stale in ("metrics.jsonl", "summary.json"):  # a rerun into the same directory starts afresh
+            (tr.run_dir / stale).unlink(missing_ok=True)
     logger = RunLogger(tr.run_dir, enabled=main)
     rng = random.Random(cfg.train.seed)
     iters = {n: forever(t.train) for n, t in tr.tasks.items()}

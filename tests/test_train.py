@@ -58,6 +58,14 @@ def test_loss_goes_down_on_real_sst_slice(tiny_model_dir, data_dir, tmp_path):
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
 
 
+def test_rerun_into_the_same_directory_starts_a_fresh_log(tiny_model_dir, data_dir, tmp_path):
+    for _ in range(2):
+        cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst"], train={"max_steps": 2})
+        fit(setup(cfg))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "dev"] == [2]
+
+
 def test_last_layer_mode_trains_heads_only(tiny_model_dir, data_dir, tmp_path):
     cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst"], train={"mode": "last-layer"})
     tr = setup(cfg)
