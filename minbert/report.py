@@ -155,6 +155,14 @@ def learning_curve(runs: dict[int, dict], task: str | None, metric: str | None) 
     return [{"step": s, "mean": float(np.mean(v)), "n": len(v)} for s, v in sorted(by_step.items())]
 
 
+def effective_budget(grid: dict, baseline: str) -> dict:
+    """The budget the runs really had: the baseline's resolved config, after any ``--set``."""
+    train = grid.get("configs", {}).get(baseline, {}).get("train")
+    if not train:
+        return grid.get("budget", {})
+    return {k: train[k] for k in ("max_steps", "max_minutes") if train.get(k) is not None}
+
+
 def summarize(grid_dir: str | Path) -> dict[str, Any]:
     """Every number of the report, from ``grid.json`` and the finished runs' own files."""
     grid_dir = Path(grid_dir)
@@ -215,7 +223,7 @@ def summarize(grid_dir: str | Path) -> dict[str, Any]:
         "source": grid.get("source"),
         "command": grid.get("command"),
         "baseline": baseline,
-        "budget": grid.get("budget", {}),
+        "budget": effective_budget(grid, baseline),
         "seeds": grid["seeds"],
         "variants": variants,
         "tasks": primary,
