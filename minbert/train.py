@@ -248,6 +248,17 @@ class Trainer:
     history: list[dict] = field(default_factory=list)
 
 
+@contextlib.contextmanager
+def config_field(where: str):
+    """Turn a strategy's own ValueError / TypeError (unknown name or argument) into a ConfigError naming the field."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config field '{where}': {e}") from e
+
+
 def setup(cfg: Config, run_dir: Path | None = None) -> Trainer:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -269,7 +280,8 @@ def setup(cfg: Config, run_dir: Path | None = None) -> Trainer:
     )
     if cfg.optim.head_lr is not None:
         groups = with_head_lr(groups, model, cfg.optim.head_lr)
-    combiner = build_combiner(cfg.train.combiner, list(tasks), **cfg.train.combiner_kwargs).to(device)
+    with config_field("train.combiner"):
+        combiner = build_combiner(cfg.train.combiner, list(tasks), **cfg.train.combiner_kwargs).to(device)
     if any(True for _ in combiner.parameters()):  # learned task weights (uncertainty) train with the heads
         named = list(combiner.named_parameters())
         group = {
@@ -283,8 +295,9 @@ def setup(cfg: Config, run_dir: Path | None = None) -> Trainer:
         groups.append(group)
 
     sizes = {n: len(t.train) for n, t in tasks.items()}
-    schedule = build_schedule(cfg.train.schedule, **cfg.train.schedule_kwargs)
-    steps_per_epoch = schedule.num_steps(sizes, epoch_length(cfg.train.steps_per_epoch, sizes))
+    with config_field("train.schedule"):
+        schedule = build_schedule(cfg.train.schedule, **cfg.train.schedule_kwargs)
+        steps_per_epoch = schedule.num_steps(sizes, epoch_length(cfg.train.steps_per_epoch, sizes))
     micro_steps = steps_per_epoch * cfg.train.epochs
     total_steps = math.ceil(micro_steps / cfg.optim.grad_accum)
     if cfg.train.max_steps:
@@ -303,10 +316,8 @@ def setup(cfg: Config, run_dir: Path | None = None) -> Trainer:
         from minbert.regularizers import build_regularizer
 
         for name, kwargs in cfg.regularizers.items():
-            try:
+            with config_field(f"regularizers.{name}"):
                 regularizers.append(build_regularizer(name, model, **kwargs))
-            except (TypeError, ValueError) as e:
-                raise ConfigError(f"config field 'regularizers.{name}': {e}") from e
     optimizer = AdamW(
         groups,
         lr=cfg.optim.lr,
@@ -316,7 +327,8 @@ def setup(cfg: Config, run_dir: Path | None = None) -> Trainer:
         grad_mask=child,
     )
     warmup = cfg.optim.warmup if cfg.optim.warmup < 1 else int(cfg.optim.warmup)
-    scheduler = get_schedule(cfg.optim.schedule, optimizer, total_steps=total_steps, warmup=warmup)
+    with config_field("optim.schedule"):
+        scheduler = get_schedule(cfg.optim.schedule, optimizer, total_steps=total_steps, warmup=warmup)
     return Trainer(
         cfg,
         model,

@@ -155,6 +155,14 @@ def test_bad_config_fails_before_training(tiny_model_dir, data_dir, tmp_path, ca
     assert not (tmp_path / "config.yaml").exists()
 
 
+def test_unknown_strategy_names_fail_naming_the_field(tiny_model_dir, data_dir, tmp_path):
+    for section, field, value in [("train", "schedule", "zigzag"), ("train", "combiner", "magic"),
+                                  ("optim", "schedule", "sawtooth")]:
+        cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst"], **{section: {field: value}})
+        with pytest.raises(ConfigError, match=f"config field '{section}.{field}'.*{value}"):
+            setup(cfg)
+
+
 @pytest.mark.parametrize(
     "extra",
     [
