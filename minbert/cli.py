@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from minbert.checkpoint import CheckpointError
-from minbert.config import ConfigError, load_config
+from minbert.config import ConfigError, TaskConfig, load_config
 
 USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError)
 
@@ -114,7 +114,7 @@ def cmd_train(args) -> int:
         base["run_dir"] = args.run_dir
     cfg = load_config(args.config, args.set, base=base)
     if args.task and args.config:  # --task narrows a config's task list
-        cfg.tasks = {t: cfg.tasks.get(t) or type(next(iter(cfg.tasks.values())))() for t in args.task}
+        cfg.tasks = {t: cfg.tasks.get(t) or TaskConfig() for t in args.task}
     tr = setup(cfg)
     summary = fit(tr)
     print(json.dumps(summary, indent=2))
