@@ -42,7 +42,7 @@ def main() -> None:
         t.train_limit = args.batch_size * (args.steps + args.warmup)
         t.dev_limit = 8
     tr = setup(cfg)
-    batches = [{n: b for n, b in zip(tr.tasks, bs, strict=True)} for bs in zip(*(t.train for t in tr.tasks.values()))]
+    batches = [{n: b for n, b in zip(tr.tasks, bs, strict=True)} for bs in zip(*(t.train for t in tr.tasks.values()), strict=False)]
     batches = batches[: args.steps + args.warmup]
     initial = copy.deepcopy(tr.model.state_dict())
 
