@@ -42,7 +42,8 @@ def main() -> None:
         t.train_limit = args.batch_size * (args.steps + args.warmup)
         t.dev_limit = 8
     tr = setup(cfg)
-    batches = [{n: b for n, b in zip(tr.tasks, bs, strict=True)} for bs in zip(*(t.train for t in tr.tasks.values()), strict=False)]
+    loaders = [t.train for t in tr.tasks.values()]
+    batches = [dict(zip(tr.tasks, bs, strict=True)) for bs in zip(*loaders, strict=False)]  # shortest task ends it
     batches = batches[: args.steps + args.warmup]
     initial = copy.deepcopy(tr.model.state_dict())
 
