@@ -461,6 +461,10 @@ def fit(tr: Trainer) -> dict:
         eval_seconds += time.time() - started
         train_mode()
 
+    def no_patience_left() -> bool:
+        """Early stopping: this many evaluations in a row without a better mean score."""
+        return bool(cfg.train.early_stopping) and evals_since_best >= cfg.train.early_stopping
+
     def train_mode() -> None:
         model.train()
         if frozen:
@@ -516,8 +520,7 @@ def fit(tr: Trainer) -> dict:
             out_of_budget = (cfg.train.max_steps and step >= cfg.train.max_steps) or (
                 cfg.train.max_minutes and time.time() - t0 > 60 * cfg.train.max_minutes
             )
-            early = cfg.train.early_stopping and evals_since_best >= cfg.train.early_stopping
-            if out_of_budget or early:
+            if out_of_budget or no_patience_left():
                 stop = True
                 break
         bar.close()
@@ -527,7 +530,7 @@ def fit(tr: Trainer) -> dict:
                 tqdm.write(f"{type(reg).__name__}: +{reg.seconds / reg.calls:.3f} s per task batch ({reg.calls} calls)")
         if not cfg.train.eval_every:
             evaluate_and_keep(epoch)
-        if stop:
+        if stop or no_patience_left():
             break
     if last_eval_step != step:  # the budget or the last epoch ended between evaluations
         evaluate_and_keep(epoch)

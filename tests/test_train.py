@@ -208,3 +208,13 @@ def test_grad_accumulation_and_eval_every(tiny_model_dir, data_dir, tmp_path):
     assert summary["steps"] == 4
     evals = [r["step"] for r in tr.history]
     assert evals == [3, 4]  # every 3 steps, and once more where training ended
+
+
+def test_early_stopping_stops_after_patience_evaluations(tiny_model_dir, data_dir, tmp_path):
+    # lr 0: the model never changes, so the dev score never improves after the first evaluation
+    cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst"], optim={"lr": 1e-12},
+                      train={"epochs": 10, "early_stopping": 2})
+    tr = setup(cfg)
+    summary = fit(tr)
+    assert [r["epoch"] for r in tr.history] == [0, 1, 2]  # best at 0, then 2 without improvement
+    assert summary["steps"] == 3 * 4
