@@ -122,28 +122,32 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_eval(args) -> int:
-    from minbert.data import EncodedDataset, make_loader, read_examples
-    from minbert.evaluate import collect_outputs, compute_metrics, mean_score
-    from minbert.runs import load_run
+def task_outputs(run_parts, name: str, examples):
+    """A trained run's outputs for one task on a list of examples, in their order."""
+    from minbert.evaluate import collect_outputs
     from minbert.train import autocast_for, pick_device
 
-    cfg, tasks, model, tok = load_run(args.run, args.data_dir)
+    cfg, tasks, model, tok = run_parts
     device = pick_device(cfg.train.device)
     model.to(device)
+    t = tasks[name]
+    loader = t.eval_loader(examples, tok, cfg.train.eval_batch_size)
+    return collect_outputs(model, name, t.loss, loader, device, autocast_for(cfg.train.precision, device))
+
+
+def cmd_eval(args) -> int:
+    from minbert.data import read_examples
+    from minbert.evaluate import compute_metrics, mean_score
+    from minbert.runs import load_run
+
+    parts = load_run(args.run, args.data_dir)
+    cfg, tasks = parts[0], parts[1]
     results = {}
     for name, t in tasks.items():
         examples, _ = read_examples(
             t.spec, t.spec.path(args.split, cfg.resolved_data_dir()), labeled=True, skip_bad=t.cfg.skip_bad
         )
-        fmt = "bi" if t.cfg.pair_mode in ("bi", "cosine") else t.cfg.pair_mode
-        loader = make_loader(
-            EncodedDataset(examples, tok, fmt, t.cfg.max_length, t.spec.label_kind),
-            cfg.train.eval_batch_size,
-            shuffle=False,
-        )
-        out = collect_outputs(model, name, t.loss, loader, device, autocast_for(cfg.train.precision, device))
-        results[name] = compute_metrics(t.spec, out, t.threshold)
+        results[name] = compute_metrics(t.spec, task_outputs(parts, name, examples), t.threshold)
         print(f"{name:8s} {args.split}: " + "  ".join(f"{k}={v:.4f}" for k, v in results[name].items()))
     score = mean_score({n: t.spec for n, t in tasks.items()}, results)
     print(f"mean score: {score:.4f}")
@@ -154,23 +158,15 @@ def cmd_eval(args) -> int:
 
 
 def predict_file(run_parts, task: str, input_path: str | Path, output_path: str | Path) -> int:
-    from minbert.data import EncodedDataset, make_loader, read_examples
-    from minbert.evaluate import collect_outputs, write_predictions
-    from minbert.train import autocast_for, pick_device
+    from minbert.data import read_examples
+    from minbert.evaluate import write_predictions
 
-    cfg, tasks, model, tok = run_parts
+    tasks = run_parts[1]
     if task not in tasks:
         raise ConfigError(f"task {task!r} was not trained in this run; it has: {', '.join(tasks)}")
     t = tasks[task]
-    device = pick_device(cfg.train.device)
-    model.to(device)
     examples, _ = read_examples(t.spec, input_path, labeled=False)
-    fmt = "bi" if t.cfg.pair_mode in ("bi", "cosine") else t.cfg.pair_mode
-    loader = make_loader(
-        EncodedDataset(examples, tok, fmt, t.cfg.max_length), cfg.train.eval_batch_size, shuffle=False
-    )
-    out = collect_outputs(model, task, t.loss, loader, device, autocast_for(cfg.train.precision, device))
-    write_predictions(output_path, t.spec, out, t.threshold)
+    write_predictions(output_path, t.spec, task_outputs(run_parts, task, examples), t.threshold)
     return len(examples)
 
 

@@ -69,6 +69,16 @@ class Task:
     threshold: float | None = None
 
     @property
+    def input_format(self) -> str:
+        """How examples are encoded: one segment (single / cross) or two (bi-encoders)."""
+        return "bi" if self.cfg.pair_mode in ("bi", "cosine") else self.cfg.pair_mode
+
+    def eval_loader(self, examples, tokenizer: BertTokenizer, batch_size: int, num_workers: int = 0):
+        """Batches for evaluation or prediction: sorted by length, no shuffling."""
+        ds = EncodedDataset(examples, tokenizer, self.input_format, self.cfg.max_length, self.spec.label_kind)
+        return make_loader(ds, batch_size, shuffle=False, num_workers=num_workers)
+
+    @property
     def output_kind(self) -> str:
         """What the task module outputs: class logits, one binary logit, or a value/score."""
         return {"cross_entropy": "classification", "bce": "binary"}.get(self.cfg.loss, "regression")
@@ -148,7 +158,6 @@ def make_tasks(cfg: Config, tokenizer: BertTokenizer, splits: tuple[str, ...] = 
         spec = specs[name]
         tcfg = resolve_task_config(name, tcfg, spec)
         task = Task(name, spec, tcfg, build_task_loss(spec, tcfg))
-        fmt = "bi" if tcfg.pair_mode in ("bi", "cosine") else tcfg.pair_mode
         for split in splits:
             limit = tcfg.train_limit if split == "train" else tcfg.dev_limit
             examples, report = read_examples(
@@ -159,11 +168,10 @@ def make_tasks(cfg: Config, tokenizer: BertTokenizer, splits: tuple[str, ...] = 
             if split == "train" and tcfg.swap_augment:
                 # Similarity and paraphrase are symmetric: (b, a) is as valid an example as (a, b).
                 examples = examples + [dataclasses.replace(ex, texts=ex.texts[::-1]) for ex in examples]
-            ds = EncodedDataset(examples, tokenizer, fmt, tcfg.max_length, label_kind=spec.label_kind)
             if split == "train":
                 # Under torchrun each rank takes its own share of every task's batches.
                 task.train = make_loader(
-                    ds,
+                    EncodedDataset(examples, tokenizer, task.input_format, tcfg.max_length, spec.label_kind),
                     tcfg.batch_size,
                     shuffle=True,
                     seed=cfg.train.seed,
@@ -172,7 +180,7 @@ def make_tasks(cfg: Config, tokenizer: BertTokenizer, splits: tuple[str, ...] = 
                     rank=rank(),
                 )
             else:
-                task.dev = make_loader(ds, cfg.train.eval_batch_size, shuffle=False, num_workers=cfg.train.num_workers)
+                task.dev = task.eval_loader(examples, tokenizer, cfg.train.eval_batch_size, cfg.train.num_workers)
         tasks[name] = task
     return tasks
 
