@@ -145,6 +145,15 @@ def test_train_then_predict_via_cli(tiny_model_dir, data_dir, tmp_path, task, pa
         assert all(0.0 <= v <= 5.0 for v in values)
     assert cli(["eval", "--run", str(run), "--split", "dev", "--data-dir", str(data_dir)]) == 0
     assert json.loads((run / "eval-dev.json").read_text())["tasks"][task]
+    if task == "sst":  # export: the fine-tuned encoder as an HF directory transformers can load
+        assert cli(["export", "--run", str(run), "--output", str(tmp_path / "hf")]) == 0
+        transformers = pytest.importorskip("transformers")
+        hf = transformers.BertModel.from_pretrained(tmp_path / "hf").eval()
+        from safetensors.torch import load_file
+
+        trained = load_file(str(run / "best" / "model.safetensors"))
+        for name, p in hf.named_parameters():
+            assert torch.equal(p.detach(), trained["bert." + name]), name
 
 
 def test_bad_config_fails_before_training(tiny_model_dir, data_dir, tmp_path, capsys):
