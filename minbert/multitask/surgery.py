@@ -34,6 +34,15 @@ class GradientSurgery(Combiner):
         self.rng = random.Random(seed)  # the random task order of PCGrad / GradVac
         self.retain_graph = retain_graph
 
+    def _grad_buffer(self, k: int, p: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """The ``(K, P)`` buffer, kept between steps: allocating (and page-faulting) hundreds of MB
+        every step cost more than the surgery itself. Not module state: never saved or moved."""
+        buf = self.__dict__.get("_buffer")
+        if buf is None or buf.shape != (k, p) or buf.dtype != dtype or buf.device != device:
+            buf = torch.empty(k, p, dtype=dtype, device=device)
+            self.__dict__["_buffer"] = buf
+        return buf
+
     def combine(self, gram: Tensor, idx: list[int]) -> Tensor:
         """``gram``: ``(K, K)`` float64 on CPU, ``gram[i, j] = g_i . g_j``; ``idx``: the rows'
         positions in ``self.tasks``. Returns the ``(K,)`` coefficients ``c`` of ``d = c @ G``."""
@@ -49,7 +58,7 @@ class GradientSurgery(Combiner):
         dtype = torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32
         device = params[0].device if params else torch.device("cpu")
         sizes = [p.numel() for p in params]
-        grads = torch.zeros(len(names), sum(sizes), dtype=dtype, device=device)  # (K, P)
+        grads = self._grad_buffer(len(names), sum(sizes), dtype, device)  # (K, P)
         touched = [False] * len(params)
         for i, t in enumerate(names):
             if losses[t].requires_grad:
@@ -58,6 +67,8 @@ class GradientSurgery(Combiner):
                 if p.grad is not None:
                     row.copy_(p.grad.reshape(-1))
                     p.grad, touched[k] = None, True
+                else:  # the buffer is reused between steps: clear what this task did not write
+                    row.zero_()
         gram = (grads @ grads.T).double().cpu()  # (K, K)
         if torch.isfinite(gram).all():
             coef = self.combine(gram, [self.tasks.index(t) for t in names])  # (K,)
