@@ -48,14 +48,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
     d = tmp_path_factory.mktemp("tiny-bert")
     torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=512,
-    )
+    from tests.tiny import TINY
+
+    cfg = BertConfig(**{**TINY, "vocab_size": 30522, "max_position_embeddings": 512})
     BertModel(cfg).save_pretrained(d)
     src = resolve_model_dir(None)
     for name in ("vocab.txt", "tokenizer_config.json"):
