@@ -1,12 +1,13 @@
 """Gradient surgery on the shared parameters: PCGrad, GradVac, CAGrad.
 
-Each task's loss is backpropagated on its own; after each backward the shared parameters'
-gradients are copied into row i of one ``(K, P)`` buffer ``G`` (K tasks in the step, P shared
-scalars; a parameter a task did not touch contributes zeros) and cleared. Heads are not
+Each task's loss is backpropagated on its own, straight into row i of one ``(K, P)`` buffer
+``G`` (K tasks in the step, P shared scalars; a parameter a task did not touch keeps zeros):
+the shared parameters' ``.grad`` are views of that row while its backward runs. Heads are not
 touched: each head only receives its own task's gradient. The three methods below return a
 combination ``d = c @ G`` of the task gradients, so they only need the ``(K, K)`` Gram matrix
 ``G G^T`` to find the coefficients ``c`` (also the weights returned for logging), and ``d`` is
-written back slice by slice. Memory: the one ``(K, P)`` buffer plus the new gradients.
+one matrix-vector product. Memory: the ``(K, P)`` buffer and the ``(P,)`` result, both kept
+between steps.
 
 Each task's loss must come from its own forward pass (as in the training loop): its graph is
 freed by its backward. Pass ``retain_graph=True`` if losses share one forward.
@@ -34,14 +35,23 @@ class GradientSurgery(Combiner):
         self.rng = random.Random(seed)  # the random task order of PCGrad / GradVac
         self.retain_graph = retain_graph
 
-    def _grad_buffer(self, k: int, p: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-        """The ``(K, P)`` buffer, kept between steps: allocating (and page-faulting) hundreds of MB
-        every step cost more than the surgery itself. Not module state: never saved or moved."""
-        buf = self.__dict__.get("_buffer")
-        if buf is None or buf.shape != (k, p) or buf.dtype != dtype or buf.device != device:
-            buf = torch.empty(k, p, dtype=dtype, device=device)
-            self.__dict__["_buffer"] = buf
+    def _buffer(self, key: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """A work buffer kept between steps: allocating (and page-faulting) hundreds of MB every
+        step cost more than the surgery itself. Not module state: never saved or moved."""
+        buf = self.__dict__.get(key)
+        if buf is None or buf.shape != shape or buf.dtype != dtype or buf.device != device:
+            buf = torch.empty(shape, dtype=dtype, device=device)
+            self.__dict__[key] = buf
         return buf
+
+    @staticmethod
+    def _watch(params: list[Tensor]) -> None:
+        """Clear each parameter's ``_surgery_hit`` flag; a post-accumulate hook, registered once
+        per parameter, sets it when a backward pass delivers a gradient to it."""
+        for p in params:
+            if not hasattr(p, "_surgery_hit"):
+                p.register_post_accumulate_grad_hook(lambda q: setattr(q, "_surgery_hit", True))
+            p._surgery_hit = False
 
     def combine(self, gram: Tensor, idx: list[int]) -> Tensor:
         """``gram``: ``(K, K)`` float64 on CPU, ``gram[i, j] = g_i . g_j``; ``idx``: the rows'
@@ -53,33 +63,36 @@ class GradientSurgery(Combiner):
         names = list(losses)
         params = list({id(p): p for p in shared_params if p.requires_grad}.values())  # unique
         carry = [p.grad for p in params]  # gradient accumulated before this step, if any
-        for p in params:
-            p.grad = None
         dtype = torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32
         device = params[0].device if params else torch.device("cpu")
         sizes = [p.numel() for p in params]
-        grads = self._grad_buffer(len(names), sum(sizes), dtype, device)  # (K, P)
-        touched = [False] * len(params)
+        grads = self._buffer("_grads", (len(names), sum(sizes)), dtype, device)  # (K, P)
+        grads.zero_()
+        self._watch(params)
+        # Each task's backward accumulates straight into its row: p.grad is a view of the row,
+        # and autograd adds into an existing .grad in place. No per-step allocation, no copy.
         for i, t in enumerate(names):
+            for p, row in zip(params, grads[i].split(sizes), strict=True):
+                p.grad = row.view_as(p)
             if losses[t].requires_grad:
                 losses[t].backward(retain_graph=self.retain_graph)
-            for k, (p, row) in enumerate(zip(params, grads[i].split(sizes), strict=True)):
-                if p.grad is not None:
-                    row.copy_(p.grad.reshape(-1))
-                    p.grad, touched[k] = None, True
-                else:  # the buffer is reused between steps: clear what this task did not write
-                    row.zero_()
         gram = (grads @ grads.T).double().cpu()  # (K, K)
         if torch.isfinite(gram).all():
             coef = self.combine(gram, [self.tasks.index(t) for t in names])  # (K,)
         else:  # a GradScaler overflow: keep the plain sum (the scaler skips the step), state untouched
             coef = torch.ones(len(names), dtype=torch.float64)
         c = coef.to(device=device, dtype=dtype)
-        for p, old, block, hit in zip(params, carry, grads.split(sizes, dim=1), touched, strict=True):
-            if not hit:  # no task reached p: leave its gradient as it was (None stays None)
+        # d = c @ G in one pass over the buffer, into a second kept buffer unless an earlier
+        # micro-step's gradient (gradient accumulation) may still point into it.
+        if all(old is None for old in carry):
+            combined = torch.mv(grads.T, c, out=self._buffer("_combined", (grads.shape[1],), dtype, device))
+        else:
+            combined = torch.mv(grads.T, c)
+        for p, old, d in zip(params, carry, combined.split(sizes), strict=True):
+            if not p._surgery_hit:  # no task reached p: leave its gradient as it was (None stays None)
                 p.grad = old
                 continue
-            g = (c @ block).view_as(p).to(p.dtype)  # (numel,) -> p's shape
+            g = d.view_as(p) if p.dtype == dtype else d.view_as(p).to(p.dtype)
             p.grad = g if old is None else old.add_(g)
         return {t: float(w) for t, w in zip(names, coef, strict=True)}
 

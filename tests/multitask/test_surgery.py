@@ -161,6 +161,27 @@ def test_a_shared_param_no_task_reaches_keeps_grad_none():
     assert w.grad.tolist() == [0.0, 0.5] and unused.grad is None
 
 
+def test_kept_buffers_carry_nothing_from_one_step_to_the_next():
+    """The (K, P) buffer and the result buffer are reused: a later step must see only its own
+    gradients, accumulation over micro-steps must add up, and an earlier result must not alias."""
+    w, e = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(1))
+    comb = build_combiner("pcgrad", ["a", "b"])
+    step1 = {"a": (torch.tensor([1.0, 0.0]) * w).sum() + 5 * e.sum(), "b": (torch.tensor([0.0, 2.0]) * w).sum()}
+    comb.backward(step1, [w, e])
+    assert w.grad.tolist() == [1.0, 2.0] and e.grad.tolist() == [5.0]
+    w.grad = e.grad = None  # optimizer.zero_grad(set_to_none=True)
+    # step 2: e is not used; [3, 0] . [-1, 1] < 0, so each side loses its component along the other
+    comb.backward({"a": (torch.tensor([3.0, 0.0]) * w).sum(), "b": (torch.tensor([-1.0, 1.0]) * w).sum()}, [w, e])
+    first = w.grad.clone()
+    g_a, g_b = np.array([3.0, 0.0]), np.array([-1.0, 1.0])
+    expected = pcgrad_reference([g_a, g_b], [[1], [0]])
+    np.testing.assert_allclose(first.numpy(), expected)
+    assert e.grad is None
+    # step 3 without zeroing (gradient accumulation): adds to step 2's result
+    comb.backward({"a": (torch.tensor([1.0, 1.0]) * w).sum(), "b": (torch.tensor([1.0, 1.0]) * w).sum()}, [w, e])
+    np.testing.assert_allclose(w.grad.numpy(), expected + [2.0, 2.0])
+
+
 def test_overflowing_gradients_pass_through_and_leave_gradvac_state_alone():
     comb = GradVac(tasks(2), beta=0.5)
     got = surgery(comb, [[float("inf"), 0], [-1, 1]])
