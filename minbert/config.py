@@ -37,7 +37,7 @@ class ModelConfig:
 class TaskConfig:
     """How one task is modelled and fed. ``None`` means "from the task spec's defaults"."""
 
-    pair_mode: str | None = None  # single | cross | bi | cosine
+    pair_mode: str | None = None  # single | cross | bi | cosine | hybrid (cross + cosine, predictions blended)
     pooling: str | None = None  # cls | cls_raw | mean | max
     features: list[str] = field(default_factory=lambda: ["u", "v", "|u-v|"])  # bi-encoder features
     loss: str | None = None  # cross_entropy | bce | mse | cosine_mse | cosent
@@ -52,6 +52,10 @@ class TaskConfig:
     dev_limit: int | None = None
     skip_bad: bool = False  # skip (and count) malformed rows instead of failing
     swap_augment: bool = False  # pair tasks: also train on (b, a) for every (a, b); for symmetric tasks
+    symmetric_eval: bool = False  # pair tasks: predict the mean of the scores for (a, b) and (b, a)
+    cosine_loss: str = "cosine_mse"  # hybrid: the loss of the cosine view (cosine_mse | cosent)
+    cosine_weight: float = 1.0  # hybrid: loss = cross loss + cosine_weight * cosine loss
+    blend: float = 0.5  # hybrid: prediction = blend * cross prediction + (1 - blend) * cosine prediction
     weight: float = 1.0  # the task's weight for the "fixed" combiner
 
 
@@ -119,7 +123,8 @@ CHOICES = {
     "train.mode": ("finetune", "last-layer"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "optim.child_tuning": (None, "F", "D"),
-    "tasks.*.pair_mode": (None, "single", "cross", "bi", "cosine"),
+    "tasks.*.pair_mode": (None, "single", "cross", "bi", "cosine", "hybrid"),
+    "tasks.*.cosine_loss": ("cosine_mse", "cosent"),
     "tasks.*.threshold": ("fixed", "tune_accuracy", "tune_f1"),
 }
 

@@ -26,13 +26,16 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from minbert.tasks import INPUT_FORMATS, LABEL_KINDS, TaskSpec
+
+# How a dataset encodes its examples: the task specs' formats, plus "hybrid" (cross and bi).
+DATASET_FORMATS = (*INPUT_FORMATS, "hybrid")
 from minbert.tokenizer import BertTokenizer, Encoding
 
 # ---------------------------------------------------------------------------------------
@@ -267,8 +270,12 @@ class EncodedDataset(Dataset):
     """Examples tokenized once, unpadded; padding happens per batch in :class:`Collator`.
 
     ``input_format``: ``"single"`` (one sentence), ``"cross"`` (a pair as one sequence
-    ``[CLS] a [SEP] b [SEP]``, truncated longest-first to ``max_length``) or ``"bi"``
-    (a pair as two separate sequences, each truncated to ``max_length``).
+    ``[CLS] a [SEP] b [SEP]``, truncated longest-first to ``max_length``), ``"bi"``
+    (a pair as two separate sequences, each truncated to ``max_length``) or ``"hybrid"``
+    (all three: the cross sequence, then a and b alone).
+    ``symmetric``: pairs only; the dataset also holds every pair reversed, (b, a), under the
+    same ``index``, so that predictions can average both orders (``n_examples`` distinct
+    examples, ``2 * n_examples`` items).
     ``label_kind`` sets the label dtype at collation; by default it is inferred from the
     labels (float -> regression, int -> classification, none -> unlabeled).
     """
@@ -280,9 +287,12 @@ class EncodedDataset(Dataset):
         input_format: str,
         max_length: int = 128,
         label_kind: str | None = None,
+        symmetric: bool = False,
     ):
-        if input_format not in INPUT_FORMATS:
-            raise ValueError(f"input_format must be one of {', '.join(INPUT_FORMATS)}, got {input_format!r}")
+        if input_format not in DATASET_FORMATS:
+            raise ValueError(f"input_format must be one of {', '.join(DATASET_FORMATS)}, got {input_format!r}")
+        if symmetric and input_format == "single":
+            raise ValueError("symmetric=True needs sentence pairs, not input_format 'single'")
         if not 2 <= max_length <= tokenizer.model_max_length:
             raise ValueError(
                 f"max_length must be in 2..{tokenizer.model_max_length} (the tokenizer's "
@@ -296,6 +306,9 @@ class EncodedDataset(Dataset):
                     f"example {ex.id!r} (line {ex.line}) has {len(ex.texts)}"
                 )
         self.examples = list(examples)
+        self.n_examples = len(self.examples)
+        if symmetric:
+            self.examples += [replace(ex, texts=ex.texts[::-1]) for ex in self.examples]
         self.tokenizer = tokenizer
         self.input_format = input_format
         self.max_length = max_length
@@ -308,18 +321,24 @@ class EncodedDataset(Dataset):
         if self.input_format == "single":
             return [(e,) for e in self.tokenizer.encode(firsts, max_length=self.max_length)]
         seconds = [ex.texts[1] for ex in self.examples]
+        cross = a = b = None
+        if self.input_format in ("cross", "hybrid"):
+            cross = [(e,) for e in self.tokenizer.encode(firsts, seconds, max_length=self.max_length)]
+        if self.input_format in ("bi", "hybrid"):
+            a = self.tokenizer.encode(firsts, max_length=self.max_length)
+            b = self.tokenizer.encode(seconds, max_length=self.max_length)
         if self.input_format == "cross":
-            return [(e,) for e in self.tokenizer.encode(firsts, seconds, max_length=self.max_length)]
-        a = self.tokenizer.encode(firsts, max_length=self.max_length)
-        b = self.tokenizer.encode(seconds, max_length=self.max_length)
-        return list(zip(a, b, strict=True))
+            return cross
+        if self.input_format == "bi":
+            return list(zip(a, b, strict=True))
+        return [(c, ea, eb) for (c,), ea, eb in zip(cross, a, b, strict=True)]
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def __getitem__(self, i: int) -> dict:
         ex = self.examples[i]
-        return {"index": i, "id": ex.id, "segments": self.segments[i], "label": ex.label}
+        return {"index": i % self.n_examples, "id": ex.id, "segments": self.segments[i], "label": ex.label}
 
 
 def _infer_label_kind(examples: Sequence[Example]) -> str | None:
@@ -331,7 +350,7 @@ def _infer_label_kind(examples: Sequence[Example]) -> str | None:
 
 @dataclass
 class Batch:
-    """A padded batch. ``inputs`` has one dict per segment (1 for single/cross, 2 for bi)."""
+    """A padded batch. ``inputs`` has one dict per segment (1 for single/cross, 2 for bi, 3 for hybrid)."""
 
     inputs: list[dict[str, torch.Tensor]]  # input_ids, token_type_ids, attention_mask: (B, T) each
     labels: torch.Tensor | None  # (B,) long for classification/binary, float for regression

@@ -51,8 +51,10 @@ def collect_outputs(
     """Run the model over a loader and put the results back into dataset order."""
     was_training = model.training
     model.eval()
-    n = len(loader.dataset)
+    # A symmetric dataset holds each pair twice, (a, b) and (b, a), under one index: average them.
+    n = getattr(loader.dataset, "n_examples", len(loader.dataset))
     scores = np.zeros(n, dtype=np.float64)
+    views = np.zeros(n, dtype=np.int64)
     labels = np.zeros(n, dtype=np.float64)
     ids: list[str | None] = [None] * n
     has_labels = True
@@ -62,7 +64,8 @@ def collect_outputs(
             out = model(task, batch.inputs)
         pred = loss_fn.predict(out.float()).float().cpu().numpy()
         idx = batch.indices.cpu().numpy()
-        scores[idx] = pred
+        np.add.at(scores, idx, pred)
+        np.add.at(views, idx, 1)
         for i, id_ in zip(idx, batch.ids, strict=True):
             ids[i] = id_
         if batch.labels is None:
@@ -70,6 +73,7 @@ def collect_outputs(
         else:
             labels[idx] = batch.labels.float().cpu().numpy()
     model.train(was_training)
+    scores /= np.maximum(views, 1)
     return TaskOutputs(ids=ids, scores=scores, labels=labels if has_labels else None)
 
 

@@ -185,6 +185,40 @@ class CoSENTLoss(nn.Module):
         return to_label_range(cos, *self.label_range)
 
 
+class HybridLoss(nn.Module):
+    """For ``HybridEncoder`` outputs (B, 2): ``cross`` trains column 0 (the cross-encoder's
+    logit), ``cosine`` column 1 (cos(u, v)); the loss is ``cross + cosine_weight * cosine``.
+
+    ``predict``: ``blend * cross.predict(col 0) + (1 - blend) * cosine.predict(col 1)``. Both
+    predictions must live in the same label space: a probability in [0, 1] for binary tasks
+    (bce with cosine_mse over label range (0, 1)), the label range for regression (mse with
+    ``sigmoid_scale`` with cosine_mse over the same range).
+    """
+
+    def __init__(self, cross: nn.Module, cosine: nn.Module, blend: float = 0.5, cosine_weight: float = 1.0):
+        super().__init__()
+        if not 0.0 <= blend <= 1.0:
+            raise ValueError(f"blend must be in [0, 1], got {blend}")
+        if cosine_weight < 0:
+            raise ValueError(f"cosine_weight must be >= 0, got {cosine_weight}")
+        self.cross, self.cosine = cross, cosine
+        self.blend, self.cosine_weight = float(blend), float(cosine_weight)
+
+    @staticmethod
+    def _columns(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if output.dim() != 2 or output.shape[1] != 2:
+            raise ValueError(f"hybrid outputs must be (B, 2), got shape {tuple(output.shape)}")
+        return output[:, 0], output[:, 1]
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logit, cos = self._columns(output)
+        return self.cross(logit, target) + self.cosine_weight * self.cosine(cos, target)
+
+    def predict(self, output: torch.Tensor) -> torch.Tensor:
+        logit, cos = self._columns(output)
+        return self.blend * self.cross.predict(logit).float() + (1 - self.blend) * self.cosine.predict(cos).float()
+
+
 LOSSES: dict[str, type[nn.Module]] = {
     "cross_entropy": CrossEntropyLoss,
     "bce": BinaryCrossEntropyLoss,

@@ -8,6 +8,8 @@ Each class is one way of modelling a task's input:
 - ``BiEncoder``: Sentence-BERT (Reimers & Gurevych 2019): encode a and b separately
   into u and v, then a head over a chosen subset of (u, v, |u-v|, u*v).
 - ``CosineEncoder``: Sentence-BERT scoring: cos(u, v), no head parameters.
+- ``HybridEncoder``: both a cross-encoder head and cos(u, v) over the same encoder; the
+  loss trains each and predicts a blend of the two (``minbert.losses.HybridLoss``).
 
 Both bi-encoders run the two sides through the encoder in one call: the two (B, T)
 batches are padded to a common width and stacked to (2B, T).
@@ -115,7 +117,31 @@ class CosineEncoder(nn.Module):
         return F.cosine_similarity(u, v, dim=-1)
 
 
-PAIR_MODES = ("single", "cross", "bi", "cosine")
+class HybridEncoder(nn.Module):
+    """A cross-encoder and a cosine bi-encoder side by side: output (B, 2), column 0 the
+    head's output for ``[CLS] a [SEP] b [SEP]``, column 1 cos(u, v) of a and b encoded alone.
+
+    The two views make different errors (the cross-encoder compares tokens across the pair,
+    the bi-encoder keeps the pretrained sentence-embedding geometry), so a blend of their
+    predictions beats either; the cost is a second, shorter encoder call per batch.
+    Segments: (cross, a, b), the dataset's ``"hybrid"`` format.
+    """
+
+    input_format = "hybrid"
+
+    def __init__(self, head: nn.Module, pooling: str = "mean"):
+        super().__init__()
+        self.head = head
+        self.pooling = pooling
+
+    def forward(self, encode: EncodeFn, segments: Segments) -> torch.Tensor:
+        cross, a, b = segments
+        z = self.head(encode_and_pool(encode, cross, self.pooling)).reshape(-1)  # (B,): one output
+        u, v = encode_pair(encode, (a, b), self.pooling)
+        return torch.stack([z, F.cosine_similarity(u, v, dim=-1).to(z.dtype)], dim=-1)  # (B, 2)
+
+
+PAIR_MODES = ("single", "cross", "bi", "cosine", "hybrid")
 
 
 def build_task_encoder(
@@ -137,4 +163,6 @@ def build_task_encoder(
         return BiEncoder(head, pooling, features)
     if mode in ("single", "cross"):
         return SingleEncoder(head, pooling, cross=mode == "cross")
+    if mode == "hybrid":
+        return HybridEncoder(head, pooling)
     raise ValueError(f"pair mode {mode!r} unknown; one of {PAIR_MODES}")

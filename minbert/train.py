@@ -38,7 +38,7 @@ from minbert.checkpoint import resolve_model_dir
 from minbert.config import Config, ConfigError, TaskConfig, save_config, to_dict
 from minbert.data import EncodedDataset, make_loader, read_examples
 from minbert.evaluate import collect_outputs, compute_metrics, fit_threshold, mean_score
-from minbert.losses import build_loss
+from minbert.losses import HybridLoss, build_loss
 from minbert.model import BertModel
 from minbert.multitask import build_combiner, build_schedule, epoch_length
 from minbert.optim import AdamW
@@ -75,12 +75,17 @@ class Task:
 
     def eval_loader(self, examples, tokenizer: BertTokenizer, batch_size: int, num_workers: int = 0):
         """Batches for evaluation or prediction: sorted by length, no shuffling."""
-        ds = EncodedDataset(examples, tokenizer, self.input_format, self.cfg.max_length, self.spec.label_kind)
+        ds = EncodedDataset(
+            examples, tokenizer, self.input_format, self.cfg.max_length, self.spec.label_kind, self.cfg.symmetric_eval
+        )
         return make_loader(ds, batch_size, shuffle=False, num_workers=num_workers)
 
     @property
     def output_kind(self) -> str:
-        """What the task module outputs: class logits, one binary logit, or a value/score."""
+        """What the task module outputs: class logits, one binary logit, or a value/score.
+        A hybrid's (logit, cosine) pair counts as regression outputs (compared by squared difference)."""
+        if self.cfg.pair_mode == "hybrid":
+            return "regression"
         return {"cross_entropy": "classification", "bce": "binary"}.get(self.cfg.loss, "regression")
 
 
@@ -102,17 +107,35 @@ def resolve_task_config(name: str, cfg: TaskConfig, spec: TaskSpec) -> TaskConfi
         raise ConfigError(
             f"config field 'tasks.{name}.loss': pair_mode cosine needs cosine_mse or cosent, got {loss!r}"
         )
+    if mode == "hybrid" and loss not in ("bce", "mse"):
+        raise ConfigError(
+            f"config field 'tasks.{name}.loss': pair_mode hybrid blends a probability or a value with the "
+            f"cosine view, so it needs bce or mse, got {loss!r}"
+        )
+    if cfg.symmetric_eval and (not spec.is_pair or spec.label_kind == "classification"):
+        raise ConfigError(
+            f"config field 'tasks.{name}.symmetric_eval' averages the scores of (a, b) and (b, a): it needs a "
+            "binary or regression sentence-pair task"
+        )
     return TaskConfig(**{**to_dict(cfg), "pair_mode": mode, "pooling": pooling, "loss": loss})
 
 
 def build_task_loss(spec: TaskSpec, cfg: TaskConfig) -> nn.Module:
+    label_range = tuple(spec.label_range or (0.0, 1.0))
     kwargs = dict(cfg.loss_kwargs)
     if cfg.loss in ("cosine_mse", "cosent") and "label_range" not in kwargs:
-        kwargs["label_range"] = tuple(spec.label_range or (0.0, 1.0))
+        kwargs["label_range"] = label_range
     try:
-        return build_loss(cfg.loss, **kwargs)
+        loss = build_loss(cfg.loss, **kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"config field 'tasks.{spec.name}.loss': {e}") from e
+    if cfg.pair_mode != "hybrid":
+        return loss
+    try:
+        cosine = build_loss(cfg.cosine_loss, label_range=label_range)
+        return HybridLoss(loss, cosine, blend=cfg.blend, cosine_weight=cfg.cosine_weight)
+    except ValueError as e:
+        raise ConfigError(f"config field 'tasks.{spec.name}': {e}") from e
 
 
 def num_outputs(spec: TaskSpec, cfg: TaskConfig) -> int:

@@ -282,7 +282,7 @@ def test_input_format_must_match_the_number_of_texts(tok):
     expected = r"'cross' needs 2 text\(s\) per example; example 'e0' \(line 2\) has 1"
     with pytest.raises(ValueError, match=expected):
         EncodedDataset([ex(0, "one")], tok, "cross")
-    with pytest.raises(ValueError, match=r"input_format must be one of single, cross, bi"):
+    with pytest.raises(ValueError, match=r"input_format must be one of single, cross, bi, hybrid"):
         EncodedDataset([ex(0, "one")], tok, "pair")
 
 
