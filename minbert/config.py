@@ -86,6 +86,7 @@ class TrainConfig:
     combiner_kwargs: dict[str, Any] = field(default_factory=dict)
     eval_every: int | None = None  # steps; None = once per epoch
     early_stopping: int | None = None  # stop after this many evaluations without improvement
+    ema_decay: float | None = None  # evaluate and keep an exponential moving average of the weights, e.g. 0.999
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 | fp16
@@ -153,6 +154,8 @@ def validate(cfg: Config) -> None:
     for where, value in positive.items():
         if value <= 0:
             raise ConfigError(f"config field '{where}' must be positive, got {value}")
+    if cfg.train.ema_decay is not None and not 0 < cfg.train.ema_decay < 1:
+        raise ConfigError(f"config field 'train.ema_decay' must be in (0, 1), got {cfg.train.ema_decay}")
     if not 0 < cfg.optim.reserve_p <= 1:
         raise ConfigError(f"config field 'optim.reserve_p' must be in (0, 1], got {cfg.optim.reserve_p}")
     if isinstance(cfg.train.steps_per_epoch, str) and cfg.train.steps_per_epoch not in ("max", "sum", "min"):

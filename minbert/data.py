@@ -33,10 +33,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from minbert.tasks import INPUT_FORMATS, LABEL_KINDS, TaskSpec
+from minbert.tokenizer import BertTokenizer, Encoding
 
 # How a dataset encodes its examples: the task specs' formats, plus "hybrid" (cross and bi).
 DATASET_FORMATS = (*INPUT_FORMATS, "hybrid")
-from minbert.tokenizer import BertTokenizer, Encoding
 
 # ---------------------------------------------------------------------------------------
 # Reading

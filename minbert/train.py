@@ -41,7 +41,7 @@ from minbert.evaluate import collect_outputs, compute_metrics, fit_threshold, me
 from minbert.losses import HybridLoss, build_loss
 from minbert.model import BertModel
 from minbert.multitask import build_combiner, build_schedule, epoch_length
-from minbert.optim import AdamW
+from minbert.optim import AdamW, WeightAverage
 from minbert.optim.child_tuning import build_child_tuning, compute_fisher, eligible_parameters
 from minbert.optim.groups import build_param_groups
 from minbert.optim.schedules import get_schedule
@@ -276,6 +276,7 @@ class Trainer:
     total_steps: int
     child_tuning: object = None
     regularizers: list = field(default_factory=list)
+    ema: WeightAverage | None = None  # train.ema_decay: the averaged weights are evaluated and kept
     history: list[dict] = field(default_factory=list)
 
 
@@ -376,6 +377,7 @@ def setup(cfg: Config, run_dir: Path | None = None) -> Trainer:
         total_steps,
         child,
         regularizers,
+        WeightAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay else None,
     )
 
 
@@ -465,10 +467,16 @@ def fit(tr: Trainer) -> dict:
     stop = False
 
     def evaluate_and_keep(epoch: int) -> None:
-        nonlocal evals_since_best, last_eval_step, eval_seconds
+        nonlocal last_eval_step, eval_seconds
         started = time.time()
         last_eval_step = step
-        metrics = validate(tr)
+        with tr.ema.swapped() if tr.ema else contextlib.nullcontext():  # evaluate (and keep) the average
+            keep_if_best(epoch, validate(tr))
+        eval_seconds += time.time() - started
+        train_mode()
+
+    def keep_if_best(epoch: int, metrics: dict) -> None:
+        nonlocal evals_since_best
         score = mean_score({n: t.spec for n, t in tr.tasks.items()}, metrics)
         record = {
             "step": step,
@@ -489,8 +497,6 @@ def fit(tr: Trainer) -> dict:
                 save_run_checkpoint(tr, tr.run_dir / "best", extra={"step": step, "score": score, "metrics": metrics})
         else:
             evals_since_best += 1
-        eval_seconds += time.time() - started
-        train_mode()
 
     def no_patience_left() -> bool:
         """Early stopping: this many evaluations in a row without a better mean score."""
@@ -532,6 +538,8 @@ def fit(tr: Trainer) -> dict:
             scaler.update()
             tr.optimizer.zero_grad(set_to_none=True)
             tr.scheduler.step()
+            if tr.ema:
+                tr.ema.update()
             for reg in tr.regularizers:
                 reg.after_step(model)
             step += 1

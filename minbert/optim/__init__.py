@@ -9,12 +9,14 @@ from minbert.optim.child_tuning import (
     eligible_parameters,
     is_encoder_layer,
 )
+from minbert.optim.ema import WeightAverage
 from minbert.optim.groups import build_param_groups, no_weight_decay
 from minbert.optim.schedules import SCHEDULES, get_schedule
 
 __all__ = [
     "SCHEDULES",
     "AdamW",
+    "WeightAverage",
     "ChildTuningD",
     "ChildTuningF",
     "GradMask",
