@@ -1,13 +1,16 @@
 """Gradient surgery on the shared parameters: PCGrad, GradVac, CAGrad.
 
-Each task's loss is backpropagated on its own, straight into row i of one ``(K, P)`` buffer
-``G`` (K tasks in the step, P shared scalars; a parameter a task did not touch keeps zeros):
-the shared parameters' ``.grad`` are views of that row while its backward runs. Heads are not
-touched: each head only receives its own task's gradient. The three methods below return a
-combination ``d = c @ G`` of the task gradients, so they only need the ``(K, K)`` Gram matrix
-``G G^T`` to find the coefficients ``c`` (also the weights returned for logging), and ``d`` is
-one matrix-vector product. Memory: the ``(K, P)`` buffer and the ``(P,)`` result, both kept
-between steps.
+Each task's loss is backpropagated on its own; after each backward the shared parameters'
+gradients are copied into row i of one ``(K, P)`` buffer ``G`` (K tasks in the step, P shared
+scalars; a parameter a task did not touch contributes zeros). An embedding table enters only
+with the rows some task reached (the step's tokens): the other rows are zero for every task, so
+they change no dot product and no combination, and the word embeddings are half of BERT's
+encoder parameters. Heads are not touched: each head only receives its own task's gradient.
+The three methods below return a combination ``d = c @ G`` of the task gradients, so they only
+need the ``(K, K)`` Gram matrix ``G G^T`` to find the coefficients ``c`` (also the weights
+returned for logging), and ``d`` is one matrix-vector product. Memory: the ``(K, P)`` buffer
+and the ``(P,)`` result, both kept between steps (allocating them every step costs more than
+the surgery), plus the tasks' table gradients until they are compacted.
 
 Each task's loss must come from its own forward pass (as in the training loop): its graph is
 freed by its backward. Pass ``retain_graph=True`` if losses share one forward.
@@ -25,6 +28,10 @@ from scipy.optimize import minimize
 from torch import Tensor
 
 from minbert.multitask.weighting import Combiner
+
+# 2-D shared parameters with at least this many rows are treated as embedding tables, whose
+# gradients are zero outside the rows of the tokens in the step's batches (the word embeddings).
+TABLE_MIN_ROWS = 4096
 
 
 class GradientSurgery(Combiner):
@@ -44,15 +51,6 @@ class GradientSurgery(Combiner):
             self.__dict__[key] = buf
         return buf
 
-    @staticmethod
-    def _watch(params: list[Tensor]) -> None:
-        """Clear each parameter's ``_surgery_hit`` flag; a post-accumulate hook, registered once
-        per parameter, sets it when a backward pass delivers a gradient to it."""
-        for p in params:
-            if not hasattr(p, "_surgery_hit"):
-                p.register_post_accumulate_grad_hook(lambda q: setattr(q, "_surgery_hit", True))
-            p._surgery_hit = False
-
     def combine(self, gram: Tensor, idx: list[int]) -> Tensor:
         """``gram``: ``(K, K)`` float64 on CPU, ``gram[i, j] = g_i . g_j``; ``idx``: the rows'
         positions in ``self.tasks``. Returns the ``(K,)`` coefficients ``c`` of ``d = c @ G``."""
@@ -65,18 +63,48 @@ class GradientSurgery(Combiner):
         carry = [p.grad for p in params]  # gradient accumulated before this step, if any
         dtype = torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32
         device = params[0].device if params else torch.device("cpu")
-        sizes = [p.numel() for p in params]
-        grads = self._buffer("_grads", (len(names), sum(sizes)), dtype, device)  # (K, P)
-        grads.zero_()
-        self._watch(params)
-        # Each task's backward accumulates straight into its row: p.grad is a view of the row,
-        # and autograd adds into an existing .grad in place. No per-step allocation, no copy.
+        is_table = [p.dim() == 2 and p.shape[0] >= TABLE_MIN_ROWS for p in params]
+        dense = [k for k, t in enumerate(is_table) if not t]
+        dense_sizes = [params[k].numel() for k in dense]
+        width = sum(dense_sizes)
+        grads = self._buffer("_grads", (len(names), sum(p.numel() for p in params)), dtype, device)  # (K, <= P)
+        touched = [False] * len(params)
+        table_grads: dict[int, list[Tensor | None]] = {k: [None] * len(names) for k, t in enumerate(is_table) if t}
         for i, t in enumerate(names):
-            for p, row in zip(params, grads[i].split(sizes), strict=True):
-                p.grad = row.view_as(p)
+            for p in params:
+                p.grad = None  # autograd hands over a fresh gradient (no accumulation pass)
             if losses[t].requires_grad:
                 losses[t].backward(retain_graph=self.retain_graph)
-        gram = (grads @ grads.T).double().cpu()  # (K, K)
+            for k, row in zip(dense, grads[i, :width].split(dense_sizes), strict=True):
+                g = params[k].grad
+                if g is not None:
+                    row.copy_(g.reshape(-1))
+                    touched[k] = True
+                else:  # the buffer is reused between steps: clear what this task did not write
+                    row.zero_()
+            for k, kept in table_grads.items():
+                kept[i] = params[k].grad
+                touched[k] |= kept[i] is not None
+        # An embedding table's gradient is zero outside the rows of the step's tokens: only the rows
+        # some task reached enter the buffer (the others add nothing to a dot product or a sum).
+        table_rows = {}
+        for k, kept in table_grads.items():
+            if not touched[k]:
+                continue
+            hit = torch.stack([torch.linalg.vector_norm(g, float("inf"), dim=1) for g in kept if g is not None])
+            rows = torch.nonzero(hit.amax(0) > 0).squeeze(1)  # (R,)
+            n = rows.numel() * params[k].shape[1]
+            for i, g in enumerate(kept):
+                seg = grads[i, width : width + n]
+                if g is None:
+                    seg.zero_()
+                else:
+                    seg.copy_(g.index_select(0, rows).reshape(-1))
+            table_rows[k] = (rows, width, n)
+            width += n
+        del table_grads
+        G = grads[:, :width]  # (K, P') with P' <= P: dense parameters, then the tables' reached rows
+        gram = (G @ G.T).double().cpu()  # (K, K)
         if torch.isfinite(gram).all():
             coef = self.combine(gram, [self.tasks.index(t) for t in names])  # (K,)
         else:  # a GradScaler overflow: keep the plain sum (the scaler skips the step), state untouched
@@ -84,16 +112,27 @@ class GradientSurgery(Combiner):
         c = coef.to(device=device, dtype=dtype)
         # d = c @ G in one pass over the buffer, into a second kept buffer unless an earlier
         # micro-step's gradient (gradient accumulation) may still point into it.
-        if all(old is None for old in carry):
-            combined = torch.mv(grads.T, c, out=self._buffer("_combined", (grads.shape[1],), dtype, device))
+        fresh = any(old is not None for old in carry)
+        if fresh:
+            combined = torch.mv(G.T, c)
         else:
-            combined = torch.mv(grads.T, c)
-        for p, old, d in zip(params, carry, combined.split(sizes), strict=True):
-            if not p._surgery_hit:  # no task reached p: leave its gradient as it was (None stays None)
+            combined = torch.mv(G.T, c, out=self._buffer("_combined", (grads.shape[1],), dtype, device)[:width])
+        views = dict(zip(dense, combined[: sum(dense_sizes)].split(dense_sizes), strict=True))
+        for k, (p, old) in enumerate(zip(params, carry, strict=True)):
+            if not touched[k]:  # no task reached p: leave its gradient as it was (None stays None)
                 p.grad = old
                 continue
-            g = d.view_as(p) if p.dtype == dtype else d.view_as(p).to(p.dtype)
-            p.grad = g if old is None else old.add_(g)
+            if k in views:
+                g = views[k].view_as(p).to(p.dtype)
+                p.grad = g if old is None else old.add_(g)
+                continue
+            rows, start, n = table_rows[k]
+            d = combined[start : start + n].view(rows.numel(), p.shape[1]).to(p.dtype)
+            if old is not None:
+                p.grad = old.index_add_(0, rows, d)
+            else:
+                full = p.new_zeros(p.shape) if fresh else self._buffer(f"_table{k}", tuple(p.shape), p.dtype, device)
+                p.grad = full.zero_().index_copy_(0, rows, d)
         return {t: float(w) for t, w in zip(names, coef, strict=True)}
 
 

@@ -182,6 +182,62 @@ def test_kept_buffers_carry_nothing_from_one_step_to_the_next():
     np.testing.assert_allclose(w.grad.numpy(), expected + [2.0, 2.0])
 
 
+class FixedOrder:
+    """Stands in for PCGrad's ``random.Random``: the i-th shuffle yields ``orders[i]``."""
+
+    def __init__(self, orders):
+        self.orders = iter(orders)
+
+    def shuffle(self, xs):
+        xs[:] = next(self.orders)
+
+
+def test_embedding_tables_enter_with_their_reached_rows_only_and_the_result_is_exact():
+    """A table (>= TABLE_MIN_ROWS rows) is compacted to the rows some task reached; the result must
+    equal Algorithm 1 on the full flattened gradients, with a task that never touches the table."""
+    from minbert.multitask.surgery import TABLE_MIN_ROWS
+
+    torch.manual_seed(0)
+    emb = nn.Embedding(TABLE_MIN_ROWS + 10, 3)
+    w = nn.Parameter(torch.randn(3))
+    ids = {"a": torch.tensor([1, 7, 7, 4000]), "b": torch.tensor([7, 9]), "c": None}
+
+    def losses():
+        out = {}
+        for t, i in ids.items():
+            h = emb(i).sum(0) if i is not None else torch.ones(3)
+            sign = {"a": 1.0, "b": -3.0, "c": 0.5}[t]
+            out[t] = sign * (h * w).sum() + (w**2).sum() * (t == "c")
+        return out
+
+    shared = [emb.weight, w]
+    ref = {}
+    for t, loss in losses().items():  # each task's full gradient, by plain autograd
+        gs = torch.autograd.grad(loss, shared, allow_unused=True)
+        full = [g if g is not None else torch.zeros_like(p) for g, p in zip(gs, shared, strict=True)]
+        ref[t] = torch.cat([g.flatten() for g in full])
+    g = [ref[t].double().numpy() for t in "abc"]
+    assert g[0] @ g[1] < 0  # a real conflict, through the shared row 7 and w
+    for order in itertools.product([[1, 2], [2, 1]], [[0, 2], [2, 0]], [[0, 1], [1, 0]]):
+        comb = PCGrad(["a", "b", "c"], seed=0)
+        comb.rng = FixedOrder(list(order))
+        comb.backward(losses(), shared)
+        got = torch.cat([emb.weight.grad.flatten(), w.grad.flatten()]).double().numpy()
+        np.testing.assert_allclose(got, pcgrad_reference(g, list(order)), rtol=1e-5, atol=1e-6)
+        reached = {1, 7, 9, 4000}
+        untouched = [r for r in range(emb.weight.shape[0]) if r not in reached]
+        assert emb.weight.grad.shape == emb.weight.shape and not emb.weight.grad[untouched].any()
+        emb.weight.grad = w.grad = None
+    # gradient accumulation: a second micro-step adds onto the first, also for the table
+    comb = PCGrad(["a", "b", "c"])
+    comb.backward(losses(), shared)
+    first = emb.weight.grad.clone()
+    comb.backward({"a": emb(torch.tensor([2])).sum()}, shared)
+    expected = first.clone()
+    expected[2] += 1.0
+    torch.testing.assert_close(emb.weight.grad, expected)
+
+
 def test_overflowing_gradients_pass_through_and_leave_gradvac_state_alone():
     comb = GradVac(tasks(2), beta=0.5)
     got = surgery(comb, [[float("inf"), 0], [-1, 1]])
