@@ -8,9 +8,11 @@ they change no dot product and no combination, and the word embeddings are half 
 encoder parameters. Heads are not touched: each head only receives its own task's gradient.
 The three methods below return a combination ``d = c @ G`` of the task gradients, so they only
 need the ``(K, K)`` Gram matrix ``G G^T`` to find the coefficients ``c`` (also the weights
-returned for logging), and ``d`` is one matrix-vector product. Memory: the ``(K, P)`` buffer
-and the ``(P,)`` result, both kept between steps (allocating them every step costs more than
-the surgery), plus the tasks' table gradients until they are compacted.
+returned for logging); its entries are summed from per-parameter dot products taken while each
+fresh gradient is copied, and ``d`` is K elementwise passes (on CPU both run at memory speed,
+a (K, P) x (P, K) product or a matrix-vector product several times slower). Memory: the
+``(K, P)`` buffer and the ``(P,)`` result, both kept between steps (allocating them every step
+costs more than the surgery), plus the tasks' table gradients until they are compacted.
 
 Each task's loss must come from its own forward pass (as in the training loop): its graph is
 freed by its backward. Pass ``retain_graph=True`` if losses share one forward.
@@ -69,19 +71,27 @@ class GradientSurgery(Combiner):
         width = sum(dense_sizes)
         grads = self._buffer("_grads", (len(names), sum(p.numel() for p in params)), dtype, device)  # (K, <= P)
         touched = [False] * len(params)
+        dots: list[list[list[Tensor]]] = [[[] for _ in names] for _ in names]  # dots[i][j], j <= i: g_i . g_j parts
         table_grads: dict[int, list[Tensor | None]] = {k: [None] * len(names) for k, t in enumerate(is_table) if t}
         for i, t in enumerate(names):
             for p in params:
                 p.grad = None  # autograd hands over a fresh gradient (no accumulation pass)
             if losses[t].requires_grad:
                 losses[t].backward(retain_graph=self.retain_graph)
-            for k, row in zip(dense, grads[i, :width].split(dense_sizes), strict=True):
+            offset = 0
+            for k, n in zip(dense, dense_sizes, strict=True):
                 g = params[k].grad
                 if g is not None:
-                    row.copy_(g.reshape(-1))
+                    g = g.reshape(-1).to(dtype)
+                    grads[i, offset : offset + n].copy_(g)
+                    # dot products with the earlier tasks' rows while g is still in cache: cheaper
+                    # than a (K, P) x (P, K) product afterwards, which runs far below memory speed
+                    for j in range(i + 1):
+                        dots[i][j].append(torch.dot(g, g if j == i else grads[j, offset : offset + n]))
                     touched[k] = True
                 else:  # the buffer is reused between steps: clear what this task did not write
-                    row.zero_()
+                    grads[i, offset : offset + n].zero_()
+                offset += n
             for k, kept in table_grads.items():
                 kept[i] = params[k].grad
                 touched[k] |= kept[i] is not None
@@ -91,7 +101,9 @@ class GradientSurgery(Combiner):
         for k, kept in table_grads.items():
             if not touched[k]:
                 continue
-            hit = torch.stack([torch.linalg.vector_norm(g, float("inf"), dim=1) for g in kept if g is not None])
+            # The row norms find the reached rows in one fast reduction (the inf-norm is 20x slower);
+            # a row whose entries are all below ~1e-22 (squares underflow) counts as zero.
+            hit = torch.stack([torch.linalg.vector_norm(g, 2, dim=1) for g in kept if g is not None])
             rows = torch.nonzero(hit.amax(0) > 0).squeeze(1)  # (R,)
             n = rows.numel() * params[k].shape[1]
             for i, g in enumerate(kept):
@@ -101,22 +113,31 @@ class GradientSurgery(Combiner):
                 else:
                     seg.copy_(g.index_select(0, rows).reshape(-1))
             table_rows[k] = (rows, width, n)
+            seg = grads[:, width : width + n]
+            part = seg @ seg.T  # (K, K) over the reached rows
+            for i in range(len(names)):
+                for j in range(i + 1):
+                    dots[i][j].append(part[i, j])
             width += n
         del table_grads
         G = grads[:, :width]  # (K, P') with P' <= P: dense parameters, then the tables' reached rows
-        gram = (G @ G.T).double().cpu()  # (K, K)
+        gram = torch.zeros(len(names), len(names), dtype=torch.float64)  # (K, K)
+        for i in range(len(names)):
+            for j in range(i + 1):
+                if dots[i][j]:
+                    gram[i, j] = gram[j, i] = float(torch.stack(dots[i][j]).double().sum())
         if torch.isfinite(gram).all():
             coef = self.combine(gram, [self.tasks.index(t) for t in names])  # (K,)
         else:  # a GradScaler overflow: keep the plain sum (the scaler skips the step), state untouched
             coef = torch.ones(len(names), dtype=torch.float64)
-        c = coef.to(device=device, dtype=dtype)
-        # d = c @ G in one pass over the buffer, into a second kept buffer unless an earlier
-        # micro-step's gradient (gradient accumulation) may still point into it.
+        c = coef.to(dtype=torch.float64)
+        # d = c @ G, into a second kept buffer unless an earlier micro-step's gradient (gradient
+        # accumulation) may still point into it.
         fresh = any(old is not None for old in carry)
-        if fresh:
-            combined = torch.mv(G.T, c)
-        else:
-            combined = torch.mv(G.T, c, out=self._buffer("_combined", (grads.shape[1],), dtype, device)[:width])
+        combined = G.new_empty(width) if fresh else self._buffer("_combined", (grads.shape[1],), dtype, device)[:width]
+        torch.mul(G[0], float(c[0]), out=combined)  # elementwise passes run at memory speed, unlike mv here
+        for i in range(1, len(names)):
+            combined.add_(G[i], alpha=float(c[i]))
         views = dict(zip(dense, combined[: sum(dense_sizes)].split(dense_sizes), strict=True))
         for k, (p, old) in enumerate(zip(params, carry, strict=True)):
             if not touched[k]:  # no task reached p: leave its gradient as it was (None stays None)
