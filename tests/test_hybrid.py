@@ -157,3 +157,24 @@ def test_hybrid_config_errors_name_the_field(tiny_model_dir, data_dir, tmp_path,
     setattr(cfg.tasks[task], field, value)
     with pytest.raises(ConfigError, match=message):
         setup(cfg)
+
+
+def test_smart_perturbs_both_encoder_calls_of_a_hybrid_task(tok, tiny_model_dir):
+    from minbert.regularizers import SMART
+    from minbert.regularizers.smart import per_example_norm
+    from minbert.taskmodel import MultitaskModel
+
+    bert = BertModel.from_pretrained(tiny_model_dir)
+    model = MultitaskModel(bert, {"h": HybridEncoder(ClassifierHead(bert.config.hidden_size, 1), "mean")})
+    batch = next(iter(make_loader(EncodedDataset(examples(), tok, "hybrid"), 3, shuffle=False)))
+    cross, a, b = batch.inputs
+    smart = SMART(model, mu=0.0, sigma=1e-2, eps=1e-2, eta=1e-1, steps=2)
+    with torch.no_grad():
+        target = model("h", batch.inputs)
+    enc = smart.perturbation(model, "h", batch.inputs, target, "regression")
+    H = bert.config.hidden_size
+    widest = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
+    assert [tuple(d.shape) for d in enc.deltas] == [(3, cross["input_ids"].shape[1], H), (6, widest, H)]
+    assert all((per_example_norm(d, "linf") <= 1e-2 * (1 + 1e-6)).all() for d in enc.deltas)
+    loss = smart.loss(model, "h", batch.inputs, model("h", batch.inputs), "regression")
+    assert torch.isfinite(loss) and loss.item() > 0

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -92,28 +92,61 @@ def ascent_step(delta: Tensor, grad: Tensor, eta: float, eps: float, norm: str, 
 class PerturbedEncoder:
     """An ``encode`` callable (see ``minbert.pairs``): BERT on word embeddings + delta.
 
-    ``delta`` (B, T, H) is drawn on the first call, with the shape of that call's embeddings (a
-    bi-encoder's stacked (2B, T) batch too): N(0, sigma^2), zero on padding, projected into the ball.
+    One delta (B, T, H) per encoder call of a forward pass (a hybrid pair task calls the encoder
+    twice: the cross sequence, then both sentences stacked), each drawn on the first pass with the
+    shape of that call's embeddings: N(0, sigma^2), zero on padding, projected into the ball.
+    Later passes reuse the deltas in call order; ``begin()`` restarts the order explicitly.
     """
 
     def __init__(self, bert: BertModel, sigma: float, eps: float, norm: str):
         self.bert, self.sigma, self.eps, self.norm = bert, sigma, eps, norm
-        self.delta: Tensor | None = None  # (B, T, H)
-        self.mask: Tensor | None = None  # (B, T, 1): 1 on real tokens, 0 on padding
+        self.deltas: list[Tensor] = []  # (B, T, H) each, one per encoder call of a pass
+        self.masks: list[Tensor] = []  # (B, T, 1): 1 on real tokens, 0 on padding
+        self._call = 0
+        self.per_pass: int | None = None  # encoder calls per forward pass, known after the first pass
+
+    def begin(self) -> PerturbedEncoder:
+        """Start a forward pass: the next encoder call takes the first delta again."""
+        self._call = 0
+        return self
+
+    @property
+    def delta(self) -> Tensor | None:
+        """The first call's delta (the only one for single, cross and bi-encoder tasks)."""
+        return self.deltas[0] if self.deltas else None
+
+    @delta.setter
+    def delta(self, value: Tensor) -> None:
+        self.deltas[0] = value
+
+    @property
+    def mask(self) -> Tensor | None:
+        return self.masks[0] if self.masks else None
 
     def __call__(self, input_ids: Tensor, attention_mask: Tensor | None, token_type_ids: Tensor | None) -> BertOutput:
         emb = self.bert.embeddings.word_embeddings(input_ids)  # (B, T, H)
-        if self.delta is None:
+        i, self._call = self._call, self._call + 1
+        if self.per_pass:  # passes after the first reuse the deltas in call order, begin() or not
+            i %= self.per_pass
+        if i == len(self.deltas):  # first pass: draw this call's delta
             mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-            self.mask = mask[..., None].to(emb.dtype)
-            noise = torch.randn_like(emb) * self.sigma * self.mask
-            self.delta = project(noise, self.eps, self.norm).requires_grad_()
-        if self.delta.shape != emb.shape:
-            raise ValueError(f"delta {tuple(self.delta.shape)} != embeddings {tuple(emb.shape)}: one batch only")
-        return self.bert(inputs_embeds=emb + self.delta, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            self.masks.append(mask[..., None].to(emb.dtype))
+            noise = torch.randn_like(emb) * self.sigma * self.masks[i]
+            self.deltas.append(project(noise, self.eps, self.norm).requires_grad_())
+        if self.deltas[i].shape != emb.shape:
+            raise ValueError(
+                f"delta {i}: {tuple(self.deltas[i].shape)} != embeddings {tuple(emb.shape)}: one batch only"
+            )
+        return self.bert(
+            inputs_embeds=emb + self.deltas[i], attention_mask=attention_mask, token_type_ids=token_type_ids
+        )
 
-    def ascend(self, grad: Tensor, eta: float) -> None:
-        self.delta = ascent_step(self.delta.detach(), grad, eta, self.eps, self.norm, self.mask).requires_grad_()
+    def ascend(self, grads: Sequence[Tensor], eta: float) -> None:
+        self.per_pass = len(self.deltas)
+        self.deltas = [
+            ascent_step(d.detach(), g, eta, self.eps, self.norm, m).requires_grad_()
+            for d, g, m in zip(self.deltas, grads, self.masks, strict=True)
+        ]
 
 
 @contextlib.contextmanager
@@ -239,18 +272,18 @@ class SMART(Regularizer):
                 with torch.no_grad():  # the clean target without dropout, like the passes below
                     target = model(task, segments)
             encoder = self.perturbation(model, task, segments, target, kind)
-            return divergence(kind, model(task, segments, encode=encoder), target)
+            return divergence(kind, model(task, segments, encode=encoder.begin()), target)
 
     def perturbation(self, model, task: str, segments, target: Tensor, kind: str) -> PerturbedEncoder:
         """delta* by K projected ascent steps on l_s(f(x + delta), target); returned with delta detached."""
         encoder = PerturbedEncoder(model.bert, self.sigma, self.eps, self.norm)
         for _ in range(self.steps):
             with torch.enable_grad():  # the ascent needs d/d delta even when called under no_grad
-                div = divergence(kind, model(task, segments, encode=encoder), target)
-                (grad,) = torch.autograd.grad(div, encoder.delta)  # only d/d delta; no parameter .grad touched
-            encoder.ascend(grad, self.eta)
-        if encoder.delta is not None:
-            encoder.delta = encoder.delta.detach()
+                div = divergence(kind, model(task, segments, encode=encoder.begin()), target)
+                grads = torch.autograd.grad(div, encoder.deltas)  # only d/d delta; no parameter .grad touched
+            encoder.ascend(grads, self.eta)
+        encoder.deltas = [d.detach() for d in encoder.deltas]
+        encoder.per_pass = len(encoder.deltas) or None
         return encoder
 
     def proximal_loss(self, model, task: str, segments, output: Tensor, kind: str) -> Tensor:
