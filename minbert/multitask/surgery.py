@@ -102,9 +102,10 @@ class GradientSurgery(Combiner):
             if not touched[k]:
                 continue
             # The row norms find the reached rows in one fast reduction (the inf-norm is 20x slower);
-            # a row whose entries are all below ~1e-22 (squares underflow) counts as zero.
+            # a row whose entries are all below ~1e-22 (squares underflow) counts as zero, a row with
+            # inf or nan (a GradScaler overflow) as reached, so that the overflow reaches the result.
             hit = torch.stack([torch.linalg.vector_norm(g, 2, dim=1) for g in kept if g is not None])
-            rows = torch.nonzero(hit.amax(0) > 0).squeeze(1)  # (R,)
+            rows = torch.nonzero(hit.amax(0) != 0).squeeze(1)  # (R,)
             n = rows.numel() * params[k].shape[1]
             for i, g in enumerate(kept):
                 seg = grads[i, width : width + n]

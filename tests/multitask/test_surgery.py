@@ -238,6 +238,17 @@ def test_embedding_tables_enter_with_their_reached_rows_only_and_the_result_is_e
     torch.testing.assert_close(emb.weight.grad, expected)
 
 
+def test_an_overflow_in_an_embedding_table_reaches_the_result():
+    from minbert.multitask.surgery import TABLE_MIN_ROWS
+
+    emb = nn.Embedding(TABLE_MIN_ROWS, 2)
+    for bad in (float("inf"), float("nan")):
+        losses = {"a": bad * emb(torch.tensor([3])).sum(), "b": emb(torch.tensor([5])).sum()}
+        PCGrad(["a", "b"]).backward(losses, [emb.weight])
+        assert not torch.isfinite(emb.weight.grad).all()  # the GradScaler sees it and skips the step
+        emb.weight.grad = None
+
+
 def test_overflowing_gradients_pass_through_and_leave_gradvac_state_alone():
     comb = GradVac(tasks(2), beta=0.5)
     got = surgery(comb, [[float("inf"), 0], [-1, 1]])
