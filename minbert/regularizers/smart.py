@@ -95,7 +95,7 @@ class PerturbedEncoder:
     One delta (B, T, H) per encoder call of a forward pass (a hybrid pair task calls the encoder
     twice: the cross sequence, then both sentences stacked), each drawn on the first pass with the
     shape of that call's embeddings: N(0, sigma^2), zero on padding, projected into the ball.
-    Later passes reuse the deltas in call order; ``begin()`` restarts the order explicitly.
+    Later passes reuse the deltas in call order.
     """
 
     def __init__(self, bert: BertModel, sigma: float, eps: float, norm: str):
@@ -104,11 +104,6 @@ class PerturbedEncoder:
         self.masks: list[Tensor] = []  # (B, T, 1): 1 on real tokens, 0 on padding
         self._call = 0
         self.per_pass: int | None = None  # encoder calls per forward pass, known after the first pass
-
-    def begin(self) -> PerturbedEncoder:
-        """Start a forward pass: the next encoder call takes the first delta again."""
-        self._call = 0
-        return self
 
     @property
     def delta(self) -> Tensor | None:
@@ -126,7 +121,7 @@ class PerturbedEncoder:
     def __call__(self, input_ids: Tensor, attention_mask: Tensor | None, token_type_ids: Tensor | None) -> BertOutput:
         emb = self.bert.embeddings.word_embeddings(input_ids)  # (B, T, H)
         i, self._call = self._call, self._call + 1
-        if self.per_pass:  # passes after the first reuse the deltas in call order, begin() or not
+        if self.per_pass:  # passes after the first reuse the deltas in call order
             i %= self.per_pass
         if i == len(self.deltas):  # first pass: draw this call's delta
             mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
@@ -272,18 +267,17 @@ class SMART(Regularizer):
                 with torch.no_grad():  # the clean target without dropout, like the passes below
                     target = model(task, segments)
             encoder = self.perturbation(model, task, segments, target, kind)
-            return divergence(kind, model(task, segments, encode=encoder.begin()), target)
+            return divergence(kind, model(task, segments, encode=encoder), target)
 
     def perturbation(self, model, task: str, segments, target: Tensor, kind: str) -> PerturbedEncoder:
         """delta* by K projected ascent steps on l_s(f(x + delta), target); returned with delta detached."""
         encoder = PerturbedEncoder(model.bert, self.sigma, self.eps, self.norm)
         for _ in range(self.steps):
             with torch.enable_grad():  # the ascent needs d/d delta even when called under no_grad
-                div = divergence(kind, model(task, segments, encode=encoder.begin()), target)
+                div = divergence(kind, model(task, segments, encode=encoder), target)
                 grads = torch.autograd.grad(div, encoder.deltas)  # only d/d delta; no parameter .grad touched
             encoder.ascend(grads, self.eta)
         encoder.deltas = [d.detach() for d in encoder.deltas]
-        encoder.per_pass = len(encoder.deltas) or None
         return encoder
 
     def proximal_loss(self, model, task: str, segments, output: Tensor, kind: str) -> Tensor:
