@@ -131,14 +131,13 @@ class GradientSurgery(Combiner):
             coef = self.combine(gram, [self.tasks.index(t) for t in names])  # (K,)
         else:  # a GradScaler overflow: keep the plain sum (the scaler skips the step), state untouched
             coef = torch.ones(len(names), dtype=torch.float64)
-        c = coef.to(dtype=torch.float64)
         # d = c @ G, into a second kept buffer unless an earlier micro-step's gradient (gradient
         # accumulation) may still point into it.
         fresh = any(old is not None for old in carry)
         combined = G.new_empty(width) if fresh else self._buffer("_combined", (grads.shape[1],), dtype, device)[:width]
-        torch.mul(G[0], float(c[0]), out=combined)  # elementwise passes run at memory speed, unlike mv here
+        torch.mul(G[0], float(coef[0]), out=combined)  # elementwise passes run at memory speed, unlike mv here
         for i in range(1, len(names)):
-            combined.add_(G[i], alpha=float(c[i]))
+            combined.add_(G[i], alpha=float(coef[i]))
         views = dict(zip(dense, combined[: sum(dense_sizes)].split(dense_sizes), strict=True))
         for k, (p, old) in enumerate(zip(params, carry, strict=True)):
             if not touched[k]:  # no task reached p: leave its gradient as it was (None stays None)
