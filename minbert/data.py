@@ -266,6 +266,11 @@ def _quoted(names: Iterable[str]) -> str:
 # ---------------------------------------------------------------------------------------
 
 
+def reversed_pairs(examples: Sequence[Example]) -> list[Example]:
+    """Every pair (a, b) as (b, a), with the same id, label and line: for symmetric pair tasks."""
+    return [replace(ex, texts=ex.texts[::-1]) for ex in examples]
+
+
 class EncodedDataset(Dataset):
     """Examples tokenized once, unpadded; padding happens per batch in :class:`Collator`.
 
@@ -308,7 +313,7 @@ class EncodedDataset(Dataset):
         self.examples = list(examples)
         self.n_examples = len(self.examples)
         if symmetric:
-            self.examples += [replace(ex, texts=ex.texts[::-1]) for ex in self.examples]
+            self.examples += reversed_pairs(self.examples)
         self.tokenizer = tokenizer
         self.input_format = input_format
         self.max_length = max_length

@@ -17,7 +17,6 @@ Only rank 0 writes files, so the loop is ready for ``torchrun``.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import math
@@ -36,7 +35,7 @@ from tqdm.auto import tqdm
 
 from minbert.checkpoint import resolve_model_dir
 from minbert.config import Config, ConfigError, TaskConfig, save_config, to_dict
-from minbert.data import EncodedDataset, make_loader, read_examples
+from minbert.data import EncodedDataset, make_loader, read_examples, reversed_pairs
 from minbert.evaluate import collect_outputs, compute_metrics, fit_threshold, mean_score
 from minbert.losses import HybridLoss, build_loss
 from minbert.model import BertModel
@@ -190,7 +189,7 @@ def make_tasks(cfg: Config, tokenizer: BertTokenizer, splits: tuple[str, ...] = 
                 log.warning("%s", report)
             if split == "train" and tcfg.swap_augment:
                 # Similarity and paraphrase are symmetric: (b, a) is as valid an example as (a, b).
-                examples = examples + [dataclasses.replace(ex, texts=ex.texts[::-1]) for ex in examples]
+                examples = examples + reversed_pairs(examples)
             if split == "train":
                 # Under torchrun each rank takes its own share of every task's batches.
                 task.train = make_loader(
