@@ -58,11 +58,3 @@ class WeightAverage:
         finally:
             for p, s in zip(self.params, self.shadow, strict=True):
                 p.data, s.data = s.data, p.data
-
-    def state_dict(self) -> dict:
-        return {"decay": self.decay, "updates": self.updates, "shadow": [s.clone() for s in self.shadow]}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.decay, self.updates = float(state["decay"]), int(state["updates"])
-        for s, saved in zip(self.shadow, state["shadow"], strict=True):
-            s.copy_(saved)
