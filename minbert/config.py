@@ -52,6 +52,7 @@ class TaskConfig:
     dev_limit: int | None = None
     skip_bad: bool = False  # skip (and count) malformed rows instead of failing
     swap_augment: bool = False  # pair tasks: also train on (b, a) for every (a, b); for symmetric tasks
+    transitive_augment: bool = False  # binary pair tasks whose 1 means "equivalent": add the pairs it implies
     symmetric_eval: bool = False  # pair tasks: predict the mean of the scores for (a, b) and (b, a)
     cosine_loss: str = "cosine_mse"  # hybrid: the loss of the cosine view (cosine_mse | cosent)
     cosine_weight: float = 1.0  # hybrid: loss = cross loss + cosine_weight * cosine loss

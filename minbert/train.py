@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from minbert.checkpoint import resolve_model_dir
 from minbert.config import Config, ConfigError, TaskConfig, save_config, to_dict
-from minbert.data import EncodedDataset, make_loader, read_examples, reversed_pairs
+from minbert.data import EncodedDataset, make_loader, read_examples, reversed_pairs, transitive_pairs
 from minbert.evaluate import collect_outputs, compute_metrics, fit_threshold, mean_score
 from minbert.losses import HybridLoss, build_loss
 from minbert.model import BertModel
@@ -102,6 +102,11 @@ def resolve_task_config(name: str, cfg: TaskConfig, spec: TaskSpec) -> TaskConfi
     loss = cfg.loss or spec.loss
     if cfg.swap_augment and not spec.is_pair:
         raise ConfigError(f"config field 'tasks.{name}.swap_augment' needs a sentence-pair task")
+    if cfg.transitive_augment and not (spec.is_pair and spec.label_kind == "binary"):
+        raise ConfigError(
+            f"config field 'tasks.{name}.transitive_augment' needs a binary sentence-pair task "
+            "(a label 1 that means 'equivalent', like duplicate questions)"
+        )
     if mode == "cosine" and loss not in ("cosine_mse", "cosent"):
         raise ConfigError(
             f"config field 'tasks.{name}.loss': pair_mode cosine needs cosine_mse or cosent, got {loss!r}"
@@ -187,6 +192,11 @@ def make_tasks(cfg: Config, tokenizer: BertTokenizer, splits: tuple[str, ...] = 
             )
             if report.skipped:
                 log.warning("%s", report)
+            if split == "train" and tcfg.transitive_augment:
+                # Duplicates of duplicates are duplicates: a ~ b, b ~ c gives a ~ c; a ~ b, b !~ c gives a !~ c.
+                derived = transitive_pairs(examples)
+                log.info("%s: %d pairs implied by transitivity added to %d", name, len(derived), len(examples))
+                examples = examples + derived
             if split == "train" and tcfg.swap_augment:
                 # Similarity and paraphrase are symmetric: (b, a) is as valid an example as (a, b).
                 examples = examples + reversed_pairs(examples)

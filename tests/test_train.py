@@ -207,6 +207,30 @@ def test_swap_augment_adds_the_reversed_pairs(tiny_model_dir, data_dir, tmp_path
         setup(cfg)
 
 
+def test_transitive_augment_adds_the_implied_pairs(tiny_model_dir, tmp_path):
+    rows = ["How do I learn Go?\tHow can I learn Go?\t1.0", "How can I learn Go?\tBest way to learn Go?\t1.0",
+            "How do I learn Go?\tIs Go hard?\t0.0"]
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "dev"):
+        lines = ["\tid\tsentence1\tsentence2\tis_duplicate"] + [f"{i}\tq{i}\t{r}" for i, r in enumerate(rows)]
+        (data / f"quora-{split}.csv").write_text("\n".join(lines) + "\n")
+    cfg = tiny_config(tiny_model_dir, data, tmp_path, ["quora"])
+    cfg.tasks["quora"].transitive_augment = True
+    examples = setup(cfg).tasks["quora"].train.dataset.examples
+    # by hand: learn ~ can ~ best gives learn ~ best; learn !~ hard spreads to can !~ hard, best !~ hard
+    assert [(set(ex.texts), ex.label) for ex in examples[3:]] == [
+        ({"How do I learn Go?", "Best way to learn Go?"}, 1),
+        ({"How can I learn Go?", "Is Go hard?"}, 0),
+        ({"Best way to learn Go?", "Is Go hard?"}, 0),
+    ]
+    assert len(examples) == 6
+    cfg = tiny_config(tiny_model_dir, data, tmp_path, ["sts"])
+    cfg.tasks["sts"].transitive_augment = True
+    with pytest.raises(ConfigError, match="transitive_augment' needs a binary sentence-pair task"):
+        setup(cfg)
+
+
 def test_grad_accumulation_and_eval_every(tiny_model_dir, data_dir, tmp_path):
     # 64 examples / batch 16 = 4 micro-batches per epoch, 2 epochs, 2 micro-batches per optimizer step
     cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst"], optim={"grad_accum": 2},
