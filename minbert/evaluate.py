@@ -62,7 +62,7 @@ def collect_outputs(
         batch: Batch = batch.to(device)
         with autocast():
             out = model(task, batch.inputs)
-        pred = loss_fn.predict(out.float()).float().cpu().numpy()
+        pred = loss_fn.predict(out.float()).double().cpu().numpy()
         idx = batch.indices.cpu().numpy()
         np.add.at(scores, idx, pred)
         np.add.at(views, idx, 1)

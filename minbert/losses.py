@@ -193,6 +193,10 @@ class HybridLoss(nn.Module):
     predictions must live in the same label space: a probability in [0, 1] for binary tasks
     (bce with cosine_mse over label range (0, 1)), the label range for regression (mse with
     ``sigmoid_scale`` with cosine_mse over the same range).
+    The exception is bce with cosent: a CoSENT cosine is only a rank (its loss is a logistic
+    loss on ``scale * (cos_i - cos_j)``), not a probability, so the two views are mixed as
+    logits, ``sigmoid(blend * logit + (1 - blend) * scale * cos)``: a score for a tuned
+    threshold, not a calibrated probability.
     """
 
     def __init__(self, cross: nn.Module, cosine: nn.Module, blend: float = 0.5, cosine_weight: float = 1.0):
@@ -216,6 +220,10 @@ class HybridLoss(nn.Module):
 
     def predict(self, output: torch.Tensor) -> torch.Tensor:
         logit, cos = self._columns(output)
+        if isinstance(self.cross, BinaryCrossEntropyLoss) and isinstance(self.cosine, CoSENTLoss):
+            # float64: scale * cos reaches ~20, where a float32 sigmoid rounds most scores to 1.
+            z = self.blend * logit.double() + (1 - self.blend) * self.cosine.scale * cos.double()
+            return torch.sigmoid(z)
         return self.blend * self.cross.predict(logit).float() + (1 - self.blend) * self.cosine.predict(cos).float()
 
 

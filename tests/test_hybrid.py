@@ -15,7 +15,7 @@ from minbert.config import ConfigError
 from minbert.data import EncodedDataset, Example, make_loader
 from minbert.evaluate import collect_outputs
 from minbert.heads import ClassifierHead
-from minbert.losses import BinaryCrossEntropyLoss, CosineMSELoss, HybridLoss, MSELoss
+from minbert.losses import BinaryCrossEntropyLoss, CoSENTLoss, CosineMSELoss, HybridLoss, MSELoss
 from minbert.pairs import HybridEncoder
 from minbert.tokenizer import BertTokenizer
 from minbert.train import fit, setup
@@ -178,3 +178,19 @@ def test_smart_perturbs_both_encoder_calls_of_a_hybrid_task(tok, tiny_model_dir)
     assert all((per_example_norm(d, "linf") <= 1e-2 * (1 + 1e-6)).all() for d in enc.deltas)
     loss = smart.loss(model, "h", batch.inputs, model("h", batch.inputs), "regression")
     assert torch.isfinite(loss) and loss.item() > 0
+
+
+def test_hybrid_bce_with_cosent_blends_logits_without_float32_saturation():
+    loss = HybridLoss(BinaryCrossEntropyLoss(), CoSENTLoss(scale=20.0, label_range=(0.0, 1.0)), blend=0.25)
+    out = torch.tensor([[13.0, 0.99], [12.0, 0.99], [0.0, -0.1]], dtype=torch.float64)
+    z = [0.25 * 13.0 + 0.75 * 20 * 0.99, 0.25 * 12.0 + 0.75 * 20 * 0.99, 0.25 * 0.0 + 0.75 * 20 * -0.1]
+    pred = loss.predict(out)
+    assert pred.tolist() == pytest.approx([1 / (1 + math.exp(-v)) for v in z], rel=1e-12, abs=0)
+    # z = 18.1 and 17.85: a float32 sigmoid rounds both to 1
+    assert torch.sigmoid(torch.tensor(z[:2], dtype=torch.float32)).unique().numel() == 1
+    assert pred[0] > pred[1]
+    # the CoSENT term is trained on the cosine column alone: ranking pairs across the batch
+    y = torch.tensor([1, 0, 0])
+    expected = BinaryCrossEntropyLoss()(out[:, 0], y) + 2.0 * CoSENTLoss(scale=20.0)(out[:, 1], y)
+    both = HybridLoss(BinaryCrossEntropyLoss(), CoSENTLoss(scale=20.0), cosine_weight=2.0)
+    assert both(out, y).item() == pytest.approx(expected.item())
