@@ -13,13 +13,16 @@ from minbert.optim import AdamW, build_param_groups
 
 
 def mlp() -> nn.Module:
+    """Float64: 1000 steps of training feed rounding back into the weights, and float32
+    vector kernels round differently from one CPU to the next; in float64 the two
+    optimizers stay within 1e-14 of each other, so the tolerance can be tight."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1))
+    return nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1)).double()
 
 
 def train(model: nn.Module, opt: torch.optim.Optimizer, steps: int) -> None:
     g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(64, 8, generator=g), torch.randn(64, 1, generator=g)
+    x, y = torch.randn(64, 8, generator=g).double(), torch.randn(64, 1, generator=g).double()
     for _ in range(steps):
         opt.zero_grad()
         nn.functional.mse_loss(model(x), y).backward()
@@ -37,7 +40,7 @@ def test_matches_torch_adamw_after_1000_steps(weight_decay):
     train(ours, AdamW(ours.parameters(), **kw), 1000)
     train(ref, torch.optim.AdamW(ref.parameters(), foreach=True, **kw), 1000)
     assert max_diff(ours, mlp()) > 0.1  # it did train
-    assert max_diff(ours, ref) < 1e-6
+    assert max_diff(ours, ref) < 1e-12
 
 
 def grad_stream(params: list[torch.Tensor], steps: int, seed: int = 2):
