@@ -90,7 +90,7 @@ class TrainConfig:
     ema_decay: float | None = None  # evaluate and keep an exponential moving average of the weights, e.g. 0.999
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16 | fp16
+    precision: str = "fp32"  # fp32 | bf16 | fp16 | auto (bf16 where the hardware has it, else fp32 / fp16 on CUDA)
     max_steps: int | None = None  # a compute budget: stop after this many optimiser steps
     max_minutes: float | None = None  # ... or after this much wall time
     eval_batch_size: int = 128
@@ -123,7 +123,7 @@ class Config:
 
 CHOICES = {
     "train.mode": ("finetune", "last-layer"),
-    "train.precision": ("fp32", "bf16", "fp16"),
+    "train.precision": ("fp32", "bf16", "fp16", "auto"),
     "optim.child_tuning": (None, "F", "D"),
     "tasks.*.pair_mode": (None, "single", "cross", "bi", "cosine", "hybrid"),
     "tasks.*.cosine_loss": ("cosine_mse", "cosent"),

@@ -223,8 +223,35 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_native_bf16() -> bool:
+    """AMX or AVX512-BF16: the CPU multiplies bf16 in hardware.
+
+    Without either, bf16 autocast on the CPU is emulated: a (1280 x 384) x (384 x 1536) matmul
+    took 85 ms in bf16 against 9 ms in fp32 on an AVX2-only AMD EPYC (2026-12-01), and a
+    training step 37 s against about 1 s.
+    """
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private, so looked up with a fallback
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 where the hardware has it (CUDA with bf16, a CPU with AMX / AVX512-BF16),
+    fp16 on older CUDA GPUs, fp32 on other CPUs. Other values are returned as they are."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        log.warning(
+            "train.precision=bf16 on a CPU without AMX or AVX512-BF16: bf16 is emulated and runs "
+            "several times slower than fp32 (use train.precision=auto or fp32)"
+        )
+    return precision
+
+
 def autocast_for(precision: str, device: torch.device):
     """A context factory: bf16 autocast (CPU or CUDA), fp16 autocast (CUDA), or nothing."""
+    precision = resolve_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -287,6 +314,7 @@ class Trainer:
     regularizers: list = field(default_factory=list)
     ema: WeightAverage | None = None  # train.ema_decay: the averaged weights are evaluated and kept
     history: list[dict] = field(default_factory=list)
+    precision: str = "fp32"  # train.precision with "auto" resolved for this device
 
 
 @contextlib.contextmanager
@@ -305,6 +333,8 @@ def setup(cfg: Config, run_dir: Path | None = None) -> Trainer:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
     device = pick_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    log.info("device %s, precision %s", device, precision)
     bert = load_bert(cfg)
     tokenizer = BertTokenizer.from_pretrained(resolve_model_dir(cfg.model.pretrained))
     tasks = make_tasks(cfg, tokenizer)
@@ -380,13 +410,14 @@ def setup(cfg: Config, run_dir: Path | None = None) -> Trainer:
         schedule,
         combiner,
         device,
-        autocast_for(cfg.train.precision, device),
+        autocast_for(precision, device),
         run_dir or cfg.resolved_run_dir(),
         steps_per_epoch,
         total_steps,
         child,
         regularizers,
         WeightAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay else None,
+        precision=precision,
     )
 
 
@@ -464,7 +495,7 @@ def fit(tr: Trainer) -> dict:
     step_rule = epoch_length(cfg.train.steps_per_epoch, sizes)
     frozen = cfg.train.mode == "last-layer"
     shared = model.shared_parameters()
-    scaler = torch.amp.GradScaler(tr.device.type, enabled=cfg.train.precision == "fp16")
+    scaler = torch.amp.GradScaler(tr.device.type, enabled=tr.precision == "fp16")
 
     best = {"score": -math.inf, "step": 0, "metrics": None}
     evals_since_best = 0
@@ -594,6 +625,8 @@ def fit(tr: Trainer) -> dict:
         "train_seconds": round(elapsed, 1),
         "examples_per_second": round(examples_seen / max(elapsed, 1e-9), 2),
         "peak_memory_mb": peak_memory_mb(tr.device),
+        "device": str(tr.device),
+        "precision": tr.precision,
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
     if main:
