@@ -21,11 +21,23 @@ from pathlib import Path
 import torch
 
 from minbert.config import load_config
-from minbert.train import fit, setup
+from minbert.train import cpu_has_native_bf16, fit, setup
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else the architecture: timings differ by CPU, not only by core count."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def machine() -> str:
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
+    bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
+    return f"{cpu_model()} ({bf16}), {os.cpu_count()} CPU cores, torch {torch.__version__}"
 
 
 def main() -> None:
