@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import platform
 import statistics
 import time
 
 import torch
+from bench_train import machine  # benchmarks/ is the script's directory, so on sys.path
 
 from minbert.config import load_config
 from minbert.multitask import build_combiner
@@ -66,8 +65,7 @@ def main() -> None:
                 times.append(time.perf_counter() - t0)
     results = {name: statistics.median(run[-1]) for name, run in runs.items()}
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"machine: {machine()}, {torch.get_num_threads()} threads, precision {tr.precision}")
     print(f"tasks: {', '.join(tr.tasks)}; batch {args.batch_size} per task; median of {args.steps} steps")
     base = results.get("sum")
     for name, sec in results.items():
