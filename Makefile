@@ -37,7 +37,7 @@ bench-speed: setup
 	$(PY) benchmarks/bench_adamw.py
 	$(PY) benchmarks/bench_combiners.py
 
-# Dev accuracy and wall time of the default multitask config (about 30 minutes on 2 cores).
+# Dev accuracy and wall time of the default multitask config (30-40 minutes on 2 cores).
 bench-accuracy: setup
 	$(PY) benchmarks/bench_train.py configs/default.yaml
 

@@ -256,7 +256,7 @@ def autocast_for(precision: str, device: torch.device):
         return contextlib.nullcontext
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     if dtype == torch.float16 and device.type != "cuda":
-        raise ConfigError("config field 'train.precision': fp16 needs CUDA; use bf16 on CPU")
+        raise ConfigError("config field 'train.precision': fp16 needs CUDA; on a CPU use auto, fp32 or bf16")
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 

@@ -11,7 +11,7 @@ import torch
 
 from minbert.cli import main as cli
 from minbert.config import ConfigError, load_config
-from minbert.train import fit, setup
+from minbert.train import cpu_has_native_bf16, fit, resolve_precision, setup
 
 
 def tiny_config(tiny_model_dir, data_dir, tmp_path, tasks, **sections):
@@ -264,8 +264,6 @@ def test_early_stopping_stops_after_patience_evaluations(tiny_model_dir, data_di
     ],
 )
 def test_auto_precision_follows_the_hardware(monkeypatch, device, amx, avx512_bf16, cuda_bf16, expected):
-    from minbert.train import resolve_precision
-
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
@@ -275,8 +273,6 @@ def test_auto_precision_follows_the_hardware(monkeypatch, device, amx, avx512_bf
 
 
 def test_explicit_bf16_on_a_cpu_without_it_warns(monkeypatch, caplog):
-    from minbert.train import resolve_precision
-
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     with caplog.at_level("WARNING"):
@@ -285,9 +281,7 @@ def test_explicit_bf16_on_a_cpu_without_it_warns(monkeypatch, caplog):
 
 
 def test_auto_precision_is_recorded_in_the_summary(tiny_model_dir, data_dir, tmp_path):
-    cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst"], train={"precision": "auto", "max_steps": 1})
+    cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst"], train={"precision": "auto", "max_steps": 1, "device": "cpu"})
     summary = fit(setup(cfg))
-    from minbert.train import cpu_has_native_bf16
-
     assert summary["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")
     assert summary["device"] == "cpu"
