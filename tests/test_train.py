@@ -281,7 +281,8 @@ def test_explicit_bf16_on_a_cpu_without_it_warns(monkeypatch, caplog):
 
 
 def test_auto_precision_is_recorded_in_the_summary(tiny_model_dir, data_dir, tmp_path):
-    cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst"], train={"precision": "auto", "max_steps": 1, "device": "cpu"})
+    train = {"precision": "auto", "max_steps": 1, "device": "cpu"}
+    cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst"], train=train)
     summary = fit(setup(cfg))
     assert summary["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")
     assert summary["device"] == "cpu"
