@@ -250,8 +250,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def autocast_for(precision: str, device: torch.device):
-    """A context factory: bf16 autocast (CPU or CUDA), fp16 autocast (CUDA), or nothing."""
-    precision = resolve_precision(precision, device)
+    """A context factory: bf16 autocast (CPU or CUDA), fp16 autocast (CUDA), or nothing.
+
+    ``precision`` is already resolved by :func:`resolve_precision`: fp32, bf16 or fp16."""
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"autocast_for takes a resolved precision (fp32, bf16, fp16), got {precision!r}")
     if precision == "fp32":
         return contextlib.nullcontext
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
