@@ -3,6 +3,9 @@
     python benchmarks/hybrid_views.py runs/multitask                 # every hybrid task of the run
     python benchmarks/hybrid_views.py runs/multitask --task quora --blend 0.25 0.5 0.75
 
+A task named with --task that is not hybrid (e.g. a `cosine` bi-encoder) is scored once, by
+its own prediction rule, with the same metrics: a way to rank screening runs by AUC.
+
 A `hybrid` task predicts from two views of a pair: the cross-encoder head and cos(u, v) of
 the sentences encoded alone. This scores the kept checkpoint with the cross view alone
 (blend 1), the cosine view alone (blend 0) and each requested blend, using the run's own
@@ -34,19 +37,24 @@ def main() -> None:
     cfg, tasks = parts[0], parts[1]
     names = args.task or [n for n, t in tasks.items() if t.cfg.pair_mode == "hybrid"]
     if not names:
-        p.error(f"{args.run} has no hybrid task")
+        p.error(f"{args.run} has no hybrid task; name a task with --task")
     for name in names:
+        if name not in tasks:
+            p.error(f"{args.run} has no task {name!r}; it has {sorted(tasks)}")
         t = tasks[name]
-        if t.cfg.pair_mode != "hybrid":
-            p.error(f"task {name} of {args.run} is {t.cfg.pair_mode!r}, not hybrid")
+        if t.spec.label_kind not in ("binary", "regression"):
+            p.error(f"task {name} of {args.run} is {t.spec.label_kind}, not binary or regression")
         examples, _ = read_examples(
             t.spec, t.spec.path("dev", cfg.resolved_data_dir()), labeled=True, skip_bad=t.cfg.skip_bad
         )
-        own = t.loss.blend
-        views = {"cross": 1.0, "cosine": 0.0, f"blend {own:g} (run's)": own}
-        views.update({f"blend {b:g}": b for b in args.blend})
+        hybrid = t.cfg.pair_mode == "hybrid"
+        own = t.loss.blend if hybrid else None
+        views = {"cross": 1.0, "cosine": 0.0, f"blend {own:g} (run's)": own} if hybrid else {t.cfg.pair_mode: None}
+        if hybrid:
+            views.update({f"blend {b:g}": b for b in args.blend})
         for label, blend in views.items():
-            t.loss.blend = blend
+            if hybrid:
+                t.loss.blend = blend
             out = task_outputs(parts, name, examples)
             if t.spec.label_kind == "binary":
                 m = compute_metrics(t.spec, out, tune_threshold(out.scores, out.labels))
@@ -55,7 +63,8 @@ def main() -> None:
                 m = compute_metrics(t.spec, out, None)
                 line = "  ".join(f"{k} {v:.4f}" for k, v in m.items())
             print(f"{name:6s} {label:18s} {line}", flush=True)
-        t.loss.blend = own
+        if hybrid:
+            t.loss.blend = own
 
 
 if __name__ == "__main__":
