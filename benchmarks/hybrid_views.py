@@ -47,13 +47,14 @@ def main() -> None:
         examples, _ = read_examples(
             t.spec, t.spec.path("dev", cfg.resolved_data_dir()), labeled=True, skip_bad=t.cfg.skip_bad
         )
-        hybrid = t.cfg.pair_mode == "hybrid"
-        own = t.loss.blend if hybrid else None
-        views = {"cross": 1.0, "cosine": 0.0, f"blend {own:g} (run's)": own} if hybrid else {t.cfg.pair_mode: None}
-        if hybrid:
+        if t.cfg.pair_mode == "hybrid":
+            own = t.loss.blend
+            views = {"cross": 1.0, "cosine": 0.0, f"blend {own:g} (run's)": own}
             views.update({f"blend {b:g}": b for b in args.blend})
+        else:  # scored once, by the task's own prediction rule
+            own, views = None, {t.cfg.pair_mode: None}
         for label, blend in views.items():
-            if hybrid:
+            if blend is not None:
                 t.loss.blend = blend
             out = task_outputs(parts, name, examples)
             if t.spec.label_kind == "binary":
@@ -63,7 +64,7 @@ def main() -> None:
                 m = compute_metrics(t.spec, out, None)
                 line = "  ".join(f"{k} {v:.4f}" for k, v in m.items())
             print(f"{name:6s} {label:18s} {line}", flush=True)
-        if hybrid:
+        if own is not None:
             t.loss.blend = own
 
 
