@@ -6,12 +6,13 @@
 A task named with --task that is not hybrid (e.g. a `cosine` bi-encoder) is scored once, by
 its own prediction rule, with the same metrics: a way to rank screening runs by AUC.
 
-A `hybrid` task predicts from two views of a pair: the cross-encoder head and cos(u, v) of
-the sentences encoded alone. This scores the kept checkpoint with the cross view alone
-(blend 1), the cosine view alone (blend 0) and each requested blend, using the run's own
-prediction rule (`HybridLoss.predict`, symmetric evaluation as configured). Binary tasks:
-ROC AUC (threshold-free, so less noisy than accuracy on 2,000 pairs) and accuracy at the
-threshold tuned on the same dev set; regression tasks: Pearson and Spearman.
+A `hybrid` task predicts from two views of a pair: a head (over the cross-encoded pair, or
+over Sentence-BERT features with `hybrid_view: bi`) and cos(u, v) of the sentences encoded
+alone. This scores the kept checkpoint with the head's view alone (blend 1), the cosine
+view alone (blend 0) and each requested blend, using the run's own prediction rule
+(`HybridLoss.predict`, symmetric evaluation as configured). Binary tasks: ROC AUC
+(threshold-free, so less noisy than accuracy on 2,000 pairs) and accuracy at the threshold
+tuned on the same dev set; regression tasks: Pearson and Spearman.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def main() -> None:
         )
         if t.cfg.pair_mode == "hybrid":
             own = t.loss.blend
-            views = {"cross": 1.0, "cosine": 0.0, f"blend {own:g} (run's)": own}
+            views = {t.cfg.hybrid_view: 1.0, "cosine": 0.0, f"blend {own:g} (run's)": own}
             views.update({f"blend {b:g}": b for b in args.blend})
         else:  # scored once, by the task's own prediction rule
             own, views = None, {t.cfg.pair_mode: None}

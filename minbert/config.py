@@ -56,6 +56,7 @@ class TaskConfig:
     symmetric_eval: bool = False  # pair tasks: predict the mean of the scores for (a, b) and (b, a)
     cosine_loss: str = "cosine_mse"  # hybrid: the loss of the cosine view (cosine_mse | cosent)
     cosine_weight: float = 1.0  # hybrid: loss = cross loss + cosine_weight * cosine loss
+    hybrid_view: str = "cross"  # hybrid: the head's view: cross (encoder) | bi (features of u, v)
     blend: float = 0.5  # hybrid: prediction = blend * cross prediction + (1 - blend) * cosine prediction
     weight: float = 1.0  # the task's weight for the "fixed" combiner
 
@@ -127,6 +128,7 @@ CHOICES = {
     "optim.child_tuning": (None, "F", "D"),
     "tasks.*.pair_mode": (None, "single", "cross", "bi", "cosine", "hybrid"),
     "tasks.*.cosine_loss": ("cosine_mse", "cosent"),
+    "tasks.*.hybrid_view": ("cross", "bi"),
     "tasks.*.threshold": ("fixed", "tune_accuracy", "tune_f1"),
 }
 

@@ -8,8 +8,9 @@ Each class is one way of modelling a task's input:
 - ``BiEncoder``: Sentence-BERT (Reimers & Gurevych 2019): encode a and b separately
   into u and v, then a head over a chosen subset of (u, v, |u-v|, u*v).
 - ``CosineEncoder``: Sentence-BERT scoring: cos(u, v), no head parameters.
-- ``HybridEncoder``: both a cross-encoder head and cos(u, v) over the same encoder; the
-  loss trains each and predicts a blend of the two (``minbert.losses.HybridLoss``).
+- ``HybridEncoder``: a head (over the cross-encoded pair, or over Sentence-BERT features)
+  and cos(u, v) over the same encoder; the loss trains each and predicts a blend of the
+  two (``minbert.losses.HybridLoss``).
 
 Both bi-encoders run the two sides through the encoder in one call: the two (B, T)
 batches are padded to a common width and stacked to (2B, T).
@@ -118,26 +119,34 @@ class CosineEncoder(nn.Module):
 
 
 class HybridEncoder(nn.Module):
-    """A cross-encoder and a cosine bi-encoder side by side: output (B, 2), column 0 the
-    head's output for ``[CLS] a [SEP] b [SEP]``, column 1 cos(u, v) of a and b encoded alone.
+    """A head and cos(u, v) side by side: output (B, 2), column 0 the head's output, column 1
+    cos(u, v) of a and b encoded alone.
 
-    The two views make different errors (the cross-encoder compares tokens across the pair,
-    the bi-encoder keeps the pretrained sentence-embedding geometry), so a blend of their
-    predictions beats either; the cost is a second, shorter encoder call per batch.
-    Segments: (cross, a, b), the dataset's ``"hybrid"`` format.
+    The head reads the cross-encoded pair ``[CLS] a [SEP] b [SEP]`` (segments (cross, a, b),
+    the dataset's ``"hybrid"`` format), or, given ``features``, Sentence-BERT features of the
+    same u and v as the cosine (segments (a, b), the ``"bi"`` format). The cross-encoder
+    compares tokens across the pair while the cosine keeps the pretrained sentence-embedding
+    geometry, so they make different errors and a blend of their predictions beats either;
+    the cost is a second encoder call per batch. The feature head costs no encoder call: it
+    can weigh dimensions of u and v that the cosine counts equally.
     """
 
-    input_format = "hybrid"
-
-    def __init__(self, head: nn.Module, pooling: str = "mean"):
+    def __init__(self, head: nn.Module, pooling: str = "mean", features: Sequence[str] | None = None):
         super().__init__()
         self.head = head
         self.pooling = pooling
+        self.features = tuple(features) if features else None
+        self.input_format = "bi" if self.features else "hybrid"
 
     def forward(self, encode: EncodeFn, segments: Segments) -> torch.Tensor:
-        cross, a, b = segments
-        z = self.head(encode_and_pool(encode, cross, self.pooling)).reshape(-1)  # (B,): one output
-        u, v = encode_pair(encode, (a, b), self.pooling)
+        if self.features:
+            u, v = encode_pair(encode, segments, self.pooling)
+            z = self.head(torch.cat([PAIR_FEATURES[f](u, v) for f in self.features], dim=-1))
+        else:
+            cross, a, b = segments
+            z = self.head(encode_and_pool(encode, cross, self.pooling))
+            u, v = encode_pair(encode, (a, b), self.pooling)
+        z = z.reshape(-1)  # (B,): one output
         return torch.stack([z, F.cosine_similarity(u, v, dim=-1).to(z.dtype)], dim=-1)  # (B, 2)
 
 
@@ -153,16 +162,18 @@ def build_task_encoder(
     head_hidden: int | None = None,
     head_activation: str = "gelu",
     head_dropout: float = 0.1,
+    hybrid_view: str = "cross",
 ) -> nn.Module:
     """The module for one task from its config. ``mode`` is one of ``PAIR_MODES``."""
     if mode == "cosine":
         return CosineEncoder(pooling)
-    in_features = hidden_size * (len(features) if mode == "bi" else 1)
+    bi_head = mode == "bi" or (mode == "hybrid" and hybrid_view == "bi")
+    in_features = hidden_size * (len(features) if bi_head else 1)
     head = ClassifierHead(in_features, num_outputs, head_hidden, head_activation, head_dropout)
     if mode == "bi":
         return BiEncoder(head, pooling, features)
     if mode in ("single", "cross"):
         return SingleEncoder(head, pooling, cross=mode == "cross")
     if mode == "hybrid":
-        return HybridEncoder(head, pooling)
+        return HybridEncoder(head, pooling, features if bi_head else None)
     raise ValueError(f"pair mode {mode!r} unknown; one of {PAIR_MODES}")

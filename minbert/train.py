@@ -70,7 +70,10 @@ class Task:
     @property
     def input_format(self) -> str:
         """How examples are encoded: one segment (single / cross) or two (bi-encoders)."""
-        return "bi" if self.cfg.pair_mode in ("bi", "cosine") else self.cfg.pair_mode
+        mode = self.cfg.pair_mode
+        if mode in ("bi", "cosine") or (mode == "hybrid" and self.cfg.hybrid_view == "bi"):
+            return "bi"
+        return mode
 
     def eval_loader(self, examples, tokenizer: BertTokenizer, batch_size: int, num_workers: int = 0):
         """Batches for evaluation or prediction: sorted by length, no shuffling."""
@@ -157,6 +160,7 @@ def build_model(cfg: Config, tasks: dict[str, Task], bert: BertModel) -> Multita
             t.cfg.head_hidden,
             t.cfg.head_activation,
             t.cfg.head_dropout,
+            t.cfg.hybrid_view,
         )
         for name, t in tasks.items()
     }

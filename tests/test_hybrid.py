@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from minbert import BertModel
-from minbert.config import ConfigError
+from minbert.config import ConfigError, load_config
 from minbert.data import EncodedDataset, Example, make_loader
 from minbert.evaluate import collect_outputs
 from minbert.heads import ClassifierHead
@@ -108,6 +108,26 @@ def test_hybrid_encoder_gives_the_cross_head_output_and_the_cosine(tok, tiny_mod
         assert out[row, 1].item() == pytest.approx(cos.item(), abs=1e-5)
 
 
+@torch.no_grad()
+def test_hybrid_encoder_with_features_gives_the_feature_head_output_and_the_cosine(tok, tiny_model_dir):
+    bert = BertModel.from_pretrained(tiny_model_dir, hidden_dropout_prob=0.0).eval()
+    H = bert.config.hidden_size
+    head = ClassifierHead(2 * H, 1, dropout=0.0).eval()
+    module = HybridEncoder(head, pooling="mean", features=["|u-v|", "u*v"])
+    assert module.input_format == "bi"
+    exs = examples()
+    batch = next(iter(make_loader(EncodedDataset(exs, tok, "bi"), 3, shuffle=False)))
+    out = module(bert, batch.inputs)
+    assert out.shape == (3, 2)
+    for row, i in enumerate(batch.indices.tolist()):
+        a, b = EncodedDataset([exs[i]], tok, "bi")[0]["segments"]
+        u, v = _pool_mean(bert, a.input_ids, a.token_type_ids), _pool_mean(bert, b.input_ids, b.token_type_ids)
+        # the head's first linear layer by hand, on the two features in order
+        logit = head(torch.cat([(u - v).abs(), u * v])[None]).reshape(())
+        assert out[row, 0].item() == pytest.approx(logit.item(), abs=1e-5)
+        assert out[row, 1].item() == pytest.approx(F.cosine_similarity(u, v, dim=0).item(), abs=1e-5)
+
+
 def test_symmetric_eval_is_the_mean_of_both_orders(tiny_model_dir, data_dir, tmp_path):
     cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sts"])
     cfg.tasks["sts"].pair_mode = "cross"
@@ -128,13 +148,15 @@ def test_symmetric_eval_is_the_mean_of_both_orders(tiny_model_dir, data_dir, tmp
     assert both.ids == fwd.ids and np.array_equal(both.labels, fwd.labels)
 
 
-@pytest.mark.parametrize("task,loss", [("quora", "bce"), ("sts", "mse")])
-def test_hybrid_multitask_run_trains_and_predicts(tiny_model_dir, data_dir, tmp_path, task, loss):
+@pytest.mark.parametrize("task,loss,view", [("quora", "bce", "cross"), ("sts", "mse", "cross"), ("quora", "bce", "bi")])
+def test_hybrid_multitask_run_trains_and_predicts(tiny_model_dir, data_dir, tmp_path, task, loss, view):
     cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst", task], train={"schedule": "round_robin"})
     cfg.tasks[task].pair_mode = "hybrid"
     cfg.tasks[task].loss = loss
+    cfg.tasks[task].hybrid_view = view
     cfg.tasks[task].symmetric_eval = True
     tr = setup(cfg)
+    assert tr.tasks[task].train.dataset.input_format == ("hybrid" if view == "cross" else "bi")
     before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
     summary = fit(tr)
     assert summary["steps"] > 0 and set(summary["best_metrics"]) == {"sst", task}
@@ -157,6 +179,11 @@ def test_hybrid_config_errors_name_the_field(tiny_model_dir, data_dir, tmp_path,
     setattr(cfg.tasks[task], field, value)
     with pytest.raises(ConfigError, match=message):
         setup(cfg)
+
+
+def test_unknown_hybrid_view_names_the_field_and_the_choices():
+    with pytest.raises(ConfigError, match=r"'tasks.quora.hybrid_view' is 'cosine'; allowed: \('cross', 'bi'\)"):
+        load_config(base={"tasks": {"quora": {"pair_mode": "hybrid", "hybrid_view": "cosine"}}})
 
 
 def test_smart_perturbs_both_encoder_calls_of_a_hybrid_task(tok, tiny_model_dir):
