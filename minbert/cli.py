@@ -125,14 +125,14 @@ def cmd_train(args) -> int:
 def task_outputs(run_parts, name: str, examples):
     """A trained run's outputs for one task on a list of examples, in their order."""
     from minbert.evaluate import collect_outputs
-    from minbert.train import autocast_for, pick_device, resolve_precision
+    from minbert.train import autocast_for, pick_device
 
-    cfg, tasks, model, tok = run_parts
+    cfg, tasks, model, tok = run_parts  # from minbert.runs.load_run: cfg.train.precision is resolved
     device = pick_device(cfg.train.device)
     model.to(device)
     t = tasks[name]
     loader = t.eval_loader(examples, tok, cfg.train.eval_batch_size)
-    autocast = autocast_for(resolve_precision(cfg.train.precision, device), device)
+    autocast = autocast_for(cfg.train.precision, device)
     return collect_outputs(model, name, t.loss, loader, device, autocast)
 
 

@@ -113,7 +113,7 @@ def load_run(
     run_dir: str | Path, data_dir: str | None = None
 ) -> tuple[Config, dict[str, Task], torch.nn.Module, BertTokenizer]:
     """Rebuild the trained model of a run (without reading any training data)."""
-    from minbert.train import build_model, make_tasks
+    from minbert.train import build_model, make_tasks, pick_device, resolve_precision
 
     run_dir = Path(run_dir)
     ckpt = run_dir / "best"
@@ -123,6 +123,8 @@ def load_run(
     cfg = load_config(run_dir / "config.yaml")
     if data_dir:
         cfg.data_dir = data_dir
+    # once per loaded run, not per call that computes outputs (a warning about it is said once)
+    cfg.train.precision = resolve_precision(cfg.train.precision, pick_device(cfg.train.device))
     tokenizer = BertTokenizer.from_pretrained(ckpt)
     tasks = make_tasks(cfg, tokenizer, splits=())
     bert = BertModel(BertConfig.from_json_file(ckpt / "config.json"))
