@@ -43,6 +43,18 @@ PAIR_FEATURES = {
 }
 
 
+def pair_features(u: torch.Tensor, v: torch.Tensor, features: Sequence[str]) -> torch.Tensor:
+    """(B, H) each -> (B, len(features) * H): the named features side by side."""
+    return torch.cat([PAIR_FEATURES[f](u, v) for f in features], dim=-1)
+
+
+def check_features(features: Sequence[str]) -> tuple[str, ...]:
+    unknown = [f for f in features if f not in PAIR_FEATURES]
+    if unknown or not features:
+        raise ValueError(f"pair features {unknown or '[]'} invalid; choose from {list(PAIR_FEATURES)}")
+    return tuple(features)
+
+
 def encode_and_pool(encode: EncodeFn, segment: dict[str, torch.Tensor], pooling: str) -> torch.Tensor:
     out = encode(segment["input_ids"], segment["attention_mask"], segment["token_type_ids"])
     return pool(pooling, out.last_hidden_state, segment["attention_mask"], out.pooler_output)  # (B, H)
@@ -91,17 +103,13 @@ class BiEncoder(nn.Module):
 
     def __init__(self, head: nn.Module, pooling: str = "mean", features: Sequence[str] = ("u", "v", "|u-v|")):
         super().__init__()
-        unknown = [f for f in features if f not in PAIR_FEATURES]
-        if unknown or not features:
-            raise ValueError(f"pair features {unknown or '[]'} invalid; choose from {list(PAIR_FEATURES)}")
         self.head = head
         self.pooling = pooling
-        self.features = tuple(features)
+        self.features = check_features(features)
 
     def forward(self, encode: EncodeFn, segments: Segments) -> torch.Tensor:
         u, v = encode_pair(encode, segments, self.pooling)
-        feats = torch.cat([PAIR_FEATURES[f](u, v) for f in self.features], dim=-1)  # (B, len(features) * H)
-        return self.head(feats)
+        return self.head(pair_features(u, v, self.features))
 
 
 class CosineEncoder(nn.Module):
@@ -135,13 +143,13 @@ class HybridEncoder(nn.Module):
         super().__init__()
         self.head = head
         self.pooling = pooling
-        self.features = tuple(features) if features else None
-        self.input_format = "bi" if self.features else "hybrid"
+        self.features = None if features is None else check_features(features)
+        self.input_format = "hybrid" if self.features is None else "bi"
 
     def forward(self, encode: EncodeFn, segments: Segments) -> torch.Tensor:
-        if self.features:
+        if self.features is not None:
             u, v = encode_pair(encode, segments, self.pooling)
-            z = self.head(torch.cat([PAIR_FEATURES[f](u, v) for f in self.features], dim=-1))
+            z = self.head(pair_features(u, v, self.features))
         else:
             cross, a, b = segments
             z = self.head(encode_and_pool(encode, cross, self.pooling))
