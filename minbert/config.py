@@ -57,7 +57,7 @@ class TaskConfig:
     cosine_loss: str = "cosine_mse"  # hybrid: the loss of the cosine view (cosine_mse | cosent)
     cosine_weight: float = 1.0  # hybrid: loss = cross loss + cosine_weight * cosine loss
     hybrid_view: str = "cross"  # hybrid: the head's view: cross (encoder) | bi (features of u, v)
-    blend: float = 0.5  # hybrid: prediction = blend * cross prediction + (1 - blend) * cosine prediction
+    blend: float = 0.5  # hybrid: prediction = blend * head prediction + (1 - blend) * cosine prediction
     weight: float = 1.0  # the task's weight for the "fixed" combiner
 
 

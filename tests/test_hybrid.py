@@ -122,7 +122,7 @@ def test_hybrid_encoder_with_features_gives_the_feature_head_output_and_the_cosi
     for row, i in enumerate(batch.indices.tolist()):
         a, b = EncodedDataset([exs[i]], tok, "bi")[0]["segments"]
         u, v = _pool_mean(bert, a.input_ids, a.token_type_ids), _pool_mean(bert, b.input_ids, b.token_type_ids)
-        # the head's first linear layer by hand, on the two features in order
+        # the head applied to |u-v| and u*v of each pair's sequences pooled alone, in that order
         logit = head(torch.cat([(u - v).abs(), u * v])[None]).reshape(())
         assert out[row, 0].item() == pytest.approx(logit.item(), abs=1e-5)
         assert out[row, 1].item() == pytest.approx(F.cosine_similarity(u, v, dim=0).item(), abs=1e-5)
