@@ -161,6 +161,15 @@ class HybridEncoder(nn.Module):
 PAIR_MODES = ("single", "cross", "bi", "cosine", "hybrid")
 
 
+def input_format(mode: str, hybrid_view: str = "cross") -> str:
+    """The dataset format a pair mode reads: ``single`` / ``cross`` (one segment), ``bi`` (a and b
+    alone), ``hybrid`` (the cross-encoded pair, then a and b). The one place this is decided:
+    the dataset and the module built by ``build_task_encoder`` must agree."""
+    if mode in ("bi", "cosine") or (mode == "hybrid" and hybrid_view == "bi"):
+        return "bi"
+    return mode
+
+
 def build_task_encoder(
     mode: str,
     hidden_size: int,
@@ -175,7 +184,7 @@ def build_task_encoder(
     """The module for one task from its config. ``mode`` is one of ``PAIR_MODES``."""
     if mode == "cosine":
         return CosineEncoder(pooling)
-    bi_head = mode == "bi" or (mode == "hybrid" and hybrid_view == "bi")
+    bi_head = input_format(mode, hybrid_view) == "bi"
     in_features = hidden_size * (len(features) if bi_head else 1)
     head = ClassifierHead(in_features, num_outputs, head_hidden, head_activation, head_dropout)
     if mode == "bi":

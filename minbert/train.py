@@ -45,6 +45,7 @@ from minbert.optim.child_tuning import build_child_tuning, compute_fisher, eligi
 from minbert.optim.groups import build_param_groups
 from minbert.optim.schedules import get_schedule
 from minbert.pairs import build_task_encoder
+from minbert.pairs import input_format as pair_input_format
 from minbert.taskmodel import MultitaskModel
 from minbert.tasks import TaskSpec, load_task_specs
 from minbert.tokenizer import BertTokenizer
@@ -70,10 +71,7 @@ class Task:
     @property
     def input_format(self) -> str:
         """How examples are encoded: one segment (single / cross) or two (bi-encoders)."""
-        mode = self.cfg.pair_mode
-        if mode in ("bi", "cosine") or (mode == "hybrid" and self.cfg.hybrid_view == "bi"):
-            return "bi"
-        return mode
+        return pair_input_format(self.cfg.pair_mode, self.cfg.hybrid_view)
 
     def eval_loader(self, examples, tokenizer: BertTokenizer, batch_size: int, num_workers: int = 0):
         """Batches for evaluation or prediction: sorted by length, no shuffling."""

@@ -16,7 +16,7 @@ from minbert.data import EncodedDataset, Example, make_loader
 from minbert.evaluate import collect_outputs
 from minbert.heads import ClassifierHead
 from minbert.losses import BinaryCrossEntropyLoss, CoSENTLoss, CosineMSELoss, HybridLoss, MSELoss
-from minbert.pairs import HybridEncoder
+from minbert.pairs import HybridEncoder, build_task_encoder, input_format
 from minbert.tokenizer import BertTokenizer
 from minbert.train import fit, setup
 from tests.test_train import tiny_config
@@ -221,3 +221,26 @@ def test_hybrid_bce_with_cosent_blends_logits_without_float32_saturation():
     expected = BinaryCrossEntropyLoss()(out[:, 0], y) + 2.0 * CoSENTLoss(scale=20.0)(out[:, 1], y)
     both = HybridLoss(BinaryCrossEntropyLoss(), CoSENTLoss(scale=20.0), cosine_weight=2.0)
     assert both(out, y).item() == pytest.approx(expected.item())
+
+
+@torch.no_grad()
+@pytest.mark.parametrize(
+    "mode, view, fmt, n_segments, shape",
+    [
+        ("cross", "cross", "cross", 1, (3,)),
+        ("bi", "cross", "bi", 2, (3,)),
+        ("cosine", "cross", "bi", 2, (3,)),
+        ("hybrid", "cross", "hybrid", 3, (3, 2)),
+        ("hybrid", "bi", "bi", 2, (3, 2)),
+    ],
+)
+def test_each_pair_mode_reads_the_dataset_format_input_format_names(
+    tok, tiny_model_dir, mode, view, fmt, n_segments, shape
+):
+    # the dataset is built from pairs.input_format, the module by build_task_encoder: they must agree
+    assert input_format(mode, view) == fmt
+    bert = BertModel.from_pretrained(tiny_model_dir).eval()
+    module = build_task_encoder(mode, bert.config.hidden_size, 1, "mean", hybrid_view=view).eval()
+    batch = next(iter(make_loader(EncodedDataset(examples(), tok, fmt), 3, shuffle=False)))
+    assert len(batch.inputs) == n_segments
+    assert module(bert, batch.inputs).shape == shape
