@@ -125,11 +125,10 @@ def cmd_train(args) -> int:
 def task_outputs(run_parts, name: str, examples):
     """A trained run's outputs for one task on a list of examples, in their order."""
     from minbert.evaluate import collect_outputs
-    from minbert.train import autocast_for, pick_device
+    from minbert.train import autocast_for
 
-    cfg, tasks, model, tok = run_parts  # from minbert.runs.load_run: cfg.train.precision is resolved
-    device = pick_device(cfg.train.device)
-    model.to(device)
+    cfg, tasks, model, tok = run_parts  # from minbert.runs.load_run: on its device, precision resolved
+    device = next(model.parameters()).device
     t = tasks[name]
     loader = t.eval_loader(examples, tok, cfg.train.eval_batch_size)
     autocast = autocast_for(cfg.train.precision, device)

@@ -112,7 +112,8 @@ def save_run_checkpoint(tr: Trainer, directory: Path, extra: dict | None = None)
 def load_run(
     run_dir: str | Path, data_dir: str | None = None
 ) -> tuple[Config, dict[str, Task], torch.nn.Module, BertTokenizer]:
-    """Rebuild the trained model of a run (without reading any training data)."""
+    """Rebuild the trained model of a run (without reading any training data), in eval mode on
+    the run's device, its precision resolved for that device."""
     from minbert.train import build_model, make_tasks, pick_device, resolve_precision
 
     run_dir = Path(run_dir)
@@ -124,7 +125,8 @@ def load_run(
     if data_dir:
         cfg.data_dir = data_dir
     # once per loaded run, not per call that computes outputs (a warning about it is said once)
-    cfg.train.precision = resolve_precision(cfg.train.precision, pick_device(cfg.train.device))
+    device = pick_device(cfg.train.device)
+    cfg.train.precision = resolve_precision(cfg.train.precision, device)
     tokenizer = BertTokenizer.from_pretrained(ckpt)
     tasks = make_tasks(cfg, tokenizer, splits=())
     bert = BertModel(BertConfig.from_json_file(ckpt / "config.json"))
@@ -138,5 +140,5 @@ def load_run(
     meta = json.loads((ckpt / "meta.json").read_text())
     for name, t in tasks.items():
         t.threshold = meta.get("thresholds", {}).get(name)
-    model.eval()
+    model.to(device).eval()
     return cfg, tasks, model, tokenizer
