@@ -163,8 +163,9 @@ PAIR_MODES = ("single", "cross", "bi", "cosine", "hybrid")
 
 def input_format(mode: str, hybrid_view: str = "cross") -> str:
     """The dataset format a pair mode reads: ``single`` / ``cross`` (one segment), ``bi`` (a and b
-    alone), ``hybrid`` (the cross-encoded pair, then a and b). The one place this is decided:
-    the dataset and the module built by ``build_task_encoder`` must agree."""
+    alone), ``hybrid`` (the cross-encoded pair, then a and b). Decided from the config, before
+    any module exists, so that the task's datasets can be built; it must equal the
+    ``input_format`` of the module ``build_task_encoder`` returns (tests/test_hybrid.py)."""
     if mode in ("bi", "cosine") or (mode == "hybrid" and hybrid_view == "bi"):
         return "bi"
     return mode

@@ -70,7 +70,8 @@ class Task:
 
     @property
     def input_format(self) -> str:
-        """How examples are encoded: one segment (single / cross) or two (bi-encoders)."""
+        """How examples are encoded: one segment (single / cross), two (bi-encoders) or three
+        (hybrid with the cross view)."""
         return pair_input_format(self.cfg.pair_mode, self.cfg.hybrid_view)
 
     def eval_loader(self, examples, tokenizer: BertTokenizer, batch_size: int, num_workers: int = 0):

@@ -241,6 +241,7 @@ def test_each_pair_mode_reads_the_dataset_format_input_format_names(
     assert input_format(mode, view) == fmt
     bert = BertModel.from_pretrained(tiny_model_dir).eval()
     module = build_task_encoder(mode, bert.config.hidden_size, 1, "mean", hybrid_view=view).eval()
+    assert module.input_format == fmt
     batch = next(iter(make_loader(EncodedDataset(examples(), tok, fmt), 3, shuffle=False)))
     assert len(batch.inputs) == n_segments
     assert module(bert, batch.inputs).shape == shape
