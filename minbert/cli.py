@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from minbert.checkpoint import CheckpointError
+from minbert.bert.checkpoint import CheckpointError
 from minbert.config import ConfigError, TaskConfig, load_config
 
 USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError)
@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--pooling", default="mean")
 
-    from minbert import ablate, pretrain
+    from minbert import pretrain
+    from minbert.lab import ablate
 
     p = sub.add_parser("ablate", help="run a grid of config variants x seeds and write a report")
     ablate.add_arguments(p)
@@ -212,10 +213,10 @@ def cmd_similarity(args) -> int:
     from minbert.config import resolve_data_dir
     from minbert.data import read_examples
     from minbert.metrics import pearson, spearman
-    from minbert.model import BertModel
+    from minbert.bert.model import BertModel
     from minbert.pooling import pool
     from minbert.tasks import get_task
-    from minbert.tokenizer import BertTokenizer
+    from minbert.bert.tokenizer import BertTokenizer
 
     spec = get_task("sts")
     path = spec.path("dev", resolve_data_dir(args.data_dir))
@@ -250,7 +251,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_ablate(args) -> int:
-    from minbert import ablate
+    from minbert.lab import ablate
 
     return ablate.run(args)
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minbert.heads import ClassifierHead
-from minbert.model import BertOutput
+from minbert.bert.model import BertOutput
 from minbert.pooling import pool
 
 EncodeFn = Callable[..., BertOutput]

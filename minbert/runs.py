@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors.torch import load_file, save_file
 
-from minbert.checkpoint import CheckpointError
+from minbert.bert.checkpoint import CheckpointError
 from minbert.config import Config, load_config
-from minbert.model import BertConfig, BertModel
-from minbert.tokenizer import BertTokenizer
+from minbert.bert.model import BertConfig, BertModel
+from minbert.bert.tokenizer import BertTokenizer
 
 if TYPE_CHECKING:
     from minbert.train import Task, Trainer

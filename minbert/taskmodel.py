@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from minbert.model import BertModel
+from minbert.bert.model import BertModel
 from minbert.pairs import EncodeFn
 
 

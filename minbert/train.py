@@ -33,12 +33,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from minbert.checkpoint import resolve_model_dir
+from minbert.bert.checkpoint import resolve_model_dir
 from minbert.config import Config, ConfigError, TaskConfig, save_config, to_dict
 from minbert.data import EncodedDataset, make_loader, read_examples, reversed_pairs, transitive_pairs
 from minbert.evaluate import collect_outputs, compute_metrics, fit_threshold, mean_score
 from minbert.losses import HybridLoss, build_loss
-from minbert.model import BertModel
+from minbert.bert.model import BertModel
 from minbert.multitask import build_combiner, build_schedule, epoch_length
 from minbert.optim import AdamW, WeightAverage
 from minbert.optim.child_tuning import build_child_tuning, compute_fisher, eligible_parameters
@@ -48,7 +48,7 @@ from minbert.pairs import build_task_encoder
 from minbert.pairs import input_format as pair_input_format
 from minbert.taskmodel import MultitaskModel
 from minbert.tasks import TaskSpec, load_task_specs
-from minbert.tokenizer import BertTokenizer
+from minbert.bert.tokenizer import BertTokenizer
 
 log = logging.getLogger(__name__)
 

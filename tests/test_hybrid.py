@@ -17,7 +17,7 @@ from minbert.evaluate import collect_outputs
 from minbert.heads import ClassifierHead
 from minbert.losses import BinaryCrossEntropyLoss, CoSENTLoss, CosineMSELoss, HybridLoss, MSELoss
 from minbert.pairs import HybridEncoder, build_task_encoder, input_format
-from minbert.tokenizer import BertTokenizer
+from minbert.bert.tokenizer import BertTokenizer
 from minbert.train import fit, setup
 from tests.test_train import tiny_config
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from minbert.config import ConfigError
-from minbert.mlm import BertForMaskedLM, BertForPreTraining
-from minbert.model import BertModel
+from minbert.bert.mlm import BertForMaskedLM, BertForPreTraining
+from minbert.bert.model import BertModel
 from minbert.pretrain import add_arguments, collect_documents, hold_out, run
-from minbert.tokenizer import BertTokenizer
+from minbert.bert.tokenizer import BertTokenizer
 
 transformers = pytest.importorskip("transformers")
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from minbert.model import BertModel, BertOutput
+from minbert.bert.model import BertModel, BertOutput
 
 KINDS = ("classification", "binary", "regression")
 NORMS = ("linf", "l2")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from minbert.model import BertConfig, BertModel
+from minbert.bert.model import BertConfig, BertModel
 
 TINY = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minbert.model import BertConfig, BertModel
+from minbert.bert.model import BertConfig, BertModel
 from minbert.optim import AdamW, build_param_groups, no_weight_decay
 
 # The tiny model (tests/optim/conftest.py): bert with 2 layers, heads "sst" and "sts" (norm + out).

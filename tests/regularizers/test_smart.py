@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minbert.model import BertConfig, BertModel
+from minbert.bert.model import BertConfig, BertModel
 from minbert.pairs import build_task_encoder
 from minbert.regularizers import LOSS_KINDS, REGULARIZERS, SMART, Regularizer, build_regularizer, divergence
 from minbert.regularizers.smart import ascent_step, per_example_norm, project

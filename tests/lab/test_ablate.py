@@ -11,7 +11,7 @@ import torch
 import yaml
 
 import minbert.train as train_lib
-from minbert.ablate import (
+from minbert.lab.ablate import (
     GridError,
     add_arguments,
     check_runnable,
@@ -23,7 +23,7 @@ from minbert.ablate import (
     run_config,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "configs" / "ablations").glob("*.yaml"))
 
 
@@ -132,7 +132,7 @@ def assert_tensorboard_conversion_matches_the_loop(run_dir: Path) -> None:
     """jsonl_to_tensorboard gives the same scalars as the training loop's own logger (when it has one)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from minbert.report import jsonl_to_tensorboard
+    from minbert.lab.report import jsonl_to_tensorboard
 
     if not list(run_dir.glob("events.out.tfevents.*")):
         return

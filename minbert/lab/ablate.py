@@ -48,9 +48,9 @@ from typing import Any
 import yaml
 
 import minbert.train as train_lib
-from minbert.checkpoint import resolve_model_dir
+from minbert.bert.checkpoint import resolve_model_dir
 from minbert.config import Config, ConfigError, load_config, parse_override, set_path, to_dict
-from minbert.report import config_diff, flatten, jsonl_to_tensorboard, write_report
+from minbert.lab.report import config_diff, flatten, jsonl_to_tensorboard, write_report
 
 GRID_FIELDS = ("name", "description", "base", "base_config", "overrides", "budget", "seeds", "baseline", "variants",
                "output")  # fmt: skip
@@ -466,7 +466,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m minbert.ablate GRID.yaml ...`` (the same as ``minbert ablate``)."""
+    """``python -m minbert.lab.ablate GRID.yaml ...`` (the same as ``minbert ablate``)."""
     parser = argparse.ArgumentParser(prog="minbert ablate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     add_arguments(parser)

@@ -24,7 +24,7 @@ import torch
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
-from minbert.checkpoint import CheckpointError, resolve_model_dir
+from minbert.bert.checkpoint import CheckpointError, resolve_model_dir
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from minbert.checkpoint import CheckpointError
+from minbert.bert.checkpoint import CheckpointError
 from minbert.data import (
     Batch,
     BucketBatchSampler,
@@ -23,7 +23,7 @@ from minbert.data import (
     transitive_pairs,
 )
 from minbert.tasks import TaskSpec, get_task, load_task_specs
-from minbert.tokenizer import BertTokenizer
+from minbert.bert.tokenizer import BertTokenizer
 
 SST = get_task("sst")
 QUORA = get_task("quora")

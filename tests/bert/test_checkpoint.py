@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from minbert import BertModel, CheckpointError
-from minbert.checkpoint import resolve_model_dir
+from minbert.bert.checkpoint import resolve_model_dir
 from tests.tiny import TINY
 
 transformers = pytest.importorskip("transformers")

@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 if TYPE_CHECKING:
-    from minbert.model import BertModel
+    from minbert.bert.model import BertModel
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def load_state_into(model: torch.nn.Module, sd: dict[str, torch.Tensor], source:
 def load_pretrained(
     cls: type[BertModel], name_or_path: str | Path | None, add_pooling_layer: bool = True, **config_overrides
 ) -> BertModel:
-    from minbert.model import BertConfig
+    from minbert.bert.model import BertConfig
 
     directory = resolve_model_dir(name_or_path)
     cfg_file = directory / "config.json"

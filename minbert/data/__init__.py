@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from minbert.tasks import INPUT_FORMATS, LABEL_KINDS, TaskSpec
-from minbert.tokenizer import BertTokenizer, Encoding
+from minbert.bert.tokenizer import BertTokenizer, Encoding
 
 # How a dataset encodes its examples: the task specs' formats, plus "hybrid" (cross and bi).
 DATASET_FORMATS = (*INPUT_FORMATS, "hybrid")

@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-from minbert.bert_heads import (
+from minbert.bert.heads import (
     BertForMultipleChoice,
     BertForQuestionAnswering,
     BertForSequenceClassification,
     BertForTokenClassification,
 )
-from minbert.checkpoint import CheckpointError
+from minbert.bert.checkpoint import CheckpointError
 from tests.tiny import TINY
 
 transformers = pytest.importorskip("transformers")
@@ -159,7 +159,7 @@ def test_multiple_choice(tmp_path):
 def test_save_pretrained_loads_in_transformers(tmp_path):
     """Our checkpoint (encoder keys under ``bert.``, head keys, id2label) loads in HF with equal logits."""
     torch.manual_seed(0)
-    from minbert.model import BertConfig
+    from minbert.bert.model import BertConfig
 
     ours = BertForTokenClassification(BertConfig(**TINY), num_labels=4).eval()
     ours.save_pretrained(tmp_path / "ours")

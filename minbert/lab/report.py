@@ -5,7 +5,7 @@
     paired_ci(values, baseline)   -> (mean difference, lo, hi), paired by position
     jsonl_to_tensorboard(run_dir) -> run_dir/tb/, TensorBoard events from metrics.jsonl
 
-A grid directory (written by ``minbert.ablate``) holds ``grid.json`` and one run
+A grid directory (written by ``minbert.lab.ablate``) holds ``grid.json`` and one run
 directory per finished or unfinished run, ``<variant>/seed<k>/``. Only finished runs
 (with ``summary.json``) enter the report. Per run and task the report takes the task's
 primary metric from ``summary.json``'s ``best_metrics``: the dev metrics at the step with

@@ -3,7 +3,7 @@
 Submodule names equal the Hugging Face parameter names
 (``embeddings.word_embeddings``, ``encoder.layer.{i}.attention.self.query``,
 ``attention.output.LayerNorm``, ``intermediate.dense``, ``pooler.dense``, ...),
-so loading an HF checkpoint is a key-for-key copy (see ``minbert.checkpoint``).
+so loading an HF checkpoint is a key-for-key copy (see ``minbert.bert.checkpoint``).
 
 Shapes: B = batch, T = sequence length, H = hidden size, nh = heads, hs = H / nh.
 """
@@ -288,13 +288,13 @@ class BertModel(nn.Module):
         ``config_overrides`` replace config fields, e.g. ``hidden_dropout_prob=0.0``.
         Raises ``CheckpointError`` with a readable message for a bad directory.
         """
-        from minbert.checkpoint import load_pretrained
+        from minbert.bert.checkpoint import load_pretrained
 
         return load_pretrained(cls, name_or_path, add_pooling_layer=add_pooling_layer, **config_overrides)
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write HF format (model.safetensors, config.json, vocab) loadable by ``transformers``."""
-        from minbert.checkpoint import save_pretrained
+        from minbert.bert.checkpoint import save_pretrained
 
         save_pretrained(self, directory)
 

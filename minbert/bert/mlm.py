@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minbert.bert_heads import PretrainedHeadModel
-from minbert.model import ACTIVATIONS, BertConfig, BertModel
+from minbert.bert.heads import PretrainedHeadModel
+from minbert.bert.model import ACTIVATIONS, BertConfig, BertModel
 
 IGNORE_INDEX = -100
 TIED_KEYS = {

@@ -11,7 +11,7 @@
 Every model holds ``self.bert = BertModel(...)`` plus heads named as in ``transformers``
 (``classifier.*``, ``qa_outputs.*``), so ``state_dict()`` keys equal Hugging Face's and a checkpoint
 directory is interchangeable: ``from_pretrained(dir)`` / ``save_pretrained(dir)`` come from
-:class:`PretrainedHeadModel`, which the MLM models in ``minbert.mlm`` share.
+:class:`PretrainedHeadModel`, which the MLM models in ``minbert.bert.mlm`` share.
 
 >>> model = BertForSequenceClassification.from_pretrained(None, num_labels=3)
 >>> out = model(input_ids, attention_mask, labels=labels)   # out.logits: (B, 3), out.loss: ()
@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from minbert.checkpoint import CheckpointError, LoadReport, resolve_model_dir
-from minbert.model import BertConfig, BertModel
+from minbert.bert.checkpoint import CheckpointError, LoadReport, resolve_model_dir
+from minbert.bert.model import BertConfig, BertModel
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from minbert.report import (
+from minbert.lab.report import (
     ABSENT,
     config_diff,
     describe,

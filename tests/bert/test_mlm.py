@@ -7,10 +7,10 @@ import random
 import pytest
 import torch
 
-from minbert.checkpoint import resolve_model_dir
-from minbert.mlm import BertForMaskedLM, BertForPreTraining, MLMMasker, mask_tokens, nsp_pairs
-from minbert.model import BertConfig, BertModel
-from minbert.tokenizer import BertTokenizer
+from minbert.bert.checkpoint import resolve_model_dir
+from minbert.bert.mlm import BertForMaskedLM, BertForPreTraining, MLMMasker, mask_tokens, nsp_pairs
+from minbert.bert.model import BertConfig, BertModel
+from minbert.bert.tokenizer import BertTokenizer
 from tests.tiny import TINY
 
 transformers = pytest.importorskip("transformers")
