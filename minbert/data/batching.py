@@ -1,0 +1,324 @@
+"""Pre-tokenizing, dynamic padding and length-bucketed batching.
+
+Padding is per batch (to the longest sequence in it), and
+:class:`BucketBatchSampler` groups examples of similar length so that padding is
+small; see docs/data.md for the figures (``benchmarks/padding.py`` measures them).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from minbert.bert.tokenizer import BertTokenizer, Encoding
+from minbert.data.augment import reversed_pairs
+from minbert.data.read import Example
+from minbert.tasks import INPUT_FORMATS, LABEL_KINDS
+
+# How a dataset encodes its examples: the task specs' formats, plus "hybrid" (cross and bi).
+DATASET_FORMATS = (*INPUT_FORMATS, "hybrid")
+
+# ---------------------------------------------------------------------------------------
+# Tokenized dataset, batches and collation
+# ---------------------------------------------------------------------------------------
+
+
+class EncodedDataset(Dataset):
+    """Examples tokenized once, unpadded; padding happens per batch in :class:`Collator`.
+
+    ``input_format``: ``"single"`` (one sentence), ``"cross"`` (a pair as one sequence
+    ``[CLS] a [SEP] b [SEP]``, truncated longest-first to ``max_length``), ``"bi"``
+    (a pair as two separate sequences, each truncated to ``max_length``) or ``"hybrid"``
+    (all three: the cross sequence, then a and b alone).
+    ``symmetric``: pairs only; the dataset also holds every pair reversed, (b, a), under the
+    same ``index``, so that predictions can average both orders (``n_examples`` distinct
+    examples, ``2 * n_examples`` items).
+    ``label_kind`` sets the label dtype at collation; by default it is inferred from the
+    labels (float -> regression, int -> classification, none -> unlabeled).
+    """
+
+    def __init__(
+        self,
+        examples: Sequence[Example],
+        tokenizer: BertTokenizer,
+        input_format: str,
+        max_length: int = 128,
+        label_kind: str | None = None,
+        symmetric: bool = False,
+    ):
+        if input_format not in DATASET_FORMATS:
+            raise ValueError(f"input_format must be one of {', '.join(DATASET_FORMATS)}, got {input_format!r}")
+        if symmetric and input_format == "single":
+            raise ValueError("symmetric=True needs sentence pairs, not input_format 'single'")
+        if not 2 <= max_length <= tokenizer.model_max_length:
+            raise ValueError(
+                f"max_length must be in 2..{tokenizer.model_max_length} (the tokenizer's "
+                f"model_max_length), got {max_length}"
+            )
+        n_texts = 1 if input_format == "single" else 2
+        for ex in examples:
+            if len(ex.texts) != n_texts:
+                raise ValueError(
+                    f"input_format {input_format!r} needs {n_texts} text(s) per example; "
+                    f"example {ex.id!r} (line {ex.line}) has {len(ex.texts)}"
+                )
+        self.examples = list(examples)
+        self.n_examples = len(self.examples)
+        if symmetric:
+            self.examples += reversed_pairs(self.examples)
+        self.tokenizer = tokenizer
+        self.input_format = input_format
+        self.max_length = max_length
+        self.label_kind = label_kind or _infer_label_kind(self.examples)
+        self.segments = self._encode()
+        self.lengths: list[int] = [max(len(e) for e in segs) for segs in self.segments]
+
+    def _encode(self) -> list[tuple[Encoding, ...]]:
+        firsts = [ex.texts[0] for ex in self.examples]
+        if self.input_format == "single":
+            return [(e,) for e in self.tokenizer.encode(firsts, max_length=self.max_length)]
+        seconds = [ex.texts[1] for ex in self.examples]
+        cross = a = b = None
+        if self.input_format in ("cross", "hybrid"):
+            cross = [(e,) for e in self.tokenizer.encode(firsts, seconds, max_length=self.max_length)]
+        if self.input_format in ("bi", "hybrid"):
+            a = self.tokenizer.encode(firsts, max_length=self.max_length)
+            b = self.tokenizer.encode(seconds, max_length=self.max_length)
+        if self.input_format == "cross":
+            return cross
+        if self.input_format == "bi":
+            return list(zip(a, b, strict=True))
+        return [(c, ea, eb) for (c,), ea, eb in zip(cross, a, b, strict=True)]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict:
+        ex = self.examples[i]
+        return {"index": i % self.n_examples, "id": ex.id, "segments": self.segments[i], "label": ex.label}
+
+
+def _infer_label_kind(examples: Sequence[Example]) -> str | None:
+    labels = [ex.label for ex in examples if ex.label is not None]
+    if not labels:
+        return None
+    return "regression" if any(isinstance(y, float) for y in labels) else "classification"
+
+
+@dataclass
+class Batch:
+    """A padded batch. ``inputs`` has one dict per segment (1 for single/cross, 2 for bi, 3 for hybrid)."""
+
+    inputs: list[dict[str, torch.Tensor]]  # input_ids, token_type_ids, attention_mask: (B, T) each
+    labels: torch.Tensor | None  # (B,) long for classification/binary, float for regression
+    ids: list[str]
+    indices: torch.Tensor  # (B,) dataset indices, to restore input order at prediction
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        """A copy with every tensor on ``device``."""
+        return Batch(
+            inputs=[{k: v.to(device, non_blocking=non_blocking) for k, v in d.items()} for d in self.inputs],
+            labels=None if self.labels is None else self.labels.to(device, non_blocking=non_blocking),
+            ids=self.ids,
+            indices=self.indices.to(device, non_blocking=non_blocking),
+        )
+
+    def pin_memory(self) -> Batch:
+        """Called by ``DataLoader(pin_memory=True)``."""
+        return Batch(
+            inputs=[{k: v.pin_memory() for k, v in d.items()} for d in self.inputs],
+            labels=None if self.labels is None else self.labels.pin_memory(),
+            ids=self.ids,
+            indices=self.indices.pin_memory(),
+        )
+
+
+class Collator:
+    """Items of :class:`EncodedDataset` -> :class:`Batch`, padded to the longest in the batch."""
+
+    def __init__(self, tokenizer: BertTokenizer, label_kind: str | None = None):
+        if label_kind is not None and label_kind not in LABEL_KINDS:
+            kinds = ", ".join(LABEL_KINDS)
+            raise ValueError(f"label_kind must be one of {kinds} or None, got {label_kind!r}")
+        self.tokenizer = tokenizer
+        self.label_kind = label_kind
+
+    def __call__(self, items: Sequence[dict]) -> Batch:
+        if not items:
+            raise ValueError("cannot collate an empty batch")
+        n_segments = len(items[0]["segments"])
+        inputs = [self.tokenizer.pad([it["segments"][s] for it in items]) for s in range(n_segments)]
+        return Batch(
+            inputs=inputs,
+            labels=self._labels([it["label"] for it in items]),
+            ids=[it["id"] for it in items],
+            indices=torch.tensor([it["index"] for it in items], dtype=torch.long),
+        )
+
+    def _labels(self, labels: list) -> torch.Tensor | None:
+        n_missing = sum(y is None for y in labels)
+        if n_missing == len(labels):
+            return None
+        if n_missing:
+            raise ValueError(
+                f"batch mixes labeled and unlabeled examples ({n_missing} of {len(labels)} unlabeled)"
+            )
+        regression = self.label_kind == "regression" or (
+            self.label_kind is None and any(isinstance(y, float) for y in labels)
+        )
+        return torch.tensor(labels, dtype=torch.float32 if regression else torch.long)
+
+
+# ---------------------------------------------------------------------------------------
+# Length-bucketed batching
+# ---------------------------------------------------------------------------------------
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Batches of similar-length examples, so dynamic padding wastes little.
+
+    Training (``shuffle=True``): shuffle all indices, cut them into chunks of
+    ``chunk_size`` (default ``100 * batch_size``), sort each chunk by length, cut it
+    into batches, then shuffle the order of all batches. Each example appears exactly
+    once per epoch; batch *composition* stays random across epochs because the chunks
+    change, while lengths within a batch stay close. Evaluation (``shuffle=False``):
+    the whole dataset sorted by length, longest first (a memory problem shows at once).
+
+    ``seed`` and :meth:`set_epoch` make each epoch's order reproducible. For DDP, pass
+    ``num_replicas`` / ``rank``: every rank builds the same batch list and takes every
+    ``num_replicas``-th batch; the list is padded by repeating batches from its start
+    (or truncated with ``drop_last``) so all ranks get the same number of batches.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        shuffle: bool = True,
+        chunk_size: int | None = None,
+        drop_last: bool = False,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"need 0 <= rank < num_replicas; got {num_replicas=}, {rank=}")
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        # A multiple of batch_size, so only the very last batch of an epoch can be short.
+        chunk = chunk_size or 100 * batch_size
+        self.chunk_size = math.ceil(chunk / batch_size) * batch_size
+        self.drop_last = drop_last
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the shuffle of ``epoch`` (call before iterating, as with DistributedSampler)."""
+        self.epoch = epoch
+
+    def _cut(self, order: list[int]) -> list[list[int]]:
+        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    def _batches(self) -> list[list[int]]:
+        """All batches of the epoch, before the split across replicas."""
+        n = len(self.lengths)
+        if not self.shuffle:
+            batches = self._cut(sorted(range(n), key=lambda i: -self.lengths[i]))
+        else:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            perm = torch.randperm(n, generator=g).tolist()
+            batches = []
+            for start in range(0, n, self.chunk_size):
+                chunk = perm[start : start + self.chunk_size]
+                # sorted() is stable: equal lengths keep their shuffled order.
+                batches += self._cut(sorted(chunk, key=self.lengths.__getitem__))
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        if self.drop_last:
+            batches = [b for b in batches if len(b) == self.batch_size]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._batches()
+        r = self.num_replicas
+        if r > 1 and batches:
+            if self.drop_last:
+                batches = batches[: len(batches) - len(batches) % r]
+            else:
+                batches += [batches[i % len(batches)] for i in range(-len(batches) % r)]
+        return iter(batches[self.rank :: r])
+
+    def __len__(self) -> int:
+        n = len(self.lengths)
+        n_batches = n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        if self.drop_last:
+            return n_batches // self.num_replicas
+        return math.ceil(n_batches / self.num_replicas)
+
+
+def make_loader(
+    dataset: EncodedDataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    num_workers: int = 0,
+    bucket: bool = True,
+    drop_last: bool = False,
+    num_replicas: int = 1,
+    rank: int = 0,
+) -> DataLoader:
+    """A DataLoader of :class:`Batch` over ``dataset``.
+
+    ``bucket=True`` uses :class:`BucketBatchSampler` (call
+    ``loader.batch_sampler.set_epoch(epoch)`` each epoch); ``bucket=False`` is plain
+    random (or sequential) batching, seeded. Without shuffling, bucketed batches come
+    sorted by length: use ``batch.indices`` to restore the input order.
+    ``num_replicas`` / ``rank`` shard the batches for data-parallel training (bucketed only).
+    """
+    if num_replicas > 1 and not bucket:
+        raise ValueError("data-parallel sharding needs bucket=True")
+    collate = Collator(dataset.tokenizer, dataset.label_kind)
+    if bucket:
+        sampler = BucketBatchSampler(
+            dataset.lengths,
+            batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            seed=seed,
+            num_replicas=num_replicas,
+            rank=rank,
+        )
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=torch.Generator().manual_seed(seed),
+        collate_fn=collate,
+        num_workers=num_workers,
+        drop_last=drop_last,
+    )
+
+
+def padding_fraction(batches: Iterable[Batch | Mapping[str, torch.Tensor]]) -> float:
+    """Fraction of pad positions among all positions, over every segment of every batch."""
+    pad = total = 0
+    for b in batches:
+        for inputs in b.inputs if isinstance(b, Batch) else [b]:
+            mask = inputs["attention_mask"]
+            total += mask.numel()
+            pad += mask.numel() - int(mask.sum())
+    return pad / total if total else 0.0
