@@ -34,7 +34,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     args = p.parse_args()
 
-    overrides = ["train.schedule=mixed", "train.progress=false"]
+    overrides = ["train.sampler=mixed", "train.progress=false"]
     cfg = load_config(args.config, overrides)
     for t in cfg.tasks.values():
         t.batch_size = args.batch_size

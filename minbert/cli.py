@@ -1,7 +1,8 @@
-"""``minbert`` command line: train | eval | predict | run | similarity | export.
+"""``minbert`` command line: train | eval | predict | run | similarity | export | ablate | pretrain.
 
-Errors a user can fix (a bad config field, a missing file, a malformed data row)
-print one line naming the problem and exit with status 2, without a traceback.
+This module only parses and dispatches; the work is done in ``train``, ``predict``, ``runs``,
+``lab.ablate`` and ``pretrain``. Errors a user can fix (a bad config field, a missing file, a
+malformed data row) print one line naming the problem and exit with status 2, without a traceback.
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ import logging
 import sys
 from pathlib import Path
 
-from minbert.bert.checkpoint import CheckpointError
+from minbert.bert import CheckpointError
 from minbert.config import ConfigError, TaskConfig, load_config
 
 USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError)
+DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"  # ships inside the package
 
 EPILOG = """examples:
   minbert train --task sst --mode last-layer            frozen encoder, heads only
   minbert train --task sst --mode finetune --set optim.lr=3e-5 --set train.epochs=2
   minbert train --config configs/default.yaml            all tasks of a YAML experiment
+  minbert train --config configs/default.yaml --mode last-layer --name frozen   flags win over the YAML
   minbert eval --run runs/sst --split dev
   minbert predict --run runs/sst --task sst --input data/ids-sst-test-student.csv --output sst.csv
   minbert run                                            the default multitask job (make run)
@@ -101,20 +104,21 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(args) -> int:
     from minbert.train import fit, setup
 
-    base = {}
-    if args.task:
-        base["tasks"] = {t: {} for t in args.task}
+    base, flags = {}, {}  # base: under the YAML; flags: over it (a flag on the command line wins)
+    if args.task and not args.config:
+        flags["tasks"] = {t: {} for t in args.task}
     if args.mode:
-        base.setdefault("train", {})["mode"] = args.mode
-    if args.name or not args.config:
-        default_name = "-".join(args.task or ["run"]) + f"-{args.mode or 'finetune'}"
-        base["name"] = args.name or default_name
+        flags["train.mode"] = args.mode
+    if args.name:
+        flags["name"] = args.name
+    elif not args.config:
+        base["name"] = "-".join(args.task or ["run"]) + f"-{args.mode or 'finetune'}"
     if args.data_dir:
-        base["data_dir"] = args.data_dir
+        flags["data_dir"] = args.data_dir
     if args.run_dir:
-        base["run_dir"] = args.run_dir
-    cfg = load_config(args.config, args.set, base=base)
-    if args.task and args.config:  # --task narrows a config's task list
+        flags["run_dir"] = args.run_dir
+    cfg = load_config(args.config, args.set, base=base, flags=flags)
+    if args.task and args.config:  # --task narrows a config's task list, keeping each task's settings
         cfg.tasks = {t: cfg.tasks.get(t) or TaskConfig() for t in args.task}
     tr = setup(cfg)
     summary = fit(tr)
@@ -123,34 +127,20 @@ def cmd_train(args) -> int:
     return 0
 
 
-def task_outputs(run_parts, name: str, examples):
-    """A trained run's outputs for one task on a list of examples, in their order."""
-    from minbert.evaluate import collect_outputs
-    from minbert.train import autocast_for
-
-    cfg, tasks, model, tok = run_parts  # from minbert.runs.load_run: on its device, precision resolved
-    device = next(model.parameters()).device
-    t = tasks[name]
-    loader = t.eval_loader(examples, tok, cfg.train.eval_batch_size)
-    autocast = autocast_for(cfg.train.precision, device)
-    return collect_outputs(model, name, t.loss, loader, device, autocast)
-
-
 def cmd_eval(args) -> int:
     from minbert.data import read_examples
     from minbert.evaluate import compute_metrics, mean_score
+    from minbert.predict import task_outputs
     from minbert.runs import load_run
 
-    parts = load_run(args.run, args.data_dir)
-    cfg, tasks = parts[0], parts[1]
+    run = load_run(args.run, args.data_dir)
     results = {}
-    for name, t in tasks.items():
-        examples, _ = read_examples(
-            t.spec, t.spec.path(args.split, cfg.resolved_data_dir()), labeled=True, skip_bad=t.cfg.skip_bad
-        )
-        results[name] = compute_metrics(t.spec, task_outputs(parts, name, examples), t.threshold)
+    for name, t in run.tasks.items():
+        path = t.spec.path(args.split, run.cfg.resolved_data_dir())
+        examples, _ = read_examples(t.spec, path, labeled=True, skip_bad=t.cfg.skip_bad)
+        results[name] = compute_metrics(t.spec, task_outputs(run, name, examples), t.threshold)
         print(f"{name:8s} {args.split}: " + "  ".join(f"{k}={v:.4f}" for k, v in results[name].items()))
-    score = mean_score({n: t.spec for n, t in tasks.items()}, results)
+    score = mean_score({n: t.spec for n, t in run.tasks.items()}, results)
     print(f"mean score: {score:.4f}")
     out_file = Path(args.run) / f"eval-{args.split}.json"
     out_file.write_text(json.dumps({"split": args.split, "score": score, "tasks": results}, indent=2) + "\n")
@@ -158,20 +148,8 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def predict_file(run_parts, task: str, input_path: str | Path, output_path: str | Path) -> int:
-    from minbert.data import read_examples
-    from minbert.evaluate import write_predictions
-
-    tasks = run_parts[1]
-    if task not in tasks:
-        raise ConfigError(f"task {task!r} was not trained in this run; it has: {', '.join(tasks)}")
-    t = tasks[task]
-    examples, _ = read_examples(t.spec, input_path, labeled=False)
-    write_predictions(output_path, t.spec, task_outputs(run_parts, task, examples), t.threshold)
-    return len(examples)
-
-
 def cmd_predict(args) -> int:
+    from minbert.predict import predict_file
     from minbert.runs import load_run
 
     n = predict_file(load_run(args.run), args.task, args.input, args.output)
@@ -181,24 +159,24 @@ def cmd_predict(args) -> int:
 
 def cmd_run(args) -> int:
     """The main job: train the default multitask config, predict the test files, print a table."""
+    from minbert.predict import predict_file
     from minbert.runs import load_run
     from minbert.train import fit, setup
 
-    config = args.config or Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
-    base = {}
+    flags = {}
     if args.data_dir:
-        base["data_dir"] = args.data_dir
+        flags["data_dir"] = args.data_dir
     if args.run_dir:
-        base["run_dir"] = args.run_dir
-    cfg = load_config(config, args.set, base=base)
+        flags["run_dir"] = args.run_dir
+    cfg = load_config(args.config or DEFAULT_CONFIG, args.set, flags=flags)
     tr = setup(cfg)
     summary = fit(tr)
-    parts = load_run(tr.run_dir, cfg.data_dir)
+    run = load_run(tr.run_dir, cfg.data_dir)
     print(f"\nbest checkpoint: step {summary['best_step']}, trained {summary['train_seconds'] / 60:.1f} min")
     print(f"{'task':8s} {'dev metric':>12s} {'value':>8s}   predictions")
-    for name, t in parts[1].items():
+    for name, t in run.tasks.items():
         out = Path(args.predictions_dir) / f"{name}-test-output.csv"
-        predict_file(parts, name, t.spec.path("test", cfg.resolved_data_dir()), out)
+        predict_file(run, name, t.spec.path("test", cfg.resolved_data_dir()), out)
         value = summary["best_metrics"][name][t.spec.primary_metric]
         print(f"{name:8s} {t.spec.primary_metric:>12s} {value:8.4f}   {out}")
     print(f"{'mean':8s} {'score':>12s} {summary['best_score']:8.4f}")
@@ -206,46 +184,18 @@ def cmd_run(args) -> int:
 
 
 def cmd_similarity(args) -> int:
-    import numpy as np
-    import torch
-    from tqdm.auto import tqdm
+    from minbert.predict import zero_shot_similarity
 
-    from minbert.config import resolve_data_dir
-    from minbert.data import read_examples
-    from minbert.metrics import pearson, spearman
-    from minbert.bert.model import BertModel
-    from minbert.pooling import pool
-    from minbert.tasks import get_task
-    from minbert.bert.tokenizer import BertTokenizer
-
-    spec = get_task("sts")
-    path = spec.path("dev", resolve_data_dir(args.data_dir))
-    examples, _ = read_examples(spec, path)
-    model = BertModel.from_pretrained(args.model).eval()
-    tok = BertTokenizer.from_pretrained(args.model)
-    cos = []
-    with torch.no_grad():
-        for i in tqdm(range(0, len(examples), 64), desc="encoding STS dev"):
-            chunk = examples[i : i + 64]
-            vecs = []
-            for side in (0, 1):
-                b = tok([e.texts[side] for e in chunk])
-                out = model(**b)
-                vecs.append(pool(args.pooling, out.last_hidden_state, b["attention_mask"], out.pooler_output))
-            cos.append(torch.nn.functional.cosine_similarity(*vecs).numpy())
-    cos = np.concatenate(cos)
-    gold = np.array([e.label for e in examples])
-    print(f"{model!r} on {path} ({len(examples)} pairs), {args.pooling} pooling + cosine:")
-    print(f"  Pearson {pearson(cos, gold):.4f}  Spearman {spearman(cos, gold):.4f}")
+    print(zero_shot_similarity(args.model, args.data_dir, args.pooling))
     return 0
 
 
 def cmd_export(args) -> int:
+    from minbert.bert import save_pretrained
     from minbert.runs import load_run
 
-    _, _, model, tok = load_run(args.run)
-    model.bert.save_pretrained(args.output)
-    tok.save_pretrained(args.output)
+    run = load_run(args.run)
+    save_pretrained(run.model.bert, args.output, tokenizer=run.tokenizer)
     print(f"encoder written to {args.output} (Hugging Face BERT format)")
     return 0
 

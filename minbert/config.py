@@ -34,6 +34,15 @@ class ModelConfig:
 
 
 @dataclass
+class HybridConfig:
+    """The hybrid pair mode's second view: cos(u, v) of the two sentences encoded alone."""
+
+    cosine_loss: str = "cosine_mse"  # the loss of the cosine view: cosine_mse | cosent
+    cosine_weight: float = 1.0  # loss = head loss + cosine_weight * cosine loss
+    blend: float = 0.5  # prediction = blend * head prediction + (1 - blend) * cosine prediction
+
+
+@dataclass
 class TaskConfig:
     """How one task is modelled and fed. ``None`` means "from the task spec's defaults"."""
 
@@ -52,13 +61,8 @@ class TaskConfig:
     dev_limit: int | None = None
     skip_bad: bool = False  # skip (and count) malformed rows instead of failing
     swap_augment: bool = False  # pair tasks: also train on (b, a) for every (a, b); for symmetric tasks
-    transitive_augment: bool = False  # binary pair tasks whose 1 means "equivalent": add the pairs it implies
     symmetric_eval: bool = False  # pair tasks: predict the mean of the scores for (a, b) and (b, a)
-    cosine_loss: str = "cosine_mse"  # hybrid: the loss of the cosine view (cosine_mse | cosent)
-    cosine_weight: float = 1.0  # hybrid: loss = cross loss + cosine_weight * cosine loss
-    hybrid_view: str = "cross"  # hybrid: the head's view: cross (encoder) | bi (features of u, v)
-    blend: float = 0.5  # hybrid: prediction = blend * head prediction + (1 - blend) * cosine prediction
-    weight: float = 1.0  # the task's weight for the "fixed" combiner
+    hybrid: HybridConfig = field(default_factory=HybridConfig)  # pair_mode hybrid only
 
 
 @dataclass
@@ -69,12 +73,13 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-6
     layer_decay: float | None = None  # layer-wise lr decay factor, e.g. 0.9
-    schedule: str = "linear"  # constant | constant_warmup | linear | cosine | cosine_restarts | polynomial
+    schedule: str = "linear"  # LR schedule: constant | constant_warmup | linear | cosine | cosine_restarts | polynomial
+    schedule_kwargs: dict[str, Any] = field(default_factory=dict)  # num_cycles (cosine*), power / lr_end (polynomial)
     warmup: float = 0.1  # steps (>= 1) or a fraction of all steps (< 1)
     grad_clip: float | None = 1.0
     grad_accum: int = 1
     child_tuning: str | None = None  # None | F | D
-    reserve_p: float = 0.3
+    child_tuning_kwargs: dict[str, Any] = field(default_factory=dict)  # reserve_p (default 0.3)
 
 
 @dataclass
@@ -82,11 +87,12 @@ class TrainConfig:
     mode: str = "finetune"  # finetune | last-layer (frozen encoder, heads only)
     epochs: int = 3
     steps_per_epoch: str | int = "max"  # max | sum | min (batches of the largest / all / smallest task) or N
-    schedule: str = "round_robin"  # sequential | round_robin | proportional | annealed | mixed
-    schedule_kwargs: dict[str, Any] = field(default_factory=dict)
+    sampler: str = "round_robin"  # which task(s) a step trains: sequential | round_robin | proportional | annealed
+    sampler_kwargs: dict[str, Any] = field(default_factory=dict)  # ... | annealed_pals | mixed
     combiner: str = "sum"  # sum | fixed | uncertainty | dwa | pcgrad | gradvac | cagrad
     combiner_kwargs: dict[str, Any] = field(default_factory=dict)
-    eval_every: int | None = None  # steps; None = once per epoch
+    eval_every: int | None = None  # evaluate every N optimizer steps ...
+    evals_per_epoch: int | None = None  # ... or N times an epoch, evenly spaced; neither: once per epoch
     early_stopping: int | None = None  # stop after this many evaluations without improvement
     ema_decay: float | None = None  # evaluate and keep an exponential moving average of the weights, e.g. 0.999
     seed: int = 0
@@ -98,6 +104,8 @@ class TrainConfig:
     num_workers: int = 0
     progress: bool = True
     threads: int | None = None  # torch.set_num_threads; None = torch's default
+    regularizer: str | None = None  # None | smart: an extra loss on each task batch
+    regularizer_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {lambda_s: 1.0, mu: 1.0}
 
 
 @dataclass
@@ -110,7 +118,6 @@ class Config:
     data_dir: str | None = None  # default: $DATA_DIR, else ../shared/data, else ./data
     run_dir: str | None = None  # default: runs/<name>
     task_specs: str | None = None  # a YAML file of extra task specs
-    regularizers: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. {smart: {lambda_s: 1.0}}
 
     def __post_init__(self):
         validate(self)
@@ -125,10 +132,6 @@ class Config:
 CHOICES = {
     "train.mode": ("finetune", "last-layer"),
     "train.precision": ("fp32", "bf16", "fp16", "auto"),
-    "optim.child_tuning": (None, "F", "D"),
-    "tasks.*.pair_mode": (None, "single", "cross", "bi", "cosine", "hybrid"),
-    "tasks.*.cosine_loss": ("cosine_mse", "cosent"),
-    "tasks.*.hybrid_view": ("cross", "bi"),
     "tasks.*.threshold": ("fixed", "tune_accuracy", "tune_f1"),
 }
 
@@ -159,8 +162,12 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config field '{where}' must be positive, got {value}")
     if cfg.train.ema_decay is not None and not 0 < cfg.train.ema_decay < 1:
         raise ConfigError(f"config field 'train.ema_decay' must be in (0, 1), got {cfg.train.ema_decay}")
-    if not 0 < cfg.optim.reserve_p <= 1:
-        raise ConfigError(f"config field 'optim.reserve_p' must be in (0, 1], got {cfg.optim.reserve_p}")
+    if cfg.train.eval_every is not None and cfg.train.evals_per_epoch is not None:
+        raise ConfigError("config fields 'train.eval_every' and 'train.evals_per_epoch' exclude each other: set one")
+    for where in ("eval_every", "evals_per_epoch"):
+        value = getattr(cfg.train, where)
+        if value is not None and value <= 0:
+            raise ConfigError(f"config field 'train.{where}' must be positive, got {value}")
     if isinstance(cfg.train.steps_per_epoch, str) and cfg.train.steps_per_epoch not in ("max", "sum", "min"):
         raise ConfigError(
             f"config field 'train.steps_per_epoch' is {cfg.train.steps_per_epoch!r}; use max, sum, min or a number"
@@ -263,8 +270,15 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw) if raw.strip() else None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> Config:
-    """YAML file (optional) + ``key=value`` overrides -> a validated ``Config``."""
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] = (),
+    base: dict | None = None,
+    flags: dict[str, Any] | None = None,
+) -> Config:
+    """A validated ``Config`` from, lowest precedence first: ``base`` (a mapping), the YAML file,
+    ``flags`` (``{"train.mode": "last-layer"}``: a command's own options, which must win over the
+    file), then the ``key=value`` overrides of ``--set``."""
     data: dict = dict(base or {})
     if path is not None:
         path = Path(path)
@@ -277,6 +291,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of config sections")
         data.update(loaded)
+    for key, value in (flags or {}).items():
+        set_path(data, key, value)
     for o in overrides:
         set_path(data, *parse_override(o))
     if isinstance(data.get("tasks"), list):  # "tasks: [sst, quora]" shorthand

@@ -18,6 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minbert.registry import Registry
+
+LOSSES: Registry[type[nn.Module]] = Registry("loss")
+
 
 def _scores(x: torch.Tensor, what: str) -> torch.Tensor:
     """(B,) or (B, 1) -> (B,); anything else is an error (a silent broadcast to (B, B) is a classic bug)."""
@@ -45,6 +49,7 @@ def to_label_range(cos: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     return (lo + (cos + 1) / 2 * (hi - lo)).clamp(lo, hi)
 
 
+@LOSSES.register("cross_entropy")
 class CrossEntropyLoss(nn.Module):
     """Softmax cross-entropy for C-way classification, with optional label smoothing.
 
@@ -53,6 +58,8 @@ class CrossEntropyLoss(nn.Module):
 
     Inputs: logits (B, C), targets (B,) long class ids. ``predict``: argmax class id, (B,) long.
     """
+    output_kind = "classification"  # what the raw output is, for SMART's divergence
+
 
     def __init__(self, label_smoothing: float = 0.0):
         super().__init__()
@@ -70,6 +77,7 @@ class CrossEntropyLoss(nn.Module):
         return logits.argmax(dim=-1)
 
 
+@LOSSES.register("bce")
 class BinaryCrossEntropyLoss(nn.Module):
     """Sigmoid + binary cross-entropy on logits (numerically stable, never sigmoid-then-log).
 
@@ -77,6 +85,8 @@ class BinaryCrossEntropyLoss(nn.Module):
     ``predict``: the probability sigmoid(logit), (B,) float; pick the decision threshold
     with ``minbert.metrics.tune_threshold`` and apply it with ``apply_threshold``.
     """
+    output_kind = "binary"  # what the raw output is, for SMART's divergence
+
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = _scores(logits, "logits")
@@ -87,6 +97,7 @@ class BinaryCrossEntropyLoss(nn.Module):
         return torch.sigmoid(_scores(logits, "logits"))
 
 
+@LOSSES.register("mse")
 class MSELoss(nn.Module):
     """Mean squared error for regression, optionally through a scaled sigmoid.
 
@@ -96,6 +107,8 @@ class MSELoss(nn.Module):
 
     Inputs: outputs (B,) or (B, 1), targets (B,) float. ``predict``: the prediction above, (B,).
     """
+    output_kind = "regression"  # what the raw output is, for SMART's divergence
+
 
     def __init__(self, sigmoid_scale: float | None = None):
         super().__init__()
@@ -115,6 +128,7 @@ class MSELoss(nn.Module):
         return F.mse_loss(pred, target.to(pred.dtype))
 
 
+@LOSSES.register("cosine_mse")
 class CosineMSELoss(nn.Module):
     """MSE between cosine similarity and the label rescaled to [0, 1].
 
@@ -125,6 +139,8 @@ class CosineMSELoss(nn.Module):
     ``predict``: the inverse of the target map, lo + cos * (hi - lo), clamped to [lo, hi]
     (a negative cosine means "as dissimilar as it gets", i.e. lo).
     """
+    output_kind = "regression"  # what the raw output is, for SMART's divergence
+
 
     def __init__(self, label_range: tuple[float, float] = (0.0, 5.0)):
         super().__init__()
@@ -143,6 +159,7 @@ class CosineMSELoss(nn.Module):
         return (self.lo + cos * (self.hi - self.lo)).clamp(self.lo, self.hi)
 
 
+@LOSSES.register("cosent")
 class CoSENTLoss(nn.Module):
     """CoSENT (Su, 2022, "CoSENT: a more efficient sentence vector scheme than Sentence-BERT").
 
@@ -159,6 +176,8 @@ class CoSENTLoss(nn.Module):
     ``predict``: the cosine itself when ``label_range`` is None (all rank metrics need), else
     ``to_label_range(cos, lo, hi)`` to write predictions in label space (e.g. (0, 5) for STS).
     """
+    output_kind = "regression"  # what the raw output is, for SMART's divergence
+
 
     def __init__(self, scale: float = 20.0, label_range: tuple[float, float] | None = None):
         super().__init__()
@@ -193,11 +212,9 @@ class HybridLoss(nn.Module):
     predictions must live in the same label space: a probability in [0, 1] for binary tasks
     (bce with cosine_mse over label range (0, 1)), the label range for regression (mse with
     ``sigmoid_scale`` with cosine_mse over the same range).
-    The exception is bce with cosent: a CoSENT cosine is only a rank (its loss is a logistic
-    loss on ``scale * (cos_i - cos_j)``), not a probability, so the two views are mixed as
-    logits, ``sigmoid(blend * logit + (1 - blend) * scale * cos)``: a score for a tuned
-    threshold, not a calibrated probability.
     """
+
+    output_kind = "regression"  # (B, 2) outputs: SMART compares them by squared difference
 
     def __init__(self, cross: nn.Module, cosine: nn.Module, blend: float = 0.5, cosine_weight: float = 1.0):
         super().__init__()
@@ -220,24 +237,10 @@ class HybridLoss(nn.Module):
 
     def predict(self, output: torch.Tensor) -> torch.Tensor:
         logit, cos = self._columns(output)
-        if isinstance(self.cross, BinaryCrossEntropyLoss) and isinstance(self.cosine, CoSENTLoss):
-            # float64: scale * cos reaches ~20, where a float32 sigmoid rounds most scores to 1.
-            z = self.blend * logit.double() + (1 - self.blend) * self.cosine.scale * cos.double()
-            return torch.sigmoid(z)
         return self.blend * self.cross.predict(logit).float() + (1 - self.blend) * self.cosine.predict(cos).float()
 
-
-LOSSES: dict[str, type[nn.Module]] = {
-    "cross_entropy": CrossEntropyLoss,
-    "bce": BinaryCrossEntropyLoss,
-    "mse": MSELoss,
-    "cosine_mse": CosineMSELoss,
-    "cosent": CoSENTLoss,
-}
 
 
 def build_loss(name: str, **kwargs) -> nn.Module:
     """``build_loss("mse", sigmoid_scale=5.0)`` -> ``MSELoss(sigmoid_scale=5.0)``."""
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; one of {sorted(LOSSES)}")
-    return LOSSES[name](**kwargs)
+    return LOSSES.build(name, **kwargs)

@@ -1,16 +1,19 @@
 """How a task turns its input segments into an output, over the shared encoder.
 
-Each class is one way of modelling a task's input:
+Each class is one pair mode, registered under its config name (``tasks.<t>.pair_mode``), and
+declares what the rest of the pipeline needs to know about it: the dataset format it reads
+(``input_format``), whether it needs sentence pairs, the losses it allows, its output kind and
+how it builds its module from a task config (``create``):
 
-- ``SingleEncoder``: one segment per example: a single sentence, or a sentence pair
-  cross-encoded as ``[CLS] a [SEP] b [SEP]`` with segment ids 0 / 1
-  (Devlin et al. 2019). Pool, then a head.
-- ``BiEncoder``: Sentence-BERT (Reimers & Gurevych 2019): encode a and b separately
+- ``SingleEncoder`` (``single``): one sentence per example. Pool, then a head.
+- ``CrossEncoder`` (``cross``): a sentence pair cross-encoded as ``[CLS] a [SEP] b [SEP]``
+  with segment ids 0 / 1 (Devlin et al. 2019). Pool, then a head.
+- ``BiEncoder`` (``bi``): Sentence-BERT (Reimers & Gurevych 2019): encode a and b separately
   into u and v, then a head over a chosen subset of (u, v, |u-v|, u*v).
-- ``CosineEncoder``: Sentence-BERT scoring: cos(u, v), no head parameters.
-- ``HybridEncoder``: a head (over the cross-encoded pair, or over Sentence-BERT features)
-  and cos(u, v) over the same encoder; the loss trains each and predicts a blend of the
-  two (``minbert.losses.HybridLoss``).
+- ``CosineEncoder`` (``cosine``): Sentence-BERT scoring: cos(u, v), no head parameters.
+- ``HybridEncoder`` (``hybrid``): a head over the cross-encoded pair and cos(u, v) over the
+  same encoder; the loss trains each and predicts a blend of the two
+  (``minbert.losses.HybridLoss``).
 
 Both bi-encoders run the two sides through the encoder in one call: the two (B, T)
 batches are padded to a common width and stacked to (2B, T).
@@ -23,14 +26,17 @@ perturbs the embeddings (SMART).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minbert.heads import ClassifierHead
 from minbert.bert.model import BertOutput
+from minbert.heads import ClassifierHead
+from minbert.losses import LOSSES
 from minbert.pooling import pool
+from minbert.registry import Registry
 
 EncodeFn = Callable[..., BertOutput]
 Segments = Sequence[dict[str, torch.Tensor]]
@@ -79,27 +85,66 @@ def encode_pair(encode: EncodeFn, segments: Segments, pooling: str) -> tuple[tor
     return both.chunk(2)
 
 
-class SingleEncoder(nn.Module):
-    """One segment (a sentence, or a cross-encoded pair) -> pool -> head."""
+class PairMode(nn.Module):
+    """Base class of the pair modes: what each declares, and how it is built from a task config.
+
+    ``create(hidden_size, num_outputs, pooling, features, head)`` builds the module;
+    ``head`` holds :class:`~minbert.heads.ClassifierHead`'s ``hidden_size``, ``activation`` and
+    ``dropout``. ``forward(encode, segments)`` returns the task's raw output.
+    """
+
+    input_format: ClassVar[str]  # the dataset format read: single | cross | bi | hybrid (minbert.data)
+    pair: ClassVar[bool] = True  # needs sentence pairs
+    losses: ClassVar[tuple[str, ...] | None] = None  # the losses it allows; None: any
+    losses_reason: ClassVar[str] = ""  # why only those, for the error message
+    default_pooling: ClassVar[str] = "cls"
+
+    @classmethod
+    def output_kind(cls, loss: str) -> str:
+        """What the raw output is, with this loss: classification logits, a binary logit, or a value."""
+        return LOSSES.lookup(loss).output_kind
+
+    @classmethod
+    def create(
+        cls, hidden_size: int, num_outputs: int, pooling: str, features: Sequence[str], head: dict[str, Any]
+    ) -> PairMode:
+        return cls(ClassifierHead(hidden_size, num_outputs, **head), pooling)
+
+
+PAIR_MODES: Registry[type[PairMode]] = Registry("pair mode")
+
+
+@PAIR_MODES.register("single")
+class SingleEncoder(PairMode):
+    """One segment (a sentence) -> pool -> head."""
 
     input_format = "single"
+    pair = False
 
-    def __init__(self, head: nn.Module, pooling: str = "cls", cross: bool = False):
+    def __init__(self, head: nn.Module, pooling: str = "cls"):
         super().__init__()
         self.head = head
         self.pooling = pooling
-        if cross:
-            self.input_format = "cross"
 
     def forward(self, encode: EncodeFn, segments: Segments) -> torch.Tensor:
         (seg,) = segments
         return self.head(encode_and_pool(encode, seg, self.pooling))
 
 
-class BiEncoder(nn.Module):
+@PAIR_MODES.register("cross")
+class CrossEncoder(SingleEncoder):
+    """A pair as one segment ``[CLS] a [SEP] b [SEP]`` -> pool -> head."""
+
+    input_format = "cross"
+    pair = True
+
+
+@PAIR_MODES.register("bi")
+class BiEncoder(PairMode):
     """Sentence-BERT pair features -> head. ``features`` is a subset of u, v, |u-v|, u*v."""
 
     input_format = "bi"
+    default_pooling = "mean"
 
     def __init__(self, head: nn.Module, pooling: str = "mean", features: Sequence[str] = ("u", "v", "|u-v|")):
         super().__init__()
@@ -107,68 +152,67 @@ class BiEncoder(nn.Module):
         self.pooling = pooling
         self.features = check_features(features)
 
+    @classmethod
+    def create(cls, hidden_size, num_outputs, pooling, features, head):
+        features = check_features(features)
+        return cls(ClassifierHead(hidden_size * len(features), num_outputs, **head), pooling, features)
+
     def forward(self, encode: EncodeFn, segments: Segments) -> torch.Tensor:
         u, v = encode_pair(encode, segments, self.pooling)
         return self.head(pair_features(u, v, self.features))
 
 
-class CosineEncoder(nn.Module):
+@PAIR_MODES.register("cosine")
+class CosineEncoder(PairMode):
     """cos(u, v) in [-1, 1], shape (B,). Trained with a cosine loss (cosine_mse, CoSENT)."""
 
     input_format = "bi"
+    losses = ("cosine_mse", "cosent")
+    losses_reason = "scores cos(u, v)"
+    default_pooling = "mean"
 
     def __init__(self, pooling: str = "mean"):
         super().__init__()
         self.pooling = pooling
+
+    @classmethod
+    def create(cls, hidden_size, num_outputs, pooling, features, head):
+        return cls(pooling)  # no head: nothing to initialise
 
     def forward(self, encode: EncodeFn, segments: Segments) -> torch.Tensor:
         u, v = encode_pair(encode, segments, self.pooling)
         return F.cosine_similarity(u, v, dim=-1)
 
 
-class HybridEncoder(nn.Module):
-    """A head and cos(u, v) side by side: output (B, 2), column 0 the head's output, column 1
-    cos(u, v) of a and b encoded alone.
+@PAIR_MODES.register("hybrid")
+class HybridEncoder(PairMode):
+    """A cross-encoder head and cos(u, v) side by side: output (B, 2), column 0 the head's
+    output on ``[CLS] a [SEP] b [SEP]``, column 1 cos(u, v) of a and b encoded alone
+    (segments (cross, a, b), the dataset's ``"hybrid"`` format).
 
-    The head reads the cross-encoded pair ``[CLS] a [SEP] b [SEP]`` (segments (cross, a, b),
-    the dataset's ``"hybrid"`` format), or, given ``features``, Sentence-BERT features of the
-    same u and v as the cosine (segments (a, b), the ``"bi"`` format). The cross-encoder
-    compares tokens across the pair while the cosine keeps the pretrained sentence-embedding
-    geometry, so they make different errors and a blend of their predictions beats either;
-    the cost is a second encoder call per batch. The feature head costs no encoder call: it
-    can weigh dimensions of u and v that the cosine counts equally.
+    The cross-encoder compares tokens across the pair while the cosine keeps the pretrained
+    sentence-embedding geometry, so they make different errors and a blend of their
+    predictions beats either (docs/experiments); the cost is a second encoder call per batch.
     """
 
-    def __init__(self, head: nn.Module, pooling: str = "mean", features: Sequence[str] | None = None):
+    input_format = "hybrid"
+    losses = ("bce", "mse")
+    losses_reason = "blends a probability or a value with the cosine view"
+
+    def __init__(self, head: nn.Module, pooling: str = "mean"):
         super().__init__()
         self.head = head
         self.pooling = pooling
-        self.features = None if features is None else check_features(features)
-        self.input_format = "hybrid" if self.features is None else "bi"
+
+    @classmethod
+    def output_kind(cls, loss: str) -> str:
+        return "regression"  # (B, 2): a logit or value and a cosine, compared by squared difference
 
     def forward(self, encode: EncodeFn, segments: Segments) -> torch.Tensor:
-        if self.features is not None:
-            u, v = encode_pair(encode, segments, self.pooling)
-            z = self.head(pair_features(u, v, self.features))
-        else:
-            cross, a, b = segments
-            z = self.head(encode_and_pool(encode, cross, self.pooling))
-            u, v = encode_pair(encode, (a, b), self.pooling)
-        z = z.reshape(-1)  # (B,): one output
+        cross, a, b = segments
+        z = self.head(encode_and_pool(encode, cross, self.pooling)).reshape(-1)  # (B,): one output
+        u, v = encode_pair(encode, (a, b), self.pooling)
         return torch.stack([z, F.cosine_similarity(u, v, dim=-1).to(z.dtype)], dim=-1)  # (B, 2)
-
-
-PAIR_MODES = ("single", "cross", "bi", "cosine", "hybrid")
-
-
-def input_format(mode: str, hybrid_view: str = "cross") -> str:
-    """The dataset format a pair mode reads: ``single`` / ``cross`` (one segment), ``bi`` (a and b
-    alone), ``hybrid`` (the cross-encoded pair, then a and b). Decided from the config, before
-    any module exists, so that the task's datasets can be built; it must equal the
-    ``input_format`` of the module ``build_task_encoder`` returns (tests/test_hybrid.py)."""
-    if mode in ("bi", "cosine") or (mode == "hybrid" and hybrid_view == "bi"):
-        return "bi"
-    return mode
 
 
 def build_task_encoder(
@@ -180,18 +224,7 @@ def build_task_encoder(
     head_hidden: int | None = None,
     head_activation: str = "gelu",
     head_dropout: float = 0.1,
-    hybrid_view: str = "cross",
-) -> nn.Module:
-    """The module for one task from its config. ``mode`` is one of ``PAIR_MODES``."""
-    if mode == "cosine":
-        return CosineEncoder(pooling)
-    bi_head = input_format(mode, hybrid_view) == "bi"
-    in_features = hidden_size * (len(features) if bi_head else 1)
-    head = ClassifierHead(in_features, num_outputs, head_hidden, head_activation, head_dropout)
-    if mode == "bi":
-        return BiEncoder(head, pooling, features)
-    if mode in ("single", "cross"):
-        return SingleEncoder(head, pooling, cross=mode == "cross")
-    if mode == "hybrid":
-        return HybridEncoder(head, pooling, features if bi_head else None)
-    raise ValueError(f"pair mode {mode!r} unknown; one of {PAIR_MODES}")
+) -> PairMode:
+    """The module of one task: ``PAIR_MODES[mode].create(...)`` (an unknown mode lists the known)."""
+    head = {"hidden_size": head_hidden, "activation": head_activation, "dropout": head_dropout}
+    return PAIR_MODES.lookup(mode).create(hidden_size, num_outputs, pooling, features, head)

@@ -1,7 +1,7 @@
 """Sentence vectors from BERT's token states: cls / cls_raw / mean / max.
 
 Every pooling has one signature, ``fn(last_hidden_state, attention_mask, pooler_output) -> (B, H)``,
-and is looked up by name in ``POOLINGS``; callers use :func:`pool`.
+and is looked up by name in the ``POOLINGS`` registry; callers use :func:`pool`.
 
 Shapes: B = batch, T = sequence length, H = hidden size.
 ``attention_mask`` is (B, T) with 1 for real tokens and 0 for padding (any dtype; ``None`` = no padding).
@@ -19,16 +19,10 @@ from collections.abc import Callable
 
 import torch
 
+from minbert.registry import Registry
+
 PoolFn = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor | None], torch.Tensor]
-POOLINGS: dict[str, PoolFn] = {}
-
-
-def register(name: str) -> Callable[[PoolFn], PoolFn]:
-    def add(fn: PoolFn) -> PoolFn:
-        POOLINGS[name] = fn
-        return fn
-
-    return add
+POOLINGS: Registry[PoolFn] = Registry("pooling")
 
 
 def _real_tokens(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -44,7 +38,7 @@ def _real_tokens(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor |
     return attention_mask.bool().unsqueeze(-1)
 
 
-@register("cls")
+@POOLINGS.register("cls")
 def cls_pool(
     last_hidden_state: torch.Tensor, attention_mask: torch.Tensor | None, pooler_output: torch.Tensor | None
 ) -> torch.Tensor:
@@ -57,7 +51,7 @@ def cls_pool(
     return pooler_output
 
 
-@register("cls_raw")
+@POOLINGS.register("cls_raw")
 def cls_raw_pool(
     last_hidden_state: torch.Tensor, attention_mask: torch.Tensor | None, pooler_output: torch.Tensor | None
 ) -> torch.Tensor:
@@ -65,7 +59,7 @@ def cls_raw_pool(
     return last_hidden_state[:, 0]
 
 
-@register("mean")
+@POOLINGS.register("mean")
 def mean_pool(
     last_hidden_state: torch.Tensor, attention_mask: torch.Tensor | None, pooler_output: torch.Tensor | None
 ) -> torch.Tensor:
@@ -76,7 +70,7 @@ def mean_pool(
     return summed / count
 
 
-@register("max")
+@POOLINGS.register("max")
 def max_pool(
     last_hidden_state: torch.Tensor, attention_mask: torch.Tensor | None, pooler_output: torch.Tensor | None
 ) -> torch.Tensor:
@@ -101,8 +95,7 @@ def pool(
     >>> out = model(input_ids, attention_mask)
     >>> u = pool("mean", out.last_hidden_state, attention_mask, out.pooler_output)  # (B, H)
     """
-    if method not in POOLINGS:
-        raise ValueError(f"unknown pooling {method!r}; one of {sorted(POOLINGS)}")
+    fn = POOLINGS.lookup(method)
     if last_hidden_state.dim() != 3:
         raise ValueError(f"last_hidden_state must be (B, T, H), got shape {tuple(last_hidden_state.shape)}")
-    return POOLINGS[method](last_hidden_state, attention_mask, pooler_output)
+    return fn(last_hidden_state, attention_mask, pooler_output)

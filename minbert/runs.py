@@ -12,26 +12,26 @@
         child_tuning.safetensors   the Child-Tuning D mask, when used
 
 Checkpoints are written to a temporary directory and swapped in with renames, so a
-crash while saving never leaves a half-written ``best/``.
+crash while saving never leaves a half-written ``best/``; ``summary.json`` is written whole,
+so its presence marks a finished run.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from minbert.bert.checkpoint import CheckpointError
-from minbert.config import Config, load_config
-from minbert.bert.model import BertConfig, BertModel
-from minbert.bert.tokenizer import BertTokenizer
-
-if TYPE_CHECKING:
-    from minbert.train import Task, Trainer
+from minbert.bert import BertConfig, BertModel, BertTokenizer, CheckpointError
+from minbert.bert.checkpoint import write_hf_dir
+from minbert.build import Task, build_model, check, make_tasks
+from minbert.config import Config, load_config, save_config
+from minbert.runtime import pick_device, resolve_precision
+from minbert.taskmodel import MultitaskModel
 
 
 def write_jsonl(path: Path, record: dict) -> None:
@@ -83,22 +83,40 @@ class RunLogger:
             self.tb.close()
 
 
-def save_run_checkpoint(tr: Trainer, directory: Path, extra: dict | None = None) -> None:
+def start_run_dir(run_dir: Path, cfg: Config) -> None:
+    """Create the run directory and write the resolved config; a rerun into it starts a fresh log."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    for stale in ("metrics.jsonl", "summary.json"):
+        (run_dir / stale).unlink(missing_ok=True)
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    tmp = run_dir / "summary.json.tmp"  # the file's existence marks a finished run: write it whole
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    tmp.replace(run_dir / "summary.json")
+
+
+def save_run_checkpoint(
+    directory: Path,
+    model: MultitaskModel,
+    tokenizer: BertTokenizer,
+    thresholds: dict[str, float | None],
+    child_tuning=None,
+    extra: dict | None = None,
+) -> None:
+    """Every parameter (encoder and task modules) in an HF-style directory, plus ``meta.json``
+    (``extra``, the binary thresholds) and the Child-Tuning D mask when there is one."""
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    sd = {k: v.detach().contiguous().cpu() for k, v in tr.model.state_dict().items()}
-    save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    (tmp / "config.json").write_text(json.dumps(tr.model.bert.config.to_hf_dict(), indent=2) + "\n")
-    tr.tokenizer.save_pretrained(tmp)
-    meta = {**(extra or {}), "thresholds": {n: t.threshold for n, t in tr.tasks.items()}}
+    write_hf_dir(tmp, model.state_dict(), model.bert.config.to_hf_dict(), tokenizer)
+    meta = {**(extra or {}), "thresholds": thresholds}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    if tr.child_tuning is not None and hasattr(tr.child_tuning, "state_dict"):
-        masks = tr.child_tuning.state_dict()
-        if masks:
-            save_file({k: v.contiguous().cpu() for k, v in masks.items()}, str(tmp / "child_tuning.safetensors"))
+    masks = child_tuning.state_dict() if hasattr(child_tuning, "state_dict") else None
+    if masks:
+        save_file({k: v.contiguous().cpu() for k, v in masks.items()}, str(tmp / "child_tuning.safetensors"))
     old = directory.with_name(directory.name + ".old")
     if directory.exists():
         if old.exists():
@@ -109,13 +127,25 @@ def save_run_checkpoint(tr: Trainer, directory: Path, extra: dict | None = None)
         shutil.rmtree(old)
 
 
-def load_run(
-    run_dir: str | Path, data_dir: str | None = None
-) -> tuple[Config, dict[str, Task], torch.nn.Module, BertTokenizer]:
+@dataclass
+class LoadedRun:
+    """A trained run read back: its config (precision resolved for this machine), tasks (no
+    training data; thresholds restored), the model in eval mode on its device, the tokenizer."""
+
+    cfg: Config
+    tasks: dict[str, Task]
+    model: MultitaskModel
+    tokenizer: BertTokenizer
+    directory: Path  # the checkpoint directory (run_dir / "best")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def load_run(run_dir: str | Path, data_dir: str | None = None) -> LoadedRun:
     """Rebuild the trained model of a run (without reading any training data), in eval mode on
     the run's device, its precision resolved for that device."""
-    from minbert.train import build_model, make_tasks, pick_device, resolve_precision
-
     run_dir = Path(run_dir)
     ckpt = run_dir / "best"
     for f in (run_dir / "config.yaml", ckpt / "model.safetensors", ckpt / "meta.json"):
@@ -124,21 +154,20 @@ def load_run(
     cfg = load_config(run_dir / "config.yaml")
     if data_dir:
         cfg.data_dir = data_dir
+    check(cfg, pretrained=False)
     # once per loaded run, not per call that computes outputs (a warning about it is said once)
     device = pick_device(cfg.train.device)
     cfg.train.precision = resolve_precision(cfg.train.precision, device)
     tokenizer = BertTokenizer.from_pretrained(ckpt)
     tasks = make_tasks(cfg, tokenizer, splits=())
-    bert = BertModel(BertConfig.from_json_file(ckpt / "config.json"))
-    model = build_model(cfg, tasks, bert)
+    model = build_model(tasks, BertModel(BertConfig.from_json_file(ckpt / "config.json")))
     missing, unexpected = model.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=False)
     if missing or unexpected:
         raise CheckpointError(
             f"{ckpt}: checkpoint does not fit the run's config (missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
-    model.bert.source_dir = ckpt
     meta = json.loads((ckpt / "meta.json").read_text())
     for name, t in tasks.items():
         t.threshold = meta.get("thresholds", {}).get(name)
     model.to(device).eval()
-    return cfg, tasks, model, tokenizer
+    return LoadedRun(cfg, tasks, model, tokenizer, ckpt)

@@ -11,15 +11,15 @@ import torch
 import torch.nn.functional as F
 
 from minbert import BertModel
-from minbert.config import ConfigError, load_config
+from minbert.bert.tokenizer import BertTokenizer
+from minbert.config import ConfigError
 from minbert.data import EncodedDataset, Example, make_loader
 from minbert.evaluate import collect_outputs
 from minbert.heads import ClassifierHead
-from minbert.losses import BinaryCrossEntropyLoss, CoSENTLoss, CosineMSELoss, HybridLoss, MSELoss
-from minbert.pairs import HybridEncoder, build_task_encoder, input_format
-from minbert.bert.tokenizer import BertTokenizer
+from minbert.losses import BinaryCrossEntropyLoss, CosineMSELoss, HybridLoss, MSELoss
+from minbert.pairs import PAIR_MODES, HybridEncoder, build_task_encoder
 from minbert.train import fit, setup
-from tests.test_train import tiny_config
+from tests.tiny import tiny_config
 
 PAIRS = [
     ("How do I learn Python quickly?", "What is the fastest way to learn Python?"),
@@ -108,26 +108,6 @@ def test_hybrid_encoder_gives_the_cross_head_output_and_the_cosine(tok, tiny_mod
         assert out[row, 1].item() == pytest.approx(cos.item(), abs=1e-5)
 
 
-@torch.no_grad()
-def test_hybrid_encoder_with_features_gives_the_feature_head_output_and_the_cosine(tok, tiny_model_dir):
-    bert = BertModel.from_pretrained(tiny_model_dir, hidden_dropout_prob=0.0).eval()
-    H = bert.config.hidden_size
-    head = ClassifierHead(2 * H, 1, dropout=0.0).eval()
-    module = HybridEncoder(head, pooling="mean", features=["|u-v|", "u*v"])
-    assert module.input_format == "bi"
-    exs = examples()
-    batch = next(iter(make_loader(EncodedDataset(exs, tok, "bi"), 3, shuffle=False)))
-    out = module(bert, batch.inputs)
-    assert out.shape == (3, 2)
-    for row, i in enumerate(batch.indices.tolist()):
-        a, b = EncodedDataset([exs[i]], tok, "bi")[0]["segments"]
-        u, v = _pool_mean(bert, a.input_ids, a.token_type_ids), _pool_mean(bert, b.input_ids, b.token_type_ids)
-        # the head applied to |u-v| and u*v of each pair's sequences pooled alone, in that order
-        logit = head(torch.cat([(u - v).abs(), u * v])[None]).reshape(())
-        assert out[row, 0].item() == pytest.approx(logit.item(), abs=1e-5)
-        assert out[row, 1].item() == pytest.approx(F.cosine_similarity(u, v, dim=0).item(), abs=1e-5)
-
-
 def test_symmetric_eval_is_the_mean_of_both_orders(tiny_model_dir, data_dir, tmp_path):
     cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sts"])
     cfg.tasks["sts"].pair_mode = "cross"
@@ -148,15 +128,14 @@ def test_symmetric_eval_is_the_mean_of_both_orders(tiny_model_dir, data_dir, tmp
     assert both.ids == fwd.ids and np.array_equal(both.labels, fwd.labels)
 
 
-@pytest.mark.parametrize("task,loss,view", [("quora", "bce", "cross"), ("sts", "mse", "cross"), ("quora", "bce", "bi")])
-def test_hybrid_multitask_run_trains_and_predicts(tiny_model_dir, data_dir, tmp_path, task, loss, view):
-    cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst", task], train={"schedule": "round_robin"})
+@pytest.mark.parametrize("task,loss", [("quora", "bce"), ("sts", "mse")])
+def test_hybrid_multitask_run_trains_and_predicts(tiny_model_dir, data_dir, tmp_path, task, loss):
+    cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst", task], train={"sampler": "round_robin"})
     cfg.tasks[task].pair_mode = "hybrid"
     cfg.tasks[task].loss = loss
-    cfg.tasks[task].hybrid_view = view
     cfg.tasks[task].symmetric_eval = True
     tr = setup(cfg)
-    assert tr.tasks[task].train.dataset.input_format == ("hybrid" if view == "cross" else "bi")
+    assert tr.tasks[task].train.dataset.input_format == "hybrid"
     before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
     summary = fit(tr)
     assert summary["steps"] > 0 and set(summary["best_metrics"]) == {"sst", task}
@@ -169,21 +148,17 @@ def test_hybrid_multitask_run_trains_and_predicts(tiny_model_dir, data_dir, tmp_
     [
         ("quora", "loss", "cosent", "pair_mode hybrid blends a probability or a value"),
         ("sst", "symmetric_eval", True, "symmetric_eval' averages the scores"),
-        ("quora", "blend", 2.0, "blend must be in"),
+        ("quora", "hybrid.blend", 2.0, "blend must be in"),
     ],
 )
 def test_hybrid_config_errors_name_the_field(tiny_model_dir, data_dir, tmp_path, task, field, value, message):
     cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, [task])
     if task != "sst":
         cfg.tasks[task].pair_mode = "hybrid"
-    setattr(cfg.tasks[task], field, value)
+    *section, name = field.split(".")
+    setattr(getattr(cfg.tasks[task], section[0]) if section else cfg.tasks[task], name, value)
     with pytest.raises(ConfigError, match=message):
         setup(cfg)
-
-
-def test_unknown_hybrid_view_names_the_field_and_the_choices():
-    with pytest.raises(ConfigError, match=r"'tasks.quora.hybrid_view' is 'cosine'; allowed: \('cross', 'bi'\)"):
-        load_config(base={"tasks": {"quora": {"pair_mode": "hybrid", "hybrid_view": "cosine"}}})
 
 
 def test_smart_perturbs_both_encoder_calls_of_a_hybrid_task(tok, tiny_model_dir):
@@ -207,41 +182,21 @@ def test_smart_perturbs_both_encoder_calls_of_a_hybrid_task(tok, tiny_model_dir)
     assert torch.isfinite(loss) and loss.item() > 0
 
 
-def test_hybrid_bce_with_cosent_blends_logits_without_float32_saturation():
-    loss = HybridLoss(BinaryCrossEntropyLoss(), CoSENTLoss(scale=20.0, label_range=(0.0, 1.0)), blend=0.25)
-    out = torch.tensor([[13.0, 0.99], [12.0, 0.99], [0.0, -0.1]], dtype=torch.float64)
-    z = [0.25 * 13.0 + 0.75 * 20 * 0.99, 0.25 * 12.0 + 0.75 * 20 * 0.99, 0.25 * 0.0 + 0.75 * 20 * -0.1]
-    pred = loss.predict(out)
-    assert pred.tolist() == pytest.approx([1 / (1 + math.exp(-v)) for v in z], rel=1e-12, abs=0)
-    # z = 18.1 and 17.85: a float32 sigmoid rounds both to 1
-    assert torch.sigmoid(torch.tensor(z[:2], dtype=torch.float32)).unique().numel() == 1
-    assert pred[0] > pred[1]
-    # the CoSENT term is trained on the cosine column alone: ranking pairs across the batch
-    y = torch.tensor([1, 0, 0])
-    expected = BinaryCrossEntropyLoss()(out[:, 0], y) + 2.0 * CoSENTLoss(scale=20.0)(out[:, 1], y)
-    both = HybridLoss(BinaryCrossEntropyLoss(), CoSENTLoss(scale=20.0), cosine_weight=2.0)
-    assert both(out, y).item() == pytest.approx(expected.item())
-
-
 @torch.no_grad()
 @pytest.mark.parametrize(
-    "mode, view, fmt, n_segments, shape",
+    "mode, fmt, n_segments, shape",
     [
-        ("cross", "cross", "cross", 1, (3,)),
-        ("bi", "cross", "bi", 2, (3,)),
-        ("cosine", "cross", "bi", 2, (3,)),
-        ("hybrid", "cross", "hybrid", 3, (3, 2)),
-        ("hybrid", "bi", "bi", 2, (3, 2)),
+        ("cross", "cross", 1, (3,)),
+        ("bi", "bi", 2, (3,)),
+        ("cosine", "bi", 2, (3,)),
+        ("hybrid", "hybrid", 3, (3, 2)),
     ],
 )
-def test_each_pair_mode_reads_the_dataset_format_input_format_names(
-    tok, tiny_model_dir, mode, view, fmt, n_segments, shape
-):
-    # the dataset is built from pairs.input_format, the module by build_task_encoder: they must agree
-    assert input_format(mode, view) == fmt
+def test_each_pair_mode_reads_the_dataset_format_it_declares(tok, tiny_model_dir, mode, fmt, n_segments, shape):
+    # the dataset is built from the class's declared input_format: a batch of it must run through the module
+    assert PAIR_MODES[mode].input_format == fmt
     bert = BertModel.from_pretrained(tiny_model_dir).eval()
-    module = build_task_encoder(mode, bert.config.hidden_size, 1, "mean", hybrid_view=view).eval()
-    assert module.input_format == fmt
+    module = build_task_encoder(mode, bert.config.hidden_size, 1, "mean").eval()
     batch = next(iter(make_loader(EncodedDataset(examples(), tok, fmt), 3, shuffle=False)))
     assert len(batch.inputs) == n_segments
     assert module(bert, batch.inputs).shape == shape

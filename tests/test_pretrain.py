@@ -9,11 +9,11 @@ import json
 import pytest
 import torch
 
-from minbert.config import ConfigError
 from minbert.bert.mlm import BertForMaskedLM, BertForPreTraining
 from minbert.bert.model import BertModel
-from minbert.pretrain import add_arguments, collect_documents, hold_out, run
 from minbert.bert.tokenizer import BertTokenizer
+from minbert.config import ConfigError
+from minbert.pretrain import add_arguments, collect_documents, hold_out, run
 
 transformers = pytest.importorskip("transformers")
 

@@ -10,23 +10,10 @@ import pytest
 import torch
 
 from minbert.cli import main as cli
-from minbert.config import ConfigError, load_config
-from minbert.train import cpu_has_native_bf16, fit, resolve_precision, setup
-
-
-def tiny_config(tiny_model_dir, data_dir, tmp_path, tasks, **sections):
-    base = {
-        "name": "t",
-        "model": {"pretrained": str(tiny_model_dir)},
-        "tasks": {t: {"train_limit": 64, "dev_limit": 48, "batch_size": 16, "max_length": 48} for t in tasks},
-        "data_dir": str(data_dir),
-        "run_dir": str(tmp_path / "run"),
-        "optim": {"lr": 1e-3, "warmup": 0, "schedule": "constant"},
-        "train": {"epochs": 1, "progress": False},
-    }
-    for key, value in sections.items():
-        base.setdefault(key, {}).update(value)
-    return load_config(base=base)
+from minbert.config import ConfigError
+from minbert.runtime import cpu_has_native_bf16, resolve_precision
+from minbert.train import fit, setup
+from tests.tiny import tiny_config
 
 
 @torch.no_grad()
@@ -165,7 +152,7 @@ def test_bad_config_fails_before_training(tiny_model_dir, data_dir, tmp_path, ca
 
 
 def test_unknown_strategy_names_fail_naming_the_field(tiny_model_dir, data_dir, tmp_path):
-    for section, field, value in [("train", "schedule", "zigzag"), ("train", "combiner", "magic"),
+    for section, field, value in [("train", "sampler", "zigzag"), ("train", "combiner", "magic"),
                                   ("optim", "schedule", "sawtooth")]:
         cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst"], **{section: {field: value}})
         with pytest.raises(ConfigError, match=f"config field '{section}.{field}'.*{value}"):
@@ -175,14 +162,15 @@ def test_unknown_strategy_names_fail_naming_the_field(tiny_model_dir, data_dir, 
 @pytest.mark.parametrize(
     "extra",
     [
-        {"regularizers": {"smart": {"lambda_s": 1.0, "mu": 1.0}}},
-        {"optim": {"child_tuning": "F", "reserve_p": 0.3}},
-        {"optim": {"child_tuning": "D", "reserve_p": 0.3}},
+        {"train": {"regularizer": "smart", "regularizer_kwargs": {"lambda_s": 1.0, "mu": 1.0}}},
+        {"optim": {"child_tuning": "F", "child_tuning_kwargs": {"reserve_p": 0.3}}},
+        {"optim": {"child_tuning": "D", "child_tuning_kwargs": {"reserve_p": 0.3}}},
     ],
     ids=["smart", "child-tuning-F", "child-tuning-D"],
 )
 def test_regularisers_plug_into_the_loop(tiny_model_dir, data_dir, tmp_path, extra):
-    cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst", "sts"], train={"max_steps": 2}, **extra)
+    train = {"max_steps": 2, **extra.pop("train", {})}
+    cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst", "sts"], train=train, **extra)
     tr = setup(cfg)
     summary = fit(tr)
     assert summary["steps"] == 2
@@ -204,30 +192,6 @@ def test_swap_augment_adds_the_reversed_pairs(tiny_model_dir, data_dir, tmp_path
     cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst"])
     cfg.tasks["sst"].swap_augment = True
     with pytest.raises(ConfigError, match="swap_augment' needs a sentence-pair task"):
-        setup(cfg)
-
-
-def test_transitive_augment_adds_the_implied_pairs(tiny_model_dir, tmp_path):
-    rows = ["How do I learn Go?\tHow can I learn Go?\t1.0", "How can I learn Go?\tBest way to learn Go?\t1.0",
-            "How do I learn Go?\tIs Go hard?\t0.0"]
-    data = tmp_path / "data"
-    data.mkdir()
-    for split in ("train", "dev"):
-        lines = ["\tid\tsentence1\tsentence2\tis_duplicate"] + [f"{i}\tq{i}\t{r}" for i, r in enumerate(rows)]
-        (data / f"quora-{split}.csv").write_text("\n".join(lines) + "\n")
-    cfg = tiny_config(tiny_model_dir, data, tmp_path, ["quora"])
-    cfg.tasks["quora"].transitive_augment = True
-    examples = setup(cfg).tasks["quora"].train.dataset.examples
-    # by hand: learn ~ can ~ best gives learn ~ best; learn !~ hard spreads to can !~ hard, best !~ hard
-    assert [(set(ex.texts), ex.label) for ex in examples[3:]] == [
-        ({"How do I learn Go?", "Best way to learn Go?"}, 1),
-        ({"How can I learn Go?", "Is Go hard?"}, 0),
-        ({"Best way to learn Go?", "Is Go hard?"}, 0),
-    ]
-    assert len(examples) == 6
-    cfg = tiny_config(tiny_model_dir, data, tmp_path, ["sts"])
-    cfg.tasks["sts"].transitive_augment = True
-    with pytest.raises(ConfigError, match="transitive_augment' needs a binary sentence-pair task"):
         setup(cfg)
 
 

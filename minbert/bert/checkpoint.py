@@ -199,3 +199,14 @@ def save_pretrained(model: BertModel, directory: str | Path, prefix: str = "") -
         for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
             if (Path(src) / name).is_file():
                 shutil.copyfile(Path(src) / name, directory / name)
+
+
+def write_hf_dir(directory, state_dict, config, tokenizer=None):  # TEMP until wt-bert lands
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / "model.safetensors.tmp"
+    save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp), metadata={"format": "pt"})
+    tmp.replace(directory / "model.safetensors")
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)

@@ -15,7 +15,7 @@ Modules: :mod:`~minbert.data.read` (task files -> :class:`Example`, errors as
 :mod:`~minbert.data.batching` (tokenized dataset, padded batches, length buckets).
 """
 
-from minbert.data.augment import reversed_pairs, transitive_pairs
+from minbert.data.augment import reversed_pairs
 from minbert.data.batching import (
     DATASET_FORMATS,
     Batch,
@@ -40,5 +40,4 @@ __all__ = [
     "padding_fraction",
     "read_examples",
     "reversed_pairs",
-    "transitive_pairs",
 ]

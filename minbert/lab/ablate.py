@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import inspect
 import json
 import multiprocessing as mp
 import os
@@ -48,7 +47,7 @@ from typing import Any
 import yaml
 
 import minbert.train as train_lib
-from minbert.bert.checkpoint import resolve_model_dir
+from minbert import build
 from minbert.config import Config, ConfigError, load_config, parse_override, set_path, to_dict
 from minbert.lab.report import config_diff, flatten, jsonl_to_tensorboard, write_report
 
@@ -210,38 +209,9 @@ def run_config(grid: Grid, variant: str, seed: int) -> Config:
 
 
 def check_runnable(cfg: Config) -> None:
-    """What ``load_config`` cannot see: task modes and losses, strategy names and kwargs, the checkpoint."""
-    from minbert.multitask import build_combiner, build_schedule
-    from minbert.tasks import load_task_specs
-
-    if not cfg.tasks:
-        raise ConfigError("config field 'tasks' is empty")
-    specs = load_task_specs(cfg.task_specs)
-    for name, tcfg in cfg.tasks.items():
-        if name not in specs:
-            raise ConfigError(f"config field 'tasks.{name}': unknown task; known: {', '.join(sorted(specs))}")
-        train_lib.build_task_loss(specs[name], train_lib.resolve_task_config(name, tcfg, specs[name]))
-    checks: list[tuple[str, Callable[[], Any]]] = [
-        ("train.schedule", lambda: build_schedule(cfg.train.schedule, **cfg.train.schedule_kwargs)),
-        ("train.combiner", lambda: build_combiner(cfg.train.combiner, list(cfg.tasks), **cfg.train.combiner_kwargs)),
-    ]
-    for where, check in checks:
-        try:
-            check()
-        except ValueError as e:
-            raise ConfigError(f"config field '{where}': {e}") from e
-    regularizers = getattr(cfg, "regularizers", None) or {}
-    if regularizers:
-        from minbert.regularizers import REGULARIZERS
-
-        for name, kwargs in regularizers.items():
-            if name not in REGULARIZERS:
-                raise ConfigError(f"config field 'regularizers.{name}': unknown; known: {sorted(REGULARIZERS)}")
-            try:
-                inspect.signature(REGULARIZERS[name]).bind(None, **(kwargs or {}))
-            except TypeError as e:
-                raise ConfigError(f"config field 'regularizers.{name}': {e}") from e
-    resolve_model_dir(cfg.model.pretrained)
+    """What ``load_config`` cannot see (task modes and losses, strategy names and kwargs, the
+    checkpoint): the same check ``setup`` makes, run on every variant before the grid starts."""
+    build.check(cfg)
 
 
 def plan(

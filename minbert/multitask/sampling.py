@@ -1,14 +1,15 @@
-"""Task schedules: which task(s) each optimisation step of an epoch trains on.
+"""Task samplers: which task(s) each optimisation step of an epoch trains on.
 
-Every schedule answers one question through one method::
+("Schedule" in minbert means only the learning-rate schedule, ``minbert.optim.schedules``.)
+Every sampler answers one question through one method::
 
-    schedule.steps(epoch, sizes, steps_per_epoch, rng) -> Iterator[list[str]]
+    sampler.steps(epoch, sizes, steps_per_epoch, rng) -> Iterator[list[str]]
 
 yielding, per step, the names of the tasks whose next batch that step uses: one name for
-the sampling schedules, every name for ``mixed``. ``sizes`` maps task -> batches per epoch
+the samplers that draw one task, every name for ``mixed``. ``sizes`` maps task -> batches per epoch
 (insertion order = config order); ``epoch`` counts from 0; ``rng`` is the only randomness.
 
-Epoch length. Every schedule yields exactly ``steps_per_epoch`` steps (see
+Epoch length. Every sampler yields exactly ``steps_per_epoch`` steps (see
 :func:`epoch_length` for the config rule) except ``sequential``, whose definition -- all of
 task A, then all of B, ... -- fixes its epoch at ``sum(sizes)`` steps. ``num_steps`` tells
 the loop the length in advance (for the LR schedule) without branching on the name.
@@ -20,12 +21,14 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 
-from minbert.multitask.registry import build
+from minbert.registry import Registry
+
+SAMPLERS: Registry[type[TaskSampler]] = Registry("task sampler")
 
 
 def _check_sizes(sizes: dict[str, int]) -> None:
     if not sizes:
-        raise ValueError("sizes is empty: a schedule needs at least one task")
+        raise ValueError("sizes is empty: a sampler needs at least one task")
     bad = {t: n for t, n in sizes.items() if not isinstance(n, int) or n <= 0}
     if bad:
         raise ValueError(f"task sizes must be positive batch counts, got {bad}")
@@ -39,10 +42,8 @@ def _ordered(order: list[str] | None, sizes: dict[str, int]) -> list[str]:
     return list(order)
 
 
-class TaskSchedule:
+class TaskSampler:
     """Base class: one instance per run, stateless across epochs (all state comes in as args)."""
-
-    name: str = ""
 
     def steps(
         self, epoch: int, sizes: dict[str, int], steps_per_epoch: int, rng: random.Random
@@ -54,14 +55,13 @@ class TaskSchedule:
         return steps_per_epoch
 
 
-class Sequential(TaskSchedule):
+@SAMPLERS.register("sequential")
+class Sequential(TaskSampler):
     """All batches of the first task, then all of the second, ...; ``sum(sizes)`` steps.
 
     ``steps_per_epoch`` is ignored on purpose: truncating it would drop whole tasks.
     ``order`` (default: the order of ``sizes``) is a permutation of the task names.
     """
-
-    name = "sequential"
 
     def __init__(self, order: list[str] | None = None) -> None:
         self.order = order
@@ -76,10 +76,9 @@ class Sequential(TaskSchedule):
         return sum(sizes.values())
 
 
-class RoundRobin(TaskSchedule):
+@SAMPLERS.register("round_robin")
+class RoundRobin(TaskSampler):
     """One batch of each task in turn: step k trains ``order[k % K]``; restarts each epoch."""
-
-    name = "round_robin"
 
     def __init__(self, order: list[str] | None = None) -> None:
         self.order = order
@@ -91,7 +90,7 @@ class RoundRobin(TaskSchedule):
             yield [order[k % len(order)]]
 
 
-class TemperatureSampling(TaskSchedule):
+class TemperatureSampling(TaskSampler):
     """Sample one task per step with ``p_i(epoch) = N_i^a / sum_j N_j^a``, ``a = alpha(epoch)``.
 
     ``N_i`` = ``sizes[i]`` (batches). ``a = 0`` is uniform, ``a = 1`` size-proportional.
@@ -113,10 +112,9 @@ class TemperatureSampling(TaskSchedule):
             yield [task]
 
 
+@SAMPLERS.register("proportional")
 class Proportional(TemperatureSampling):
     """Size-proportional (``alpha=1``) or temperature sampling (``alpha = 1/T``), fixed alpha."""
-
-    name = "proportional"
 
     def __init__(self, alpha: float = 1.0) -> None:
         if alpha < 0:
@@ -127,14 +125,13 @@ class Proportional(TemperatureSampling):
         return self._alpha
 
 
+@SAMPLERS.register("annealed")
 class Annealed(TemperatureSampling):
     """Uniform -> size-proportional, the "min-anneal" rule ``alpha = min(1, epoch / T)``.
 
     ``epoch`` counts from 0, so the first epoch is uniform and epochs ``>= T`` are
     proportional. ``anneal_epochs`` = T > 0.
     """
-
-    name = "annealed"
 
     def __init__(self, anneal_epochs: float) -> None:
         if anneal_epochs <= 0:
@@ -145,6 +142,7 @@ class Annealed(TemperatureSampling):
         return min(1.0, epoch / self.anneal_epochs)
 
 
+@SAMPLERS.register("annealed_pals")
 class AnnealedPALs(TemperatureSampling):
     """Stickland & Murray, "BERT and PALs" (ICML 2019), annealed sampling.
 
@@ -152,8 +150,6 @@ class AnnealedPALs(TemperatureSampling):
     ``E = num_epochs``: proportional in the first epoch, ``alpha = 0.2`` (closer to uniform)
     in the last. ``e`` is clamped to ``[1, E]``; ``E = 1`` gives ``alpha = 1``.
     """
-
-    name = "annealed_pals"
 
     def __init__(self, num_epochs: int) -> None:
         if num_epochs < 1:
@@ -167,10 +163,9 @@ class AnnealedPALs(TemperatureSampling):
         return 1.0 - 0.8 * (e - 1) / (self.num_epochs - 1)
 
 
-class Mixed(TaskSchedule):
+@SAMPLERS.register("mixed")
+class Mixed(TaskSampler):
     """Every step takes one batch of every task; a :class:`Combiner` merges their losses."""
-
-    name = "mixed"
 
     def steps(self, epoch, sizes, steps_per_epoch, rng):
         _check_sizes(sizes)
@@ -178,14 +173,11 @@ class Mixed(TaskSchedule):
             yield list(sizes)
 
 
-SCHEDULES: dict[str, type[TaskSchedule]] = {
-    cls.name: cls for cls in (Sequential, RoundRobin, Proportional, Annealed, AnnealedPALs, Mixed)
-}
 
 
-def build_schedule(name: str, **kwargs) -> TaskSchedule:
-    """``build_schedule("proportional", alpha=0.5)``; unknown name or kwarg -> ``ValueError``."""
-    return build(SCHEDULES, "task schedule", name, **kwargs)
+def build_sampler(name: str, **kwargs) -> TaskSampler:
+    """``build_sampler("proportional", alpha=0.5)``; unknown name or kwarg -> ``ValueError``."""
+    return SAMPLERS.build(name, **kwargs)
 
 
 def epoch_length(rule: str | int, sizes: dict[str, int]) -> int:

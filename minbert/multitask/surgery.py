@@ -29,7 +29,7 @@ import torch
 from scipy.optimize import minimize
 from torch import Tensor
 
-from minbert.multitask.weighting import Combiner
+from minbert.multitask.weighting import COMBINERS, Combiner
 
 # 2-D shared parameters with at least this many rows are treated as embedding tables, whose
 # gradients are zero outside the rows of the tokens in the step's batches (the word embeddings).
@@ -58,7 +58,7 @@ class GradientSurgery(Combiner):
         positions in ``self.tasks``. Returns the ``(K,)`` coefficients ``c`` of ``d = c @ G``."""
         raise NotImplementedError
 
-    def backward(self, losses, shared_params):
+    def backward(self, losses, shared_params, scale=None):
         self._check(losses)
         names = list(losses)
         params = list({id(p): p for p in shared_params if p.requires_grad}.values())  # unique
@@ -77,7 +77,7 @@ class GradientSurgery(Combiner):
             for p in params:
                 p.grad = None  # autograd hands over a fresh gradient (no accumulation pass)
             if losses[t].requires_grad:
-                losses[t].backward(retain_graph=self.retain_graph)
+                (losses[t] if scale is None else scale(losses[t])).backward(retain_graph=self.retain_graph)
             offset = 0
             for k, n in zip(dense, dense_sizes, strict=True):
                 g = params[k].grad
@@ -157,14 +157,13 @@ class GradientSurgery(Combiner):
         return {t: float(w) for t, w in zip(names, coef, strict=True)}
 
 
+@COMBINERS.register("pcgrad")
 class PCGrad(GradientSurgery):
     """Yu et al., "Gradient Surgery for Multi-Task Learning" (NeurIPS 2020), Algorithm 1.
 
     For each task i, over the other tasks j in random order: if ``g_i' . g_j < 0`` (``g_j``
     the ORIGINAL gradient), ``g_i' -= (g_i' . g_j) / |g_j|^2 g_j``. Result: ``sum_i g_i'``.
     """
-
-    name = "pcgrad"
 
     def combine(self, gram, idx):
         return self.projections(gram).sum(0)
@@ -183,6 +182,7 @@ class PCGrad(GradientSurgery):
         return coef
 
 
+@COMBINERS.register("gradvac")
 class GradVac(GradientSurgery):
     """Wang et al., "Gradient Vaccine" (ICLR 2021), whole-model granularity.
 
@@ -192,8 +192,6 @@ class GradVac(GradientSurgery):
     which makes ``cos(g_i', g_j) = phi_ij``; then ``phi_ij <- (1-beta) phi_ij + beta rho``.
     Result: ``sum_i g_i'``. With all targets 0 it is PCGrad.
     """
-
-    name = "gradvac"
 
     def __init__(self, tasks: list[str], beta: float = 0.01, seed: int = 0, retain_graph: bool = False):
         super().__init__(tasks, seed=seed, retain_graph=retain_graph)
@@ -222,6 +220,7 @@ class GradVac(GradientSurgery):
         return coef.sum(0)
 
 
+@COMBINERS.register("cagrad")
 class CAGrad(GradientSurgery):
     """Liu et al., "Conflict-Averse Gradient Descent for Multi-task Learning" (NeurIPS 2021).
 
@@ -231,8 +230,6 @@ class CAGrad(GradientSurgery):
     when ``rescale`` (the authors' default). ``c = 0`` gives the average gradient.
     Deterministic: ``seed`` is accepted only for a uniform interface.
     """
-
-    name = "cagrad"
 
     def __init__(self, tasks: list[str], c: float = 0.5, rescale: bool = True, seed: int = 0,
                  retain_graph: bool = False):
@@ -262,6 +259,3 @@ class CAGrad(GradientSurgery):
         if self.rescale:
             coef = coef / (1 + self.c**2)
         return torch.from_numpy(coef)
-
-
-SURGERIES: dict[str, type[Combiner]] = {cls.name: cls for cls in (PCGrad, GradVac, CAGrad)}

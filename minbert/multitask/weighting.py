@@ -16,15 +16,23 @@ weights are saved with the checkpoint: put ``combiner.parameters()`` in the opti
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
+from minbert.registry import Registry
+
+COMBINERS: Registry[type[Combiner]] = Registry("combiner")
+Scale = Callable[[Tensor], Tensor]
+
+
+def _identity(t: Tensor) -> Tensor:
+    return t
+
 
 class Combiner(nn.Module):
     """Base class. ``tasks``: every task name the run may pass in ``losses``."""
-
-    name: str = ""
 
     def __init__(self, tasks: list[str]) -> None:
         super().__init__()
@@ -37,7 +45,15 @@ class Combiner(nn.Module):
         if not losses or unknown:
             raise ValueError(f"losses must name some of {self.tasks}; got {list(losses)}")
 
-    def backward(self, losses: dict[str, Tensor], shared_params: list[nn.Parameter]) -> dict[str, float]:
+    def backward(
+        self, losses: dict[str, Tensor], shared_params: list[nn.Parameter], scale: Scale | None = None
+    ) -> dict[str, float]:
+        """Backpropagate ``scale(objective)``; ``losses`` are the raw task losses.
+
+        ``scale`` is what the loop applies to the objective before ``backward`` (the GradScaler's
+        factor and 1 / ``grad_accum``); it must multiply the whole objective, learned terms
+        included, or a combiner's own parameters would see a differently weighted objective.
+        """
         raise NotImplementedError
 
     def end_epoch(self, mean_losses: dict[str, float]) -> None:
@@ -45,32 +61,31 @@ class Combiner(nn.Module):
 
 
 class LossWeighting(Combiner):
-    """``total = sum_i w_i * L_i`` and a single ``total.backward()``."""
+    """``total = sum_i w_i * L_i`` and a single ``scale(total).backward()``."""
 
     def weights(self, losses: dict[str, Tensor]) -> dict[str, float]:
         raise NotImplementedError
 
-    def backward(self, losses, shared_params):
+    def backward(self, losses, shared_params, scale=None):
         self._check(losses)
         w = self.weights(losses)
         total = sum(w[t] * loss for t, loss in losses.items())
-        total.backward()
+        (scale or _identity)(total).backward()
         return w
 
 
+@COMBINERS.register("sum")
+@COMBINERS.register("equal")
 class Equal(LossWeighting):
     """Plain sum of the task losses, every weight 1 (registered as ``sum`` and ``equal``)."""
-
-    name = "sum"
 
     def weights(self, losses):
         return {t: 1.0 for t in losses}
 
 
+@COMBINERS.register("fixed")
 class Fixed(LossWeighting):
     """Hand-set weights ``{task: w}``, one per task, each ``>= 0``."""
-
-    name = "fixed"
 
     def __init__(self, tasks: list[str], weights: dict[str, float]) -> None:
         super().__init__(tasks)
@@ -82,6 +97,7 @@ class Fixed(LossWeighting):
         return {t: self.fixed[t] for t in losses}
 
 
+@COMBINERS.register("uncertainty")
 class Uncertainty(Combiner):
     """Kendall, Gal & Cipolla, "Multi-Task Learning Using Uncertainty to Weigh Losses" (CVPR 2018).
 
@@ -92,20 +108,19 @@ class Uncertainty(Combiner):
     weight ``exp(-s_i)``. The reported weights are ``exp(-s_i)``.
     """
 
-    name = "uncertainty"
-
     def __init__(self, tasks: list[str]) -> None:
         super().__init__(tasks)
         self.log_vars = nn.Parameter(torch.zeros(len(self.tasks)))  # (K,)
 
-    def backward(self, losses, shared_params):
+    def backward(self, losses, shared_params, scale=None):
         self._check(losses)
         s = {t: self.log_vars[self.tasks.index(t)] for t in losses}
         total = sum(torch.exp(-s[t]) * loss + s[t] for t, loss in losses.items())
-        total.backward()
+        (scale or _identity)(total).backward()  # the log-variance term scaled as the losses are
         return {t: math.exp(-float(s[t].detach())) for t in losses}
 
 
+@COMBINERS.register("dwa")
 class DWA(LossWeighting):
     """Dynamic Weight Average: Liu, Johns & Davison, "End-to-End Multi-Task Learning with
     Attention" (CVPR 2019).
@@ -115,8 +130,6 @@ class DWA(LossWeighting):
     ``window=None``: records come from :meth:`end_epoch`; ``window=n``: the combiner averages
     the losses it sees over every ``n`` calls itself and ignores ``end_epoch``.
     """
-
-    name = "dwa"
 
     def __init__(self, tasks: list[str], temperature: float = 2.0, window: int | None = None) -> None:
         super().__init__(tasks)
@@ -160,8 +173,3 @@ class DWA(LossWeighting):
 
     def set_extra_state(self, state):
         self.history = list(state["history"])
-
-
-WEIGHTINGS: dict[str, type[Combiner]] = {
-    "sum": Equal, "equal": Equal, "fixed": Fixed, "uncertainty": Uncertainty, "dwa": DWA,
-}

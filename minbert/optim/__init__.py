@@ -10,7 +10,7 @@ from minbert.optim.child_tuning import (
     is_encoder_layer,
 )
 from minbert.optim.ema import WeightAverage
-from minbert.optim.groups import build_param_groups, no_weight_decay
+from minbert.optim.groups import build_param_groups, no_weight_decay, with_head_lr
 from minbert.optim.schedules import SCHEDULES, get_schedule
 
 __all__ = [
@@ -27,4 +27,5 @@ __all__ = [
     "get_schedule",
     "is_encoder_layer",
     "no_weight_decay",
+    "with_head_lr",
 ]

@@ -25,6 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from minbert.registry import Registry
+
+FisherSource = Mapping[str, Tensor] | Callable[[], Mapping[str, Tensor]]
 NameRule = Callable[[str], bool] | str | re.Pattern[str]
 """Which parameters Child-Tuning touches: a predicate on the parameter name, or a regex (``re.search``)."""
 
@@ -219,25 +222,47 @@ def compute_fisher(
     return fisher
 
 
+CHILD_TUNING: Registry[Callable[..., ChildTuningF | ChildTuningD]] = Registry("Child-Tuning variant")
+
+
+@CHILD_TUNING.register("F")
+def child_tuning_f(
+    named_params: Iterable[tuple[str, Tensor]],
+    fisher: FisherSource | None = None,
+    reserve_p: float = 0.3,
+    generator: torch.Generator | None = None,
+) -> ChildTuningF:
+    """Child-Tuning-F over ``named_params``; task-free, so ``fisher`` is never computed."""
+    return ChildTuningF(reserve_p, [p for _, p in named_params], generator)
+
+
+@CHILD_TUNING.register("D")
+def child_tuning_d(
+    named_params: Iterable[tuple[str, Tensor]],
+    fisher: FisherSource | None = None,
+    reserve_p: float = 0.3,
+    generator: torch.Generator | None = None,
+) -> ChildTuningD:
+    """Child-Tuning-D over ``named_params`` from the Fisher information (or a callable computing it)."""
+    if fisher is None:
+        raise ValueError("Child-Tuning 'D' needs the Fisher information: pass fisher=compute_fisher(...)")
+    return ChildTuningD.from_fisher(named_params, fisher() if callable(fisher) else fisher, reserve_p)
+
+
 def build_child_tuning(
     mode: str | None,
     reserve_p: float,
     params_eligible: Iterable[tuple[str, Tensor]],
-    fisher: Mapping[str, Tensor] | None = None,
+    fisher: FisherSource | None = None,
     generator: torch.Generator | None = None,
 ) -> ChildTuningF | ChildTuningD | None:
     """The ``grad_mask`` for ``AdamW``: ``None`` (off), ``"F"`` or ``"D"`` (case-insensitive).
 
     ``params_eligible`` are ``(name, param)`` pairs, e.g. ``eligible_parameters(model)``; ``"D"``
-    needs the ``fisher`` from :func:`compute_fisher` (or restore with ``ChildTuningD.from_state_dict``).
+    needs the ``fisher`` from :func:`compute_fisher`, or a callable returning it, called only by
+    the variants that use it (or restore with ``ChildTuningD.from_state_dict``).
     """
     key = (mode or "none").strip().upper()
     if key == "NONE":
         return None
-    if key == "F":
-        return ChildTuningF(reserve_p, [p for _, p in params_eligible], generator)
-    if key == "D":
-        if fisher is None:
-            raise ValueError("Child-Tuning 'D' needs the Fisher information: pass fisher=compute_fisher(...)")
-        return ChildTuningD.from_fisher(params_eligible, fisher, reserve_p)
-    raise ValueError(f"unknown Child-Tuning mode {mode!r}; choose None, 'F' or 'D'")
+    return CHILD_TUNING.build(key, params_eligible, fisher, reserve_p=reserve_p, generator=generator)

@@ -21,6 +21,7 @@ and pooler the base ``lr``.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from torch import nn
@@ -130,3 +131,22 @@ def build_param_groups(
     if not groups:
         raise ValueError("no trainable parameters (all have requires_grad=False)")
     return [groups[k] for k in sorted(groups, key=order.__getitem__)]
+
+
+def with_head_lr(groups: list[dict], encoder_params: Iterable[nn.Parameter], head_lr: float) -> list[dict]:
+    """Split each group into its encoder part and its task-head part; heads get ``head_lr``."""
+    encoder = {id(p) for p in encoder_params}
+    out = []
+    for g in groups:
+        names = g.get("param_names", [None] * len(g["params"]))
+        for is_head in (False, True):
+            keep = [(p, n) for p, n in zip(g["params"], names, strict=True) if (id(p) not in encoder) == is_head]
+            if not keep:
+                continue
+            part = {**g, "params": [p for p, _ in keep]}
+            if "param_names" in g:
+                part["param_names"] = [n for _, n in keep]
+            if is_head:
+                part.update(lr=head_lr, name=f"{g.get('name', 'group')}.heads")
+            out.append(part)
+    return out

@@ -23,20 +23,27 @@ from functools import partial
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from minbert.registry import Registry
+
+SCHEDULES: Registry[Callable[..., float]] = Registry("LR schedule")
+
 
 def _progress(step: int, warmup: int, total: int) -> float:
     """Fraction of the post-warmup phase done, in [0, 1]."""
     return min(1.0, max(0.0, (step - warmup) / max(1, total - warmup)))
 
 
+@SCHEDULES.register("constant")
 def constant(step: int, warmup: int = 0, total: int = 0) -> float:
     return 1.0
 
 
+@SCHEDULES.register("constant_warmup")
 def constant_warmup(step: int, warmup: int, total: int = 0) -> float:
     return step / warmup if step < warmup else 1.0
 
 
+@SCHEDULES.register("linear")
 def linear(step: int, warmup: int, total: int) -> float:
     """Warmup, then linear decay to 0 at ``total``."""
     if step < warmup:
@@ -44,6 +51,7 @@ def linear(step: int, warmup: int, total: int) -> float:
     return 1.0 - _progress(step, warmup, total)
 
 
+@SCHEDULES.register("cosine")
 def cosine(step: int, warmup: int, total: int, num_cycles: float = 0.5) -> float:
     """Warmup, then ``0.5 * (1 + cos(2 pi num_cycles progress))``; the default half cycle ends at 0."""
     if step < warmup:
@@ -51,6 +59,7 @@ def cosine(step: int, warmup: int, total: int, num_cycles: float = 0.5) -> float
     return max(0.0, 0.5 * (1.0 + math.cos(2.0 * math.pi * num_cycles * _progress(step, warmup, total))))
 
 
+@SCHEDULES.register("cosine_restarts")
 def cosine_restarts(step: int, warmup: int, total: int, num_cycles: int = 1) -> float:
     """Warmup, then ``num_cycles`` cosine decays from 1 to 0, each restarting at 1 (SGDR); 0 at the end."""
     if step < warmup:
@@ -61,21 +70,13 @@ def cosine_restarts(step: int, warmup: int, total: int, num_cycles: int = 1) -> 
     return 0.5 * (1.0 + math.cos(math.pi * ((num_cycles * progress) % 1.0)))
 
 
+@SCHEDULES.register("polynomial")
 def polynomial(step: int, warmup: int, total: int, power: float = 1.0, end_factor: float = 0.0) -> float:
     """Warmup, then ``end + (1 - end) * (1 - progress)^power``: from 1 down to ``end_factor``."""
     if step < warmup:
         return step / warmup
     return end_factor + (1.0 - end_factor) * (1.0 - _progress(step, warmup, total)) ** power
 
-
-SCHEDULES: dict[str, Callable[..., float]] = {
-    "constant": constant,
-    "constant_warmup": constant_warmup,
-    "linear": linear,
-    "cosine": cosine,
-    "cosine_restarts": cosine_restarts,
-    "polynomial": polynomial,
-}
 
 
 def warmup_steps(warmup: int | float, total_steps: int) -> int:
@@ -106,8 +107,7 @@ def get_schedule(name: str, optimizer: Optimizer, total_steps: int, warmup: int 
             (``lr_end / defaults["lr"]``), so layer-wise lr ratios are kept (``transformers``'
             convention). ``end_factor`` may be given instead.
     """
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; choose one of {sorted(SCHEDULES)}")
+    factor = SCHEDULES.lookup(name)
     if total_steps < 0:
         raise ValueError(f"total_steps must be >= 0, got {total_steps}")
     w = warmup_steps(warmup, total_steps)
@@ -116,8 +116,9 @@ def get_schedule(name: str, optimizer: Optimizer, total_steps: int, warmup: int 
         if not 0.0 <= lr_end <= lr_init:
             raise ValueError(f"lr_end ({lr_end}) must be in [0, optimizer lr ({lr_init})]")
         kw["end_factor"] = lr_end / lr_init
+    SCHEDULES.check(name, 0, warmup=w, total=total_steps, **kw)  # names a bad keyword before training
     if name == "constant" and w:
         raise ValueError("schedule 'constant' has no warmup; use 'constant_warmup'")
     if name not in ("constant", "constant_warmup") and total_steps == 0:
         raise ValueError(f"schedule {name!r} needs total_steps > 0")
-    return LambdaLR(optimizer, partial(SCHEDULES[name], warmup=w, total=total_steps, **kw))
+    return LambdaLR(optimizer, partial(factor, warmup=w, total=total_steps, **kw))

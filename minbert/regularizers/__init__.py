@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from minbert.multitask.registry import build
+from minbert.losses import LOSSES
+from minbert.registry import Registry
 from minbert.regularizers.smart import (
     DIVERGENCES,
     KINDS,
@@ -26,21 +27,17 @@ from minbert.regularizers.smart import (
     symmetric_kl_bernoulli,
 )
 
-REGULARIZERS: dict[str, type[Regularizer]] = {"none": Regularizer, "smart": SMART}
+REGULARIZERS: Registry[type[Regularizer]] = Registry("regularizer")
+REGULARIZERS.register("none")(Regularizer)
+REGULARIZERS.register("smart")(SMART)
 
 # The output kind of each training loss in ``minbert.losses`` (which divergence SMART uses).
-LOSS_KINDS = {
-    "cross_entropy": "classification",
-    "bce": "binary",
-    "mse": "regression",
-    "cosine_mse": "regression",
-    "cosent": "regression",
-}
+LOSS_KINDS = {name: loss.output_kind for name, loss in LOSSES.items()}
 
 
 def build_regularizer(name: str, model: nn.Module, **kwargs) -> Regularizer:
     """``build_regularizer("smart", model, lambda_s=3.0)``; unknown name or kwarg -> ``ValueError``."""
-    return build(REGULARIZERS, "regularizer", name, model, **kwargs)
+    return REGULARIZERS.build(name, model, **kwargs)
 
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Task schedules against their formulas: exact orders, sampling frequencies, annealed alphas."""
+"""Task samplers against their formulas: exact orders, sampling frequencies, annealed alphas."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from minbert.multitask import SCHEDULES, build_schedule, epoch_length
+from minbert.multitask import SAMPLERS, build_sampler, epoch_length
 
 SIZES = {"a": 100, "b": 300, "c": 600}
 
@@ -23,17 +23,17 @@ def frequencies(steps: list[list[str]]) -> dict[str, float]:
 
 
 def test_sequential_exact_order_and_natural_epoch():
-    sched = build_schedule("sequential", order=["c", "a", "b"])
+    sched = build_sampler("sequential", order=["c", "a", "b"])
     sizes = {"a": 2, "b": 3, "c": 1}
     got = list(sched.steps(0, sizes, 999, random.Random(0)))
     assert got == [["c"], ["a"], ["a"], ["b"], ["b"], ["b"]]  # steps_per_epoch ignored: sum(sizes)
     assert sched.num_steps(sizes, 999) == 6
-    default = list(build_schedule("sequential").steps(0, sizes, 1, random.Random(0)))
+    default = list(build_sampler("sequential").steps(0, sizes, 1, random.Random(0)))
     assert default == [["a"], ["a"], ["b"], ["b"], ["b"], ["c"]]
 
 
 def test_round_robin_exact_order():
-    sched = build_schedule("round_robin", order=["b", "c", "a"])
+    sched = build_sampler("round_robin", order=["b", "c", "a"])
     got = list(sched.steps(3, {"a": 5, "b": 1, "c": 9}, 7, random.Random(0)))
     assert got == [["b"], ["c"], ["a"], ["b"], ["c"], ["a"], ["b"]]
     assert sched.num_steps({"a": 5, "b": 1, "c": 9}, 7) == 7
@@ -41,11 +41,11 @@ def test_round_robin_exact_order():
 
 def test_order_must_be_a_permutation_of_the_tasks():
     with pytest.raises(ValueError, match="exactly once"):
-        list(build_schedule("round_robin", order=["a", "b"]).steps(0, SIZES, 3, random.Random(0)))
+        list(build_sampler("round_robin", order=["a", "b"]).steps(0, SIZES, 3, random.Random(0)))
 
 
 def test_mixed_yields_every_task_every_step():
-    got = list(build_schedule("mixed").steps(0, SIZES, 4, random.Random(0)))
+    got = list(build_sampler("mixed").steps(0, SIZES, 4, random.Random(0)))
     assert got == [["a", "b", "c"]] * 4
 
 
@@ -57,21 +57,21 @@ def test_mixed_yields_every_task_every_step():
     [(1.0, {"a": 0.1, "b": 0.3, "c": 0.6}), (0.5, {"a": 0.192993, "b": 0.334273, "c": 0.472734})],
 )
 def test_proportional_frequencies_match_formula(alpha, expected):
-    sched = build_schedule("proportional", alpha=alpha)
+    sched = build_sampler("proportional", alpha=alpha)
     assert sched.probabilities(0, SIZES) == pytest.approx(expected, abs=1e-5)
     # 20k draws: the standard error of a frequency is <= 0.0035; allow ~4 of them.
     assert frequencies(run(sched)) == pytest.approx(expected, abs=0.015)
 
 
 def test_proportional_alpha_zero_is_uniform():
-    assert frequencies(run(build_schedule("proportional", alpha=0.0))) == pytest.approx(
+    assert frequencies(run(build_sampler("proportional", alpha=0.0))) == pytest.approx(
         {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}, abs=0.015
     )
 
 
 def test_annealed_min_rule_probabilities():
     # alpha = min(1, epoch / T), T = 4, epochs counted from 0.
-    sched = build_schedule("annealed", anneal_epochs=4)
+    sched = build_sampler("annealed", anneal_epochs=4)
     assert sched.probabilities(0, SIZES) == pytest.approx({t: 1 / 3 for t in SIZES})  # alpha 0
     assert sched.probabilities(2, SIZES) == pytest.approx(  # alpha 0.5, hand values above
         {"a": 0.192993, "b": 0.334273, "c": 0.472734}, abs=1e-5
@@ -86,7 +86,7 @@ def test_annealed_min_rule_probabilities():
 
 def test_annealed_pals_probabilities():
     # Stickland & Murray 2019: alpha = 1 - 0.8 (e - 1) / (E - 1), e = epoch + 1, E = 5.
-    sched = build_schedule("annealed_pals", num_epochs=5)
+    sched = build_sampler("annealed_pals", num_epochs=5)
     assert sched.probabilities(0, SIZES) == pytest.approx({"a": 0.1, "b": 0.3, "c": 0.6})  # alpha 1
     # epoch 2 -> e = 3 -> alpha = 0.6: 100^.6 = 15.84893, 300^.6 = 30.63887, 600^.6 = 46.43984
     total = 15.84893 + 30.63887 + 46.43984
@@ -101,7 +101,7 @@ def test_annealed_pals_probabilities():
 
 
 def test_sampling_is_seeded():
-    sched = build_schedule("proportional", alpha=0.5)
+    sched = build_sampler("proportional", alpha=0.5)
     assert run(sched, steps=200, seed=3) == run(sched, steps=200, seed=3)
     assert run(sched, steps=200, seed=3) != run(sched, steps=200, seed=4)
 
@@ -116,18 +116,18 @@ def test_epoch_length_rules():
             epoch_length(bad, SIZES)
 
 
-def test_build_schedule_rejects_unknown_names_and_kwargs():
-    assert set(SCHEDULES) == {
+def test_build_sampler_rejects_unknown_names_and_kwargs():
+    assert set(SAMPLERS) == {
         "sequential", "round_robin", "proportional", "annealed", "annealed_pals", "mixed"
     }
     with pytest.raises(ValueError, match="uniformish"):
-        build_schedule("uniformish")
+        build_sampler("uniformish")
     with pytest.raises(ValueError, match="temperature"):
-        build_schedule("proportional", temperature=2)
+        build_sampler("proportional", temperature=2)
     with pytest.raises(ValueError, match="alpha"):
-        build_schedule("proportional", alpha=-1)
+        build_sampler("proportional", alpha=-1)
 
 
 def test_sizes_must_be_positive():
     with pytest.raises(ValueError, match="positive"):
-        list(build_schedule("proportional").steps(0, {"a": 0, "b": 3}, 5, random.Random(0)))
+        list(build_sampler("proportional").steps(0, {"a": 0, "b": 3}, 5, random.Random(0)))

@@ -202,7 +202,7 @@ def test_build_child_tuning_modes(tiny_model):
     assert isinstance(build_child_tuning("f", 0.3, eligible), ChildTuningF)
     with pytest.raises(ValueError, match="Fisher"):
         build_child_tuning("D", 0.3, eligible)
-    with pytest.raises(ValueError, match="'F' or 'D'"):
+    with pytest.raises(ValueError, match="known: 'D', 'F'"):
         build_child_tuning("E", 0.3, eligible)
     with pytest.raises(ValueError, match="reserve_p"):
         build_child_tuning("F", 0.0, eligible)

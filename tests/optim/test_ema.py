@@ -9,7 +9,7 @@ from torch import nn
 
 from minbert.optim import WeightAverage
 from minbert.train import fit, setup
-from tests.test_train import tiny_config
+from tests.tiny import tiny_config
 
 
 def test_average_follows_the_warmed_up_decay_by_hand():
