@@ -56,6 +56,31 @@ def test_uncertainty_gradients_match_the_formula():
     assert "log_vars" in comb.state_dict()
 
 
+@pytest.mark.parametrize("name", ["sum", "uncertainty", "dwa", "pcgrad"])
+def test_the_loop_scale_multiplies_the_whole_objective(name):
+    # The loop passes scale(t) = scaler_factor * t / grad_accum. Whatever the combiner, the
+    # gradients must be `factor / accum` times those of the unscaled objective, so that unscaling
+    # and accumulation give back the objective's gradient. The uncertainty combiner used to get
+    # scaled losses and add its log-variance term unscaled: its s_i then saw a different objective.
+    factor, accum = 8.0, 2
+    grads = []
+    for scale in (None, lambda t: factor * t / accum):
+        x, losses = two_losses()
+        comb = build_combiner(name, ["a", "b"])
+        if name == "uncertainty":
+            with torch.no_grad():
+                comb.log_vars.copy_(torch.tensor([math.log(2.0), 0.0]))
+        comb.backward(losses, [x], scale=scale)
+        learned = [p.grad.clone() for p in comb.parameters()]
+        grads.append((x.grad.clone(), learned))
+    (x_plain, learned_plain), (x_scaled, learned_scaled) = grads
+    torch.testing.assert_close(x_scaled, x_plain * factor / accum)
+    for plain, scaled in zip(learned_plain, learned_scaled, strict=True):
+        torch.testing.assert_close(scaled, plain * factor / accum)
+    if name == "uncertainty":  # by hand: d/ds_i (e^-s_i L_i + s_i) = 1 - e^-s_i L_i, times 8 / 2
+        assert learned_scaled[0].tolist() == pytest.approx([4 * (1 - 0.5 * 6), 4 * (1 - 5)])
+
+
 def test_uncertainty_learns_a_smaller_weight_for_the_noisier_task():
     # Shared trunk, two regression heads; task "noisy" has 10x the target noise of "clean".
     gen = torch.Generator().manual_seed(0)
