@@ -223,26 +223,21 @@ def compute_fisher(
 
 
 CHILD_TUNING: Registry[Callable[..., ChildTuningF | ChildTuningD]] = Registry("Child-Tuning variant")
+Named = Iterable[tuple[str, Tensor]]
+Fisher = FisherSource | None
+Gen = torch.Generator | None
 
 
+# Every variant takes (named parameters, the Fisher information or a callable computing it,
+# reserve_p, a generator), so that the loop builds any of them the same way.
 @CHILD_TUNING.register("F")
-def child_tuning_f(
-    named_params: Iterable[tuple[str, Tensor]],
-    fisher: FisherSource | None = None,
-    reserve_p: float = 0.3,
-    generator: torch.Generator | None = None,
-) -> ChildTuningF:
+def child_tuning_f(named_params: Named, fisher: Fisher = None, reserve_p: float = 0.3, generator: Gen = None):
     """Child-Tuning-F over ``named_params``; task-free, so ``fisher`` is never computed."""
     return ChildTuningF(reserve_p, [p for _, p in named_params], generator)
 
 
 @CHILD_TUNING.register("D")
-def child_tuning_d(
-    named_params: Iterable[tuple[str, Tensor]],
-    fisher: FisherSource | None = None,
-    reserve_p: float = 0.3,
-    generator: torch.Generator | None = None,
-) -> ChildTuningD:
+def child_tuning_d(named_params: Named, fisher: Fisher = None, reserve_p: float = 0.3, generator: Gen = None):
     """Child-Tuning-D over ``named_params`` from the Fisher information (or a callable computing it)."""
     if fisher is None:
         raise ValueError("Child-Tuning 'D' needs the Fisher information: pass fisher=compute_fisher(...)")

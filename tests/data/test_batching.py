@@ -7,21 +7,11 @@ from collections import Counter
 import pytest
 import torch
 
-from minbert.bert.checkpoint import CheckpointError
-from minbert.bert.tokenizer import BertTokenizer
 from minbert.data.batching import Batch, BucketBatchSampler, Collator, EncodedDataset, make_loader, padding_fraction
 from minbert.data.read import Example, read_examples
 from minbert.tasks import get_task
 
 SST = get_task("sst")
-
-
-@pytest.fixture(scope="module")
-def tok() -> BertTokenizer:
-    try:
-        return BertTokenizer.from_pretrained()
-    except CheckpointError as e:
-        pytest.skip(f"default tokenizer not installed: {e}")
 
 
 # -- encoding, collation, padding -------------------------------------------------------

@@ -8,8 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from minbert.bert.checkpoint import CheckpointError
-from minbert.bert.tokenizer import BertTokenizer
 from minbert.data.batching import EncodedDataset, make_loader
 from minbert.data.read import DataError, Example, read_examples
 from minbert.tasks import TaskSpec, get_task, load_task_specs
@@ -17,14 +15,6 @@ from minbert.tasks import TaskSpec, get_task, load_task_specs
 SST = get_task("sst")
 QUORA = get_task("quora")
 STS = get_task("sts")
-
-
-@pytest.fixture(scope="module")
-def tok() -> BertTokenizer:
-    try:
-        return BertTokenizer.from_pretrained()
-    except CheckpointError as e:
-        pytest.skip(f"default tokenizer not installed: {e}")
 
 
 def write(tmp_path: Path, text: str, name: str = "f.csv") -> Path:
