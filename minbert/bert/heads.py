@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from minbert.bert.checkpoint import CheckpointError, LoadReport, resolve_model_dir
+from minbert.bert.checkpoint import CheckpointError, LoadReport
+from minbert.bert.hub import resolve_model_dir
 from minbert.bert.model import BertConfig, BertModel
 
 log = logging.getLogger(__name__)

@@ -48,7 +48,7 @@ from typing import Any
 import yaml
 
 import minbert.train as train_lib
-from minbert.bert.checkpoint import resolve_model_dir
+from minbert.bert.hub import resolve_model_dir
 from minbert.config import Config, ConfigError, load_config, parse_override, set_path, to_dict
 from minbert.lab.report import config_diff, flatten, jsonl_to_tensorboard, write_report
 

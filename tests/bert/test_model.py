@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from minbert import BertConfig, BertModel, BertTokenizer
-from minbert.bert.checkpoint import resolve_model_dir
+from minbert.bert.hub import resolve_model_dir
 from tests.tiny import TINY
 
 transformers = pytest.importorskip("transformers")
