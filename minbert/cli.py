@@ -213,7 +213,7 @@ def cmd_similarity(args) -> int:
     from minbert.config import resolve_data_dir
     from minbert.data import read_examples
     from minbert.metrics import pearson, spearman
-    from minbert.bert.model import BertModel
+    from minbert.bert.pretrained import from_pretrained
     from minbert.pooling import pool
     from minbert.tasks import get_task
     from minbert.bert.tokenizer import BertTokenizer
@@ -221,7 +221,7 @@ def cmd_similarity(args) -> int:
     spec = get_task("sts")
     path = spec.path("dev", resolve_data_dir(args.data_dir))
     examples, _ = read_examples(spec, path)
-    model = BertModel.from_pretrained(args.model).eval()
+    model = from_pretrained(args.model).eval()
     tok = BertTokenizer.from_pretrained(args.model)
     cos = []
     with torch.no_grad():
@@ -241,11 +241,11 @@ def cmd_similarity(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from minbert.bert.pretrained import save_pretrained
     from minbert.runs import load_run
 
     _, _, model, tok = load_run(args.run)
-    model.bert.save_pretrained(args.output)
-    tok.save_pretrained(args.output)
+    save_pretrained(model.bert, args.output, tokenizer=tok)
     print(f"encoder written to {args.output} (Hugging Face BERT format)")
     return 0
 

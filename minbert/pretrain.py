@@ -29,12 +29,12 @@ import torch
 from tqdm.auto import tqdm
 
 from minbert.bert.hub import resolve_model_dir
+from minbert.bert.mlm import BertForMaskedLM, BertForPreTraining, MLMMasker, PreTrainingOutput, nsp_pairs
+from minbert.bert.tokenizer import BertTokenizer, Encoding
 from minbert.config import ConfigError, resolve_data_dir
 from minbert.data import BucketBatchSampler, read_examples
-from minbert.bert.mlm import BertForMaskedLM, BertForPreTraining, MLMMasker, PreTrainingOutput, nsp_pairs
 from minbert.optim import AdamW, build_param_groups, get_schedule
 from minbert.tasks import get_task
-from minbert.bert.tokenizer import BertTokenizer, Encoding
 
 EVAL_MASK_SEED = 1234  # the held-out slice is masked once with this seed: before/after see the same masks
 
@@ -315,7 +315,7 @@ def run(args: argparse.Namespace) -> int:
         "args": {k: v for k, v in vars(args).items() if k != "func" and not callable(v)},
     }
     write_output(s, staging, output, summary)
-    print(f"wrote {output} (load with BertModel.from_pretrained or --set model.pretrained={output})")
+    print(f"wrote {output} (load with minbert.from_pretrained or --set model.pretrained={output})")
     return 0
 
 

@@ -136,7 +136,6 @@ def load_run(
         raise CheckpointError(
             f"{ckpt}: checkpoint does not fit the run's config (missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
-    model.bert.source_dir = ckpt
     meta = json.loads((ckpt / "meta.json").read_text())
     for name, t in tasks.items():
         t.threshold = meta.get("thresholds", {}).get(name)

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from minbert.bert.hub import resolve_model_dir
+from minbert.bert import from_pretrained, resolve_model_dir
 from minbert.config import Config, ConfigError, TaskConfig, save_config, to_dict
 from minbert.data import EncodedDataset, make_loader, read_examples, reversed_pairs, transitive_pairs
 from minbert.evaluate import collect_outputs, compute_metrics, fit_threshold, mean_score
@@ -172,7 +172,7 @@ def load_bert(cfg: Config) -> BertModel:
         overrides["hidden_dropout_prob"] = cfg.model.hidden_dropout
     if cfg.model.attention_dropout is not None:
         overrides["attention_probs_dropout_prob"] = cfg.model.attention_dropout
-    return BertModel.from_pretrained(cfg.model.pretrained, **overrides)
+    return from_pretrained(cfg.model.pretrained, **overrides)
 
 
 def make_tasks(cfg: Config, tokenizer: BertTokenizer, splits: tuple[str, ...] = ("train", "dev")) -> dict[str, Task]:

@@ -10,14 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minbert import BertModel
+from minbert import BertModel, from_pretrained
+from minbert.bert.tokenizer import BertTokenizer
 from minbert.config import ConfigError, load_config
 from minbert.data import EncodedDataset, Example, make_loader
 from minbert.evaluate import collect_outputs
 from minbert.heads import ClassifierHead
 from minbert.losses import BinaryCrossEntropyLoss, CoSENTLoss, CosineMSELoss, HybridLoss, MSELoss
 from minbert.pairs import HybridEncoder, build_task_encoder, input_format
-from minbert.bert.tokenizer import BertTokenizer
 from minbert.train import fit, setup
 from tests.test_train import tiny_config
 
@@ -90,7 +90,7 @@ def _pool_mean(bert: BertModel, ids: list[int], type_ids: list[int]) -> torch.Te
 
 @torch.no_grad()
 def test_hybrid_encoder_gives_the_cross_head_output_and_the_cosine(tok, tiny_model_dir):
-    bert = BertModel.from_pretrained(tiny_model_dir, hidden_dropout_prob=0.0).eval()
+    bert = from_pretrained(tiny_model_dir, hidden_dropout_prob=0.0).eval()
     head = ClassifierHead(bert.config.hidden_size, 1, dropout=0.0).eval()
     module = HybridEncoder(head, pooling="mean")
     exs = examples()
@@ -110,7 +110,7 @@ def test_hybrid_encoder_gives_the_cross_head_output_and_the_cosine(tok, tiny_mod
 
 @torch.no_grad()
 def test_hybrid_encoder_with_features_gives_the_feature_head_output_and_the_cosine(tok, tiny_model_dir):
-    bert = BertModel.from_pretrained(tiny_model_dir, hidden_dropout_prob=0.0).eval()
+    bert = from_pretrained(tiny_model_dir, hidden_dropout_prob=0.0).eval()
     H = bert.config.hidden_size
     head = ClassifierHead(2 * H, 1, dropout=0.0).eval()
     module = HybridEncoder(head, pooling="mean", features=["|u-v|", "u*v"])
@@ -191,7 +191,7 @@ def test_smart_perturbs_both_encoder_calls_of_a_hybrid_task(tok, tiny_model_dir)
     from minbert.regularizers.smart import per_example_norm
     from minbert.taskmodel import MultitaskModel
 
-    bert = BertModel.from_pretrained(tiny_model_dir)
+    bert = from_pretrained(tiny_model_dir)
     model = MultitaskModel(bert, {"h": HybridEncoder(ClassifierHead(bert.config.hidden_size, 1), "mean")})
     batch = next(iter(make_loader(EncodedDataset(examples(), tok, "hybrid"), 3, shuffle=False)))
     cross, a, b = batch.inputs
@@ -239,7 +239,7 @@ def test_each_pair_mode_reads_the_dataset_format_input_format_names(
 ):
     # the dataset is built from pairs.input_format, the module by build_task_encoder: they must agree
     assert input_format(mode, view) == fmt
-    bert = BertModel.from_pretrained(tiny_model_dir).eval()
+    bert = from_pretrained(tiny_model_dir).eval()
     module = build_task_encoder(mode, bert.config.hidden_size, 1, "mean", hybrid_view=view).eval()
     assert module.input_format == fmt
     batch = next(iter(make_loader(EncodedDataset(examples(), tok, fmt), 3, shuffle=False)))

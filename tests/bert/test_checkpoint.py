@@ -9,11 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from minbert import BertModel, CheckpointError
+from minbert import BertTokenizer, CheckpointError, from_pretrained, load_pretrained, save_pretrained
 from tests.tiny import TINY
 
 transformers = pytest.importorskip("transformers")
-
 
 
 @pytest.fixture
@@ -34,9 +33,9 @@ def inputs():
 
 
 def test_save_pretrained_round_trip_through_transformers(tmp_path):
-    ours = BertModel.from_pretrained().eval()
+    ours = from_pretrained().eval()
     out_dir = tmp_path / "export"
-    ours.save_pretrained(out_dir)
+    save_pretrained(ours, out_dir, tokenizer=BertTokenizer.from_pretrained())
     assert {"model.safetensors", "config.json", "vocab.txt"} <= {p.name for p in out_dir.iterdir()}
     hf = transformers.BertModel.from_pretrained(out_dir).eval()
     ids, mask = inputs()
@@ -63,8 +62,9 @@ def test_pytorch_bin_with_bert_prefix_and_gamma_beta_names(tiny_dir, tmp_path):
     d.mkdir()
     torch.save(old, d / "pytorch_model.bin")
     shutil.copy(tiny_dir / "config.json", d / "config.json")
-    ours = BertModel.from_pretrained(d).eval()
-    assert ours.load_report.unexpected == ["cls.predictions.bias"]
+    ours, report = load_pretrained(d)
+    ours.eval()
+    assert report.unexpected == ["cls.predictions.bias"]
     hf = transformers.BertModel.from_pretrained(tiny_dir).eval()
     ids, mask = inputs()
     with torch.no_grad():
@@ -78,33 +78,33 @@ def test_missing_pooler_is_allowed_and_reported(tiny_dir):
     save_file(
         {k: v for k, v in sd.items() if not k.startswith("pooler.")}, str(tiny_dir / "model.safetensors")
     )
-    model = BertModel.from_pretrained(tiny_dir)
-    assert model.load_report.missing == ["pooler.dense.weight", "pooler.dense.bias"]
-    assert "missing (initialised at random): pooler.dense.weight" in str(model.load_report)
+    model, report = load_pretrained(tiny_dir)
+    assert report.missing == ["pooler.dense.weight", "pooler.dense.bias"]
+    assert "missing (initialised at random): pooler.dense.weight" in str(report)
 
 
 def test_error_missing_directory(tmp_path):
     with pytest.raises(CheckpointError, match="checkpoint directory not found: .*nowhere"):
-        BertModel.from_pretrained(tmp_path / "nowhere")
+        from_pretrained(tmp_path / "nowhere")
 
 
 def test_error_path_is_a_file(tmp_path):
     f = tmp_path / "file.txt"
     f.write_text("x")
     with pytest.raises(CheckpointError, match="not a directory"):
-        BertModel.from_pretrained(f)
+        from_pretrained(f)
 
 
 def test_error_missing_config(tiny_dir):
     (tiny_dir / "config.json").unlink()
     with pytest.raises(CheckpointError, match=r"no config.json in .*tiny"):
-        BertModel.from_pretrained(tiny_dir)
+        from_pretrained(tiny_dir)
 
 
 def test_error_invalid_config_json(tiny_dir):
     (tiny_dir / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="config.json is not valid JSON"):
-        BertModel.from_pretrained(tiny_dir)
+        from_pretrained(tiny_dir)
 
 
 def test_error_not_a_bert_config(tiny_dir):
@@ -112,19 +112,19 @@ def test_error_not_a_bert_config(tiny_dir):
     cfg["model_type"] = "gpt2"
     (tiny_dir / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="model_type is 'gpt2'"):
-        BertModel.from_pretrained(tiny_dir)
+        from_pretrained(tiny_dir)
 
 
 def test_error_missing_weights(tiny_dir):
     (tiny_dir / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="no weights file in .*model.safetensors, pytorch_model.bin"):
-        BertModel.from_pretrained(tiny_dir)
+        from_pretrained(tiny_dir)
 
 
 def test_error_corrupted_weights(tiny_dir):
     (tiny_dir / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="cannot read weights file .*model.safetensors"):
-        BertModel.from_pretrained(tiny_dir)
+        from_pretrained(tiny_dir)
 
 
 def test_error_bin_refuses_pickled_code(tmp_path, tiny_dir):
@@ -139,7 +139,7 @@ def test_error_bin_refuses_pickled_code(tmp_path, tiny_dir):
 
     torch.save({"x": Evil()}, d / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="cannot read weights file .*pytorch_model.bin"):
-        BertModel.from_pretrained(d)
+        from_pretrained(d)
 
 
 def test_error_shape_mismatch_lists_keys(tiny_dir):
@@ -147,7 +147,7 @@ def test_error_shape_mismatch_lists_keys(tiny_dir):
     cfg["intermediate_size"] = 48
     (tiny_dir / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError) as e:
-        BertModel.from_pretrained(tiny_dir)
+        from_pretrained(tiny_dir)
     msg = str(e.value)
     assert "6 tensor shape(s) do not match" in msg
     assert "encoder.layer.0.intermediate.dense.weight: checkpoint (64, 32) vs model (48, 32)" in msg
@@ -161,14 +161,15 @@ def test_error_missing_encoder_keys(tiny_dir):
     with pytest.raises(
         CheckpointError, match="1 weight.* missing: encoder.layer.1.attention.self.query.weight"
     ):
-        BertModel.from_pretrained(tiny_dir)
+        from_pretrained(tiny_dir)
 
 
 def test_unexpected_keys_are_reported(tiny_dir):
     sd = load_file(str(tiny_dir / "model.safetensors"))
     sd["classifier.weight"] = torch.zeros(2, 32)
     save_file(sd, str(tiny_dir / "model.safetensors"))
-    model = BertModel.from_pretrained(tiny_dir)
-    assert model.load_report.unexpected == ["classifier.weight"]
-    assert "unused keys: classifier.weight" in str(model.load_report)
-    assert model.load_report.extra["classifier.weight"].shape == (2, 32)
+    model, report = load_pretrained(tiny_dir)
+    assert report.unexpected == ["classifier.weight"]
+    assert "unused keys: classifier.weight" in str(report)
+    assert report.extra["classifier.weight"].shape == (2, 32)
+

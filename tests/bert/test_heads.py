@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
+from minbert.bert.checkpoint import CheckpointError
 from minbert.bert.heads import (
     BertForMultipleChoice,
     BertForQuestionAnswering,
     BertForSequenceClassification,
     BertForTokenClassification,
 )
-from minbert.bert.checkpoint import CheckpointError
 from tests.tiny import TINY
 
 transformers = pytest.importorskip("transformers")
