@@ -1,4 +1,8 @@
-"""Checkpoint loading, saving, and every error a bad directory can produce."""
+"""Checkpoint loading, saving, and every error a bad directory can produce.
+
+Most go through the public loader (``minbert.bert.pretrained``), which is how a bad directory is met;
+the last tests call ``minbert.bert.checkpoint``'s dict-level functions directly.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from minbert import BertTokenizer, CheckpointError, from_pretrained, load_pretrained, save_pretrained
+from minbert import (
+    BertConfig,
+    BertModel,
+    BertTokenizer,
+    CheckpointError,
+    from_pretrained,
+    load_pretrained,
+    save_pretrained,
+)
+from minbert.bert.checkpoint import normalize_keys, read_config, read_state_dict, write_hf_dir
 from tests.tiny import TINY
 
 transformers = pytest.importorskip("transformers")
@@ -173,3 +186,67 @@ def test_unexpected_keys_are_reported(tiny_dir):
     assert "unused keys: classifier.weight" in str(report)
     assert report.extra["classifier.weight"].shape == (2, 32)
 
+
+# ---------------------------------------------------------------------------------------------
+# minbert.bert.checkpoint's functions on dicts and directories, without the loader
+# ---------------------------------------------------------------------------------------------
+
+
+def test_read_config_returns_the_dict(tiny_dir):
+    cfg = read_config(tiny_dir)
+    assert cfg["model_type"] == "bert" and cfg["hidden_size"] == 32
+    del cfg["model_type"]  # old checkpoints (bert-base-uncased) have none: BERT is assumed
+    (tiny_dir / "config.json").write_text(json.dumps(cfg))
+    assert read_config(str(tiny_dir))["hidden_size"] == 32
+
+
+def test_read_config_refuses_a_json_value_that_is_not_an_object(tiny_dir):
+    (tiny_dir / "config.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match="does not hold a JSON object"):
+        read_config(tiny_dir)
+
+
+def test_read_state_dict_prefers_safetensors(tiny_dir):
+    torch.save({"x": torch.zeros(1)}, tiny_dir / "pytorch_model.bin")
+    sd, source = read_state_dict(tiny_dir)
+    assert source == tiny_dir / "model.safetensors" and "x" not in sd
+    (tiny_dir / "model.safetensors").unlink()
+    sd, source = read_state_dict(tiny_dir)
+    assert source == tiny_dir / "pytorch_model.bin" and list(sd) == ["x"]
+
+
+def test_normalize_keys():
+    t = torch.zeros(1)
+    sd = {
+        "bert.embeddings.LayerNorm.gamma": t,
+        "bert.embeddings.LayerNorm.beta": t,
+        "embeddings.position_ids": t,
+        "cls.predictions.bias": t,
+    }
+    expected = ["embeddings.LayerNorm.weight", "embeddings.LayerNorm.bias", "cls.predictions.bias"]
+    assert list(normalize_keys(sd)) == expected  # prefix and TF names rewritten, the buffer dropped
+
+
+def test_write_hf_dir_output_loads_in_transformers(tmp_path):
+    """The one writer, called with a model's state dict and config: transformers gives equal outputs."""
+    torch.manual_seed(0)
+    ours = BertModel(BertConfig(**TINY)).eval()
+    out = tmp_path / "out"
+    write_hf_dir(out, ours.state_dict(), ours.config.to_hf_dict())
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]  # no temporary left
+    hf = transformers.BertModel.from_pretrained(out).eval()
+    ids, mask = inputs()
+    with torch.no_grad():
+        a, b = ours(ids, mask), hf(input_ids=ids, attention_mask=mask)
+    torch.testing.assert_close(a.last_hidden_state, b.last_hidden_state, atol=1e-6, rtol=0)
+    torch.testing.assert_close(a.pooler_output, b.pooler_output, atol=1e-6, rtol=0)
+
+
+def test_write_hf_dir_replaces_files_and_writes_the_tokenizer(tmp_path):
+    out = tmp_path / "out"
+    write_hf_dir(out, {"a": torch.ones(2)}, {"model_type": "bert", "n": 1})
+    tok = BertTokenizer.from_pretrained()
+    write_hf_dir(out, {"b": torch.zeros(3)}, {"model_type": "bert", "n": 2}, tokenizer=tok)
+    assert list(load_file(str(out / "model.safetensors"))) == ["b"]
+    assert read_config(out)["n"] == 2
+    assert BertTokenizer.from_pretrained(out).vocab == tok.vocab
