@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_adamw.py [--steps 200] [--repeats 3] [--weight-decay 0.01]
 
-Each optimizer gets its own copy of the 22.7M parameters of ``BertModel.from_pretrained()`` with a
+Each optimizer gets its own copy of the 22.7M parameters of ``minbert.from_pretrained()`` with a
 fixed random gradient, takes a few warm-up steps, then runs ``--steps`` timed steps; the runs
 alternate (ours, torch, ours, torch, ...) so load from other processes hits both alike. The best
 run of each is compared (the least disturbed one); the median is printed too. Goal: ratio <= 1.2.
@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from minbert import BertModel
+from minbert import from_pretrained
 from minbert.optim import AdamW
 
 
@@ -44,7 +44,7 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.manual_seed(0)
-    source = [p for p in BertModel.from_pretrained().parameters()]
+    source = [p for p in from_pretrained().parameters()]
     grads = [torch.randn_like(p) * 1e-3 for p in source]
     n = sum(p.numel() for p in source)
     kw = dict(lr=1e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=args.weight_decay)

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from minbert.bert.checkpoint import resolve_model_dir
+from minbert.bert.hub import resolve_model_dir
 from minbert.bert.mlm import BertForMaskedLM, BertForPreTraining, MLMMasker, PreTrainingOutput, nsp_pairs
 from minbert.bert.tokenizer import BertTokenizer, Encoding
 from minbert.config import ConfigError, resolve_data_dir
@@ -315,7 +315,7 @@ def run(args: argparse.Namespace) -> int:
         "args": {k: v for k, v in vars(args).items() if k != "func" and not callable(v)},
     }
     write_output(s, staging, output, summary)
-    print(f"wrote {output} (load with BertModel.from_pretrained or --set model.pretrained={output})")
+    print(f"wrote {output} (load with minbert.from_pretrained or --set model.pretrained={output})")
     return 0
 
 

@@ -43,15 +43,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     """
     import shutil
 
-    from minbert import BertConfig, BertModel
-    from minbert.bert.checkpoint import resolve_model_dir
+    from minbert import BertConfig, BertModel, resolve_model_dir, save_pretrained
 
     d = tmp_path_factory.mktemp("tiny-bert")
     torch.manual_seed(0)
     from tests.tiny import TINY
 
     cfg = BertConfig(**{**TINY, "vocab_size": 30522, "max_position_embeddings": 512})
-    BertModel(cfg).save_pretrained(d)
+    save_pretrained(BertModel(cfg), d)
     src = resolve_model_dir(None)
     for name in ("vocab.txt", "tokenizer_config.json"):
         shutil.copy(src / name, d / name)

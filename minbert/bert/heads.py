@@ -11,7 +11,9 @@
 Every model holds ``self.bert = BertModel(...)`` plus heads named as in ``transformers``
 (``classifier.*``, ``qa_outputs.*``), so ``state_dict()`` keys equal Hugging Face's and a checkpoint
 directory is interchangeable: ``from_pretrained(dir)`` / ``save_pretrained(dir)`` come from
-:class:`PretrainedHeadModel`, which the MLM models in ``minbert.bert.mlm`` share.
+:class:`PretrainedHeadModel`, which the MLM models in ``minbert.bert.mlm`` share. The encoder is read by
+``minbert.bert.pretrained.load_pretrained`` and everything is written by ``minbert.bert.checkpoint.write_hf_dir``,
+the same two functions the bare encoder uses.
 
 >>> model = BertForSequenceClassification.from_pretrained(None, num_labels=3)
 >>> out = model(input_ids, attention_mask, labels=labels)   # out.logits: (B, 3), out.loss: ()
@@ -20,20 +22,20 @@ directory is interchangeable: ``from_pretrained(dir)`` / ``save_pretrained(dir)`
 from __future__ import annotations
 
 import inspect
-import json
 import logging
-import shutil
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 
-from minbert.bert.checkpoint import CheckpointError, LoadReport, resolve_model_dir
+from minbert.bert.checkpoint import CheckpointError, LoadReport, read_config, write_hf_dir
+from minbert.bert.hub import resolve_model_dir
 from minbert.bert.model import BertConfig, BertModel
+from minbert.bert.pretrained import load_pretrained
+from minbert.bert.tokenizer import BertTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +49,23 @@ class PretrainedHeadModel(nn.Module):
     Subclasses set ``architecture`` (written to ``config.json``), may list ``tied_keys`` (state_dict
     keys that alias another parameter, as ``alias -> source``: not written, re-tied on load), and
     implement :meth:`head_config` / :meth:`kwargs_from_config` for their own ``config.json`` fields.
+    They call ``super().__init__()`` first, which declares the two attributes :meth:`from_pretrained` fills:
+
+    - ``load_report``: the :class:`LoadReport` of the load (``bert.``-prefixed encoder keys and head
+      keys left at their initial values, checkpoint keys not used); None for a model built from a config.
+    - ``source_dir``: the directory the model was loaded from, None otherwise. :meth:`save_pretrained`
+      writes that directory's vocabulary along when no tokenizer is passed, so a head fine-tuned from
+      a checkpoint and saved stays a complete HF directory.
     """
 
     architecture: ClassVar[str] = "BertModel"
     tied_keys: ClassVar[dict[str, str]] = {}
     bert: BertModel
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.load_report: LoadReport | None = None
+        self.source_dir: Path | None = None
 
     def init_head(self, module: nn.Module) -> None:
         """BERT initialisation (N(0, initializer_range) weights, zero biases) for a head."""
@@ -70,7 +84,7 @@ class PretrainedHeadModel(nn.Module):
     def from_pretrained(cls: type[M], name_or_path: str | Path | None = None, **kwargs: Any) -> M:
         """Load a Hugging Face BERT directory (default: all-MiniLM-L6-v2) with this head.
 
-        The encoder must be complete (``BertModel.from_pretrained`` rules). Head tensors come from the
+        The encoder must be complete (``minbert.bert.load_pretrained`` rules). Head tensors come from the
         checkpoint when present (``cls.*``, ``classifier.*``, ``qa_outputs.*``, shape-checked) and are
         initialised as in BERT otherwise; ``model.load_report`` lists what was missing and unused.
         ``kwargs`` are this class's ``__init__`` arguments (``num_labels=3``) or ``BertConfig`` field
@@ -84,21 +98,20 @@ class PretrainedHeadModel(nn.Module):
             raise TypeError(f"{cls.__name__}.from_pretrained got unknown argument(s): {', '.join(sorted(unknown))}")
         overrides = {k: v for k, v in kwargs.items() if k in config_names and k not in init_names}
         # The pooler is loaded whatever the head; dropped below if this model has none.
-        bert = BertModel.from_pretrained(directory, add_pooling_layer=True, **overrides)
-        cfg_dict = json.loads((directory / "config.json").read_text())
+        bert, bert_report = load_pretrained(directory, add_pooling_layer=True, **overrides)
+        cfg_dict = read_config(directory)
         init_kwargs = {**cls.kwargs_from_config(cfg_dict), **{k: v for k, v in kwargs.items() if k in init_names}}
         model = cls(bert.config, **init_kwargs)
 
         report = LoadReport()
         own_bert = model.bert.state_dict()
         model.bert.load_state_dict({k: v for k, v in bert.state_dict().items() if k in own_bert})
-        report.missing = ["bert." + k for k in bert.load_report.missing if k in own_bert]
+        report.missing = ["bert." + k for k in bert_report.missing if k in own_bert]
         # A checkpoint pooler this model has no use for (HF's BertForMaskedLM has none) is unused.
-        missing_in_ckpt = set(bert.load_report.missing)
+        missing_in_ckpt = set(bert_report.missing)
         report.unexpected = ["bert." + k for k in bert.state_dict() if k not in own_bert and k not in missing_in_ckpt]
-        model.bert.source_dir = directory
 
-        extra = dict(bert.load_report.extra)  # keys other than the encoder's, ``bert.`` prefix stripped
+        extra = dict(bert_report.extra)  # keys other than the encoder's, ``bert.`` prefix stripped
         own = model.state_dict()
         head = {}
         for key, value in own.items():
@@ -124,6 +137,7 @@ class PretrainedHeadModel(nn.Module):
         if report.missing or report.unexpected:
             log.info("loaded %s as %s: %s", directory, cls.__name__, report)
         model.load_report = report
+        model.source_dir = directory
         return model
 
     def save_pretrained(self, directory: str | Path, tokenizer: Any | None = None) -> None:
@@ -131,24 +145,25 @@ class PretrainedHeadModel(nn.Module):
 
         Encoder keys get the ``bert.`` prefix; tied aliases (``cls.predictions.decoder.*``) are
         skipped, as ``transformers`` does, because safetensors refuses tensors sharing storage.
-        The vocabulary comes from ``tokenizer.save_pretrained`` or is copied from the source directory.
+        The vocabulary comes from ``tokenizer.save_pretrained``, or, without a tokenizer, from the
+        ``vocab.txt`` of ``source_dir`` (read as a :class:`BertTokenizer` and written back, unless
+        ``directory`` is ``source_dir`` itself); a model built from a config gets no vocabulary.
         """
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        sd = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if k not in self.tied_keys}
-        tmp = directory / "model.safetensors.tmp"
-        save_file(sd, str(tmp), metadata={"format": "pt"})
-        tmp.replace(directory / "model.safetensors")
+        sd = {k: v for k, v in self.state_dict().items() if k not in self.tied_keys}
         cfg = {**self.bert.config.to_hf_dict(), "architectures": [self.architecture], **self.head_config()}
-        (directory / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        if tokenizer is not None:
-            tokenizer.save_pretrained(directory)
-            return
-        src = self.bert.source_dir
-        if src is not None and Path(src).resolve() != directory.resolve():
-            for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
-                if (Path(src) / name).is_file():
-                    shutil.copyfile(Path(src) / name, directory / name)
+        if tokenizer is None:
+            tokenizer = self._source_tokenizer(directory)
+        write_hf_dir(directory, sd, cfg, tokenizer=tokenizer)
+
+    def _source_tokenizer(self, directory: Path) -> BertTokenizer | None:
+        """The tokenizer of ``source_dir`` when it has a vocabulary and is not ``directory``."""
+        src = self.source_dir
+        if src is None or not (src / "vocab.txt").is_file():
+            return None
+        if src.resolve() == directory.resolve():
+            return None  # saving in place: the vocabulary files are already there
+        return BertTokenizer.from_pretrained(src)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Submodule names equal the Hugging Face parameter names
 (``embeddings.word_embeddings``, ``encoder.layer.{i}.attention.self.query``,
 ``attention.output.LayerNorm``, ``intermediate.dense``, ``pooler.dense``, ...),
-so loading an HF checkpoint is a key-for-key copy (see ``minbert.bert.checkpoint``).
+so loading an HF checkpoint is a key-for-key copy (see ``minbert.bert.checkpoint``
+and ``minbert.bert.pretrained``).
 
 Shapes: B = batch, T = sequence length, H = hidden size, nh = heads, hs = H / nh.
 """
@@ -229,7 +230,11 @@ class BertPooler(nn.Module):
 class BertModel(nn.Module):
     """The BERT encoder with an optional pooler.
 
-    >>> model = BertModel.from_pretrained()          # all-MiniLM-L6-v2 from the installed package
+    Loading and saving Hugging Face directories is :mod:`minbert.bert.pretrained`'s job, so this
+    module depends on nothing but torch:
+
+    >>> from minbert.bert import from_pretrained
+    >>> model = from_pretrained()                    # all-MiniLM-L6-v2 from the installed package
     >>> out = model(input_ids, attention_mask)       # out.last_hidden_state: (B, T, H)
     """
 
@@ -239,7 +244,6 @@ class BertModel(nn.Module):
         self.embeddings = BertEmbeddings(config)
         self.encoder = BertEncoder(config)
         self.pooler = BertPooler(config) if add_pooling_layer else None
-        self.source_dir: Path | None = None  # where from_pretrained found it (vocab for export)
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -278,25 +282,6 @@ class BertModel(nn.Module):
         h = self.encoder(x, self.attention_bias(attention_mask, x.dtype))  # (B, T, H)
         pooled = self.pooler(h) if self.pooler is not None else None
         return BertOutput(last_hidden_state=h, pooler_output=pooled)
-
-    @classmethod
-    def from_pretrained(
-        cls, name_or_path: str | Path | None = None, add_pooling_layer: bool = True, **config_overrides
-    ) -> BertModel:
-        """Load a local Hugging Face BERT directory (default: the installed all-MiniLM-L6-v2).
-
-        ``config_overrides`` replace config fields, e.g. ``hidden_dropout_prob=0.0``.
-        Raises ``CheckpointError`` with a readable message for a bad directory.
-        """
-        from minbert.bert.checkpoint import load_pretrained
-
-        return load_pretrained(cls, name_or_path, add_pooling_layer=add_pooling_layer, **config_overrides)
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write HF format (model.safetensors, config.json, vocab) loadable by ``transformers``."""
-        from minbert.bert.checkpoint import save_pretrained
-
-        save_pretrained(self, directory)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

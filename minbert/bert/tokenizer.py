@@ -24,7 +24,8 @@ import torch
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
-from minbert.bert.checkpoint import CheckpointError, resolve_model_dir
+from minbert.bert.checkpoint import CheckpointError
+from minbert.bert.hub import resolve_model_dir
 
 
 @dataclass

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 
-from minbert.bert.checkpoint import CheckpointError
+from minbert.bert.checkpoint import CheckpointError, LoadReport
 from minbert.bert.heads import (
     BertForMultipleChoice,
     BertForQuestionAnswering,
     BertForSequenceClassification,
     BertForTokenClassification,
 )
+from minbert.bert.model import BertConfig
 from tests.tiny import TINY
 
 transformers = pytest.importorskip("transformers")
@@ -188,3 +190,31 @@ def test_wrong_num_labels_is_a_readable_error(tmp_path):
     hf.save_pretrained(tmp_path / "hf")
     with pytest.raises(CheckpointError, match="classifier.weight.*num_labels"):
         BertForSequenceClassification.from_pretrained(tmp_path / "hf", num_labels=5)
+
+
+def test_load_report_and_source_dir_are_declared_on_the_head_model(tiny_model_dir):
+    """The head model owns what it learned on load; its inner BertModel gets nothing patched on."""
+    fresh = BertForSequenceClassification(BertConfig(**TINY))
+    assert fresh.load_report is None and fresh.source_dir is None
+    model = BertForSequenceClassification.from_pretrained(tiny_model_dir)
+    assert isinstance(model.load_report, LoadReport) and model.source_dir == tiny_model_dir
+    assert not hasattr(model.bert, "source_dir") and not hasattr(model.bert, "load_report")
+
+
+def test_save_pretrained_writes_the_vocabulary_of_the_source_directory(tiny_model_dir, tmp_path):
+    model = BertForSequenceClassification.from_pretrained(tiny_model_dir)
+    model.save_pretrained(tmp_path / "out")
+    assert (tmp_path / "out" / "vocab.txt").read_text() == (tiny_model_dir / "vocab.txt").read_text()
+    assert transformers.BertTokenizerFast.from_pretrained(tmp_path / "out")("hello world")["input_ids"][0] == 101
+    # built from a config, a model has no vocabulary to write
+    BertForSequenceClassification(BertConfig(**TINY)).save_pretrained(tmp_path / "fresh")
+    assert sorted(p.name for p in (tmp_path / "fresh").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_save_pretrained_in_place_leaves_the_tokenizer_files_alone(tiny_model_dir, tmp_path):
+    d = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, d)
+    before = {name: (d / name).read_bytes() for name in ("vocab.txt", "tokenizer_config.json")}
+    BertForSequenceClassification.from_pretrained(d, num_labels=3).save_pretrained(d)
+    assert {name: (d / name).read_bytes() for name in before} == before
+    assert BertForSequenceClassification.from_pretrained(d).num_labels == 3

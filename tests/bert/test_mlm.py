@@ -7,9 +7,10 @@ import random
 import pytest
 import torch
 
-from minbert.bert.checkpoint import resolve_model_dir
+from minbert.bert.hub import resolve_model_dir
 from minbert.bert.mlm import BertForMaskedLM, BertForPreTraining, MLMMasker, mask_tokens, nsp_pairs
-from minbert.bert.model import BertConfig, BertModel
+from minbert.bert.model import BertConfig
+from minbert.bert.pretrained import load_pretrained
 from minbert.bert.tokenizer import BertTokenizer
 from tests.tiny import TINY
 
@@ -202,7 +203,7 @@ def test_pretraining_heads_match_transformers(tmp_path):
 
 
 def test_mlm_checkpoint_round_trip_with_transformers_and_bert_model(tmp_path):
-    """save_pretrained -> HF BertForMaskedLM (same logits) and BertModel.from_pretrained (full encoder)."""
+    """save_pretrained -> HF BertForMaskedLM (same logits) and load_pretrained (full encoder)."""
     torch.manual_seed(0)
     ours = BertForMaskedLM(BertConfig(**TINY)).eval()
     with torch.no_grad():
@@ -213,9 +214,9 @@ def test_mlm_checkpoint_round_trip_with_transformers_and_bert_model(tmp_path):
     ids, mask, _ = tiny_batch()
     with torch.no_grad():
         torch.testing.assert_close(ours(ids, mask).logits, hf.eval()(ids, mask).logits, atol=ATOL, rtol=0)
-    enc = BertModel.from_pretrained(tmp_path / "mlm")
-    assert enc.load_report.missing == ["pooler.dense.weight", "pooler.dense.bias"]  # MLM has no pooler
-    assert "cls.predictions.bias" in enc.load_report.unexpected
+    enc, report = load_pretrained(tmp_path / "mlm")
+    assert report.missing == ["pooler.dense.weight", "pooler.dense.bias"]  # MLM has no pooler
+    assert "cls.predictions.bias" in report.unexpected
 
 
 def test_mlm_head_initialised_when_the_checkpoint_has_none(tmp_path):

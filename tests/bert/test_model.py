@@ -10,8 +10,7 @@ import csv
 import pytest
 import torch
 
-from minbert import BertConfig, BertModel, BertTokenizer
-from minbert.bert.checkpoint import resolve_model_dir
+from minbert import BertConfig, BertModel, BertTokenizer, from_pretrained, resolve_model_dir
 from tests.tiny import TINY
 
 transformers = pytest.importorskip("transformers")
@@ -31,7 +30,7 @@ def real_sentences(data_dir, n: int = 12) -> list[str]:
 def pair():
     """(ours, HF's) on the real default weights, dropout off."""
     path = str(resolve_model_dir(None))
-    ours = BertModel.from_pretrained(path).eval()
+    ours = from_pretrained(path).eval()
     theirs = transformers.BertModel.from_pretrained(path, attn_implementation="eager").eval()
     return ours, theirs
 
@@ -115,7 +114,7 @@ def test_tiny_random_config_saved_by_transformers(tmp_path):
     cfg = transformers.BertConfig(**TINY)
     hf = transformers.BertModel(cfg).eval()
     hf.save_pretrained(tmp_path)
-    ours = BertModel.from_pretrained(tmp_path).eval()
+    ours = from_pretrained(tmp_path).eval()
     assert ours.config.hidden_size == 32 and ours.config.num_hidden_layers == 2
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1, 120, (3, 10), generator=g)

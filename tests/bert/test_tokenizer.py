@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from minbert import BertTokenizer
-from minbert.bert.checkpoint import resolve_model_dir
+from minbert.bert.hub import resolve_model_dir
 
 transformers = pytest.importorskip("transformers")
 
