@@ -8,60 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 import minbert.train as train_lib
-from minbert.lab.ablate import (
-    GridError,
-    add_arguments,
-    check_runnable,
-    execute,
-    grid_from_dict,
-    load_grid,
-    plan,
-    run,
-    run_config,
-)
-
-ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = sorted((ROOT / "configs" / "ablations").glob("*.yaml"))
+from minbert.lab.ablate import add_arguments, execute, run
+from minbert.lab.grid import GridError, load_grid, plan, run_config
+from tests.lab.grids import SHIPPED, cli, needs_later_checkpoint, tiny_grid, write_grid
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
     torch.set_num_threads(1)
-
-
-def tiny_grid(tiny_model_dir, data_dir, out: Path, **changes) -> dict:
-    grid = {
-        "name": "tiny",
-        "base_config": {
-            "model": {"pretrained": str(tiny_model_dir)},
-            "data_dir": str(data_dir),
-            "tasks": {"sst": {"train_limit": 32, "dev_limit": 32, "max_length": 32, "batch_size": 16}},
-            "optim": {"lr": 1e-3, "warmup": 0, "schedule": "constant"},
-            "train": {"epochs": 1, "threads": 1, "eval_every": 1},
-        },
-        "budget": {"max_steps": 2},
-        "seeds": [0, 1],
-        "baseline": "cls",
-        "variants": {"cls": {"tasks.sst.pooling": "cls"}, "mean": {"tasks.sst.pooling": "mean"}},
-        "output": str(out),
-    }
-    grid.update(changes)
-    return grid
-
-
-def write_grid(tmp_path: Path, grid: dict) -> Path:
-    path = tmp_path / "grid.yaml"
-    path.write_text(yaml.safe_dump(grid))
-    return path
-
-
-def cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return run(parser.parse_args([*argv, "--in-process"]))
 
 
 @pytest.fixture
@@ -192,44 +148,6 @@ def test_invalid_variants_fail_before_any_run(tiny_model_dir, data_dir, tmp_path
     assert count_fits["calls"] == [] and not out.exists()
 
 
-def test_grid_file_errors_name_the_field(tiny_model_dir, data_dir, tmp_path):
-    grid = tiny_grid(tiny_model_dir, data_dir, tmp_path / "grid")
-    with pytest.raises(GridError, match="unknown variant"):
-        cli(str(write_grid(tmp_path, grid)), "--variant", "nope")
-    for changes, message in [
-        ({"budget": {"max_epochs": 1}}, "'budget'"),
-        ({"baseline": "nope"}, "'baseline'"),
-        ({"seeds": [0, 0]}, "'seeds' has duplicates"),
-        ({"variants": {"a/b": {}}}, r"'variants\.a/b'"),
-        ({"variants": {False: {}}}, "quote YAML's on / off"),
-        ({"epochs": 3}, "'epochs' is unknown"),
-    ]:
-        with pytest.raises(GridError, match=message):
-            grid_from_dict({**grid, **changes})
-
-
-def test_run_config_applies_overrides_in_order(tiny_model_dir, data_dir, tmp_path):
-    grid = grid_from_dict(
-        tiny_grid(
-            tiny_model_dir,
-            data_dir,
-            tmp_path / "g",
-            overrides=["optim.lr=0.01", "train.max_minutes=9"],
-            budget={"max_minutes": 3},
-            variants={"a": {"optim.lr": 0.02}, "b": {"train.regularizer_kwargs": {"lambda_s": 2.0}}},
-            baseline="a",
-        )
-    )
-    grid.extra = ["optim.weight_decay=0.5"]
-    cfg = run_config(grid, "a", 7)
-    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.train.seed) == (0.02, 0.5, 7)
-    assert (cfg.train.max_minutes, cfg.train.max_steps, cfg.train.progress) == (3, None, False)
-    assert Path(cfg.run_dir) == tmp_path / "g" / "a" / "seed7" and cfg.name == "tiny-a-seed7"
-    assert run_config(grid, "b", 0).train.regularizer_kwargs == {"lambda_s": 2.0}  # a whole mapping
-    runs = plan(grid, ["b"], [3, 4], check=False)
-    assert [(r.variant, r.seed) for r in runs] == [("b", 3), ("b", 4)]
-
-
 def test_dry_run_shows_the_plan_and_writes_nothing(tiny_model_dir, data_dir, tmp_path, capsys, count_fits):
     out = tmp_path / "grid"
     path = write_grid(tmp_path, tiny_grid(tiny_model_dir, data_dir, out))
@@ -249,24 +167,6 @@ def test_a_run_in_its_own_process(tiny_model_dir, data_dir, tmp_path):
     assert (out / "mean" / "seed1" / "summary.json").is_file()
     assert "dev score" in (out / "mean" / "seed1" / "train.log").read_text()
     assert json.loads((out / "report.json").read_text())["results"]["mean"]["n"] == 1
-
-
-def needs_later_checkpoint(cfg) -> bool:
-    """A variant whose checkpoint another command produces first (the MLM grid's ``minbert pretrain`` output)."""
-    return Path(cfg.model.pretrained).parent != Path(".")
-
-
-@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
-def test_shipped_grids_are_valid(path):
-    grid = load_grid(path)
-    assert grid.budget == {"max_minutes": 5} and grid.seeds == [0, 1, 2] and len(grid.variants) >= 2
-    runs = plan(grid, check=False)  # every variant's config passes load_config
-    assert len(runs) == len(grid.variants) * len(grid.seeds)
-    for v in grid.variants:
-        cfg = run_config(grid, v, 0)
-        assert cfg.train.max_minutes == 5 and cfg.train.max_steps is None
-        if not needs_later_checkpoint(cfg):
-            check_runnable(cfg)
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
