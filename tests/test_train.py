@@ -195,6 +195,21 @@ def test_swap_augment_adds_the_reversed_pairs(tiny_model_dir, data_dir, tmp_path
         setup(cfg)
 
 
+@pytest.mark.parametrize("task,loss", [("quora", "bce"), ("sts", "mse")])
+def test_hybrid_multitask_run_trains_and_predicts(tiny_model_dir, data_dir, tmp_path, task, loss):
+    cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst", task], train={"sampler": "round_robin"})
+    cfg.tasks[task].pair_mode = "hybrid"
+    cfg.tasks[task].loss = loss
+    cfg.tasks[task].symmetric_eval = True
+    tr = setup(cfg)
+    assert tr.tasks[task].train.dataset.input_format == "hybrid"
+    before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
+    summary = fit(tr)
+    assert summary["steps"] > 0 and set(summary["best_metrics"]) == {"sst", task}
+    moved = [n for n, p in tr.model.named_parameters() if not torch.equal(p, before[n])]
+    assert any(n.startswith(f"tasks.{task}.head") for n in moved) and any(n.startswith("bert.") for n in moved)
+
+
 def test_grad_accumulation_and_eval_every(tiny_model_dir, data_dir, tmp_path):
     # 64 examples / batch 16 = 4 micro-batches per epoch, 2 epochs, 2 micro-batches per optimizer step
     cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst"], optim={"grad_accum": 2},
