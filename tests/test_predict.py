@@ -9,6 +9,9 @@ import pytest
 import torch
 
 from minbert.cli import main as cli
+from minbert.config import ConfigError
+from minbert.predict import predict_file
+from minbert.runs import load_run
 
 
 def read_predictions(path):
@@ -89,3 +92,56 @@ def test_train_then_predict_via_cli(tiny_model_dir, data_dir, tmp_path, task, pa
         for name, p in hf.named_parameters():
             assert torch.equal(p.detach(), trained["bert." + name]), name
 
+
+
+# -- predict_file on a trained run ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_run):
+    return load_run(tiny_run.run_dir)
+
+
+def student_rows(data_dir, name: str, n: int) -> tuple[list[str], list[list[str]]]:
+    """The header and the first ``n`` rows of a test-student file (tab-separated, a leading index column)."""
+    with open(data_dir / name, newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    return rows[0], rows[1 : n + 1]
+
+
+def write_rows(path, header: list[str], rows: list[list[str]]) -> None:
+    with open(path, "w", newline="") as f:
+        csv.writer(f, delimiter="\t").writerows([header, *rows])
+
+
+def test_predict_file_writes_one_row_per_input_id_in_input_order(loaded, data_dir, tmp_path):
+    header, rows = student_rows(data_dir, "ids-sst-test-student.csv", 12)
+    rows = rows[::-1]  # not the file's order, nor sorted by length as the batches are
+    write_rows(tmp_path / "in.csv", header, rows)
+    n = predict_file(loaded, "sst", tmp_path / "in.csv", tmp_path / "out" / "sst.csv")
+    with open(tmp_path / "out" / "sst.csv", newline="") as f:
+        out = list(csv.reader(f))
+    assert out[0] == ["id", "prediction"]
+    assert [r[0] for r in out[1:]] == [r[header.index("id")] for r in rows]
+    assert n == len(out) - 1 == 12
+    assert all(r[1] in {"0", "1", "2", "3", "4"} for r in out[1:])  # a class of the 5-way task
+
+
+@pytest.mark.parametrize("threshold, expected", [(-1.0, {"1"}), (2.0, {"0"})])
+def test_predict_file_decides_binary_tasks_at_the_run_threshold(loaded, data_dir, tmp_path, threshold, expected):
+    header, rows = student_rows(data_dir, "quora-test-student.csv", 10)
+    write_rows(tmp_path / "in.csv", header, rows)
+    task = loaded.tasks["quora"]
+    restored, task.threshold = task.threshold, threshold  # every probability is above -1 and below 2
+    try:
+        predict_file(loaded, "quora", tmp_path / "in.csv", tmp_path / "out.csv")
+    finally:
+        task.threshold = restored
+    with open(tmp_path / "out.csv", newline="") as f:
+        assert {r["prediction"] for r in csv.DictReader(f)} == expected
+
+
+def test_predict_file_of_an_untrained_task_lists_the_run_tasks(loaded, data_dir, tmp_path):
+    with pytest.raises(ConfigError, match=r"'sts' was not trained in this run; it has: sst, quora"):
+        predict_file(loaded, "sts", data_dir / "sts-test-student.csv", tmp_path / "out.csv")
+    assert not (tmp_path / "out.csv").exists()
