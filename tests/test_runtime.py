@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minbert.runtime import resolve_precision
+from minbert.config import ConfigError
+from minbert.runtime import autocast_for, is_main_process, pick_device, rank, resolve_precision, world_size
 
 
 @pytest.mark.parametrize(
@@ -34,3 +35,32 @@ def test_explicit_bf16_on_a_cpu_without_it_warns(monkeypatch, caplog):
         assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
     assert "emulated" in caplog.text
 
+
+
+def test_autocast_for_each_resolved_precision():
+    a, b = torch.ones(2, 3), torch.ones(3, 2)
+    with autocast_for("fp32", torch.device("cpu"))():
+        assert (a @ b).dtype == torch.float32  # no autocast at all
+    with autocast_for("bf16", torch.device("cpu"))():
+        assert (a @ b).dtype == torch.bfloat16
+    with pytest.raises(ConfigError, match="config field 'train.precision': fp16 needs CUDA"):
+        autocast_for("fp16", torch.device("cpu"))
+    with pytest.raises(ValueError, match="resolved precision"):  # "auto" is resolved once, before
+        autocast_for("auto", torch.device("cpu"))
+
+
+def test_pick_device(monkeypatch):
+    assert pick_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device("auto") == torch.device("cuda")
+
+
+def test_rank_and_world_size_come_from_torchrun_variables(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert (rank(), world_size(), is_main_process()) == (0, 1, True)
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert (rank(), world_size(), is_main_process()) == (2, 4, False)
