@@ -134,12 +134,12 @@ def setup(cfg: Config, run_dir: Path | None = None) -> Trainer:
     child = None
     if optim.child_tuning and not frozen:
         fisher = lambda: run_fisher_pass(model, tasks, device)  # noqa: E731 - only the variants that need it call it
-        with config_field("optim.child_tuning_kwargs"):
+        with config_field("optim.child_tuning"):
             kwargs = optim.child_tuning_kwargs
             child = CHILD_TUNING.build(optim.child_tuning, eligible_parameters(model), fisher, **kwargs)
     regularizer = None
     if train.regularizer:
-        with config_field("train.regularizer_kwargs"):
+        with config_field("train.regularizer"):
             regularizer = REGULARIZERS.build(train.regularizer, model, **train.regularizer_kwargs)
     optimizer = AdamW(
         groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, weight_decay=optim.weight_decay, grad_mask=child

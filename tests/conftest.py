@@ -55,3 +55,20 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     for name in ("vocab.txt", "tokenizer_config.json"):
         shutil.copy(src / name, d / name)
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_model_dir, data_dir, tmp_path_factory):
+    """A finished tiny run: sst and quora, two steps on the CPU in fp32 (the ``Trainer`` after ``fit``).
+
+    Shared by the tests that read a run back (``load_run``, ``predict_file``): treat it as read-only,
+    copy ``tiny_run.run_dir`` or ``tiny_run.model`` before changing them.
+    """
+    from minbert.train import fit, setup
+    from tests.tiny import tiny_config
+
+    train = {"max_steps": 2, "device": "cpu", "precision": "fp32"}
+    cfg = tiny_config(tiny_model_dir, data_dir, tmp_path_factory.mktemp("tiny-run"), ["sst", "quora"], train=train)
+    tr = setup(cfg)
+    fit(tr)
+    return tr

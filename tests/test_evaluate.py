@@ -7,8 +7,20 @@ import csv
 import numpy as np
 import pytest
 
-from minbert.evaluate import TaskOutputs, compute_metrics, fit_threshold, mean_score, primary_score, write_predictions
+from minbert.bert.tokenizer import BertTokenizer
+from minbert.data import EncodedDataset, Example, make_loader
+from minbert.evaluate import (
+    TaskOutputs,
+    collect_outputs,
+    compute_metrics,
+    fit_threshold,
+    mean_score,
+    primary_score,
+    write_predictions,
+)
 from minbert.tasks import get_task
+from minbert.train import setup
+from tests.tiny import tiny_config
 
 
 def test_binary_threshold_tuned_on_dev_and_fixed_half_reported():
@@ -42,3 +54,24 @@ def test_prediction_file_format(tmp_path):
     sst = get_task("sst")
     write_predictions(tmp_path / "sst.csv", sst, TaskOutputs(["a", "b"], np.array([4.0, 0.0]), None), None)
     assert list(csv.reader(open(tmp_path / "sst.csv")))[1:] == [["a", "4"], ["b", "0"]]
+
+
+def test_symmetric_eval_is_the_mean_of_both_orders(tiny_model_dir, data_dir, tmp_path):
+    cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sts"])
+    cfg.tasks["sts"].pair_mode = "cross"
+    tr = setup(cfg)
+    t = tr.tasks["sts"]
+    exs = list(t.dev.dataset.examples)
+    tok = BertTokenizer.from_pretrained(tiny_model_dir)
+
+    def outputs(items, symmetric):
+        ds = EncodedDataset(items, tok, "cross", t.cfg.max_length, "regression", symmetric=symmetric)
+        return collect_outputs(tr.model, "sts", t.loss, make_loader(ds, 7, shuffle=False), tr.device)
+
+    both = outputs(exs, True)
+    fwd = outputs(exs, False)
+    back = outputs([Example(e.id, e.texts[::-1], e.label, e.line) for e in exs], False)
+    assert not np.allclose(fwd.scores, back.scores)  # the cross-encoder is not symmetric by itself
+    np.testing.assert_allclose(both.scores, (fwd.scores + back.scores) / 2, rtol=1e-5, atol=1e-6)
+    assert both.ids == fwd.ids and np.array_equal(both.labels, fwd.labels)
+

@@ -14,6 +14,7 @@ from minbert.losses import (
     CoSENTLoss,
     CosineMSELoss,
     CrossEntropyLoss,
+    HybridLoss,
     MSELoss,
     build_loss,
     to_label_range,
@@ -200,3 +201,26 @@ def test_to_label_range_clamps():
     # lo + (cos + 1) / 2 * (hi - lo) on (1, 3): -1 -> 1, 0 -> 2, 1 -> 3; 1.2 clamps to 3
     out = to_label_range(torch.tensor([-1.0, 0.0, 1.0, 1.2]), 1.0, 3.0)
     torch.testing.assert_close(out, torch.tensor([1.0, 2.0, 3.0, 3.0]))
+
+
+# ---------------------------------------------------------------- hybrid
+
+
+def test_hybrid_loss_and_blend_hand_computed():
+    out = torch.tensor([[0.0, 0.5], [2.0, -0.2]])  # (logit, cosine) per example
+    y = torch.tensor([1, 0])
+    loss = HybridLoss(BinaryCrossEntropyLoss(), CosineMSELoss(label_range=(0.0, 1.0)), blend=0.25, cosine_weight=2.0)
+    bce = (math.log(2) + math.log(1 + math.exp(2))) / 2  # -log sigmoid(0), -log(1 - sigmoid(2))
+    cos_mse = ((0.5 - 1) ** 2 + (-0.2 - 0) ** 2) / 2
+    assert loss(out, y).item() == pytest.approx(bce + 2 * cos_mse, rel=1e-6)
+    sig2 = 1 / (1 + math.exp(-2))
+    # cosine predictions are clamped to the label range: -0.2 -> 0
+    assert loss.predict(out).tolist() == pytest.approx([0.25 * 0.5 + 0.75 * 0.5, 0.25 * sig2 + 0.75 * 0.0])
+
+    reg = HybridLoss(MSELoss(sigmoid_scale=5.0), CosineMSELoss(label_range=(0.0, 5.0)), blend=0.5)
+    assert reg.predict(torch.tensor([[0.0, 0.8]])).item() == pytest.approx(0.5 * 2.5 + 0.5 * 4.0)
+    with pytest.raises(ValueError, match=r"must be \(B, 2\)"):
+        reg(torch.zeros(4), torch.zeros(4))
+    with pytest.raises(ValueError, match="blend must be in"):
+        HybridLoss(BinaryCrossEntropyLoss(), CosineMSELoss(), blend=1.5)
+

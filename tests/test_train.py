@@ -1,17 +1,16 @@
-"""The training loop end to end on tiny models and slices of the real data."""
+"""The training loop end to end on tiny models and slices of the real data: single-task runs,
+and two-step multitask runs for every task sampler and every combiner."""
 
 from __future__ import annotations
 
-import csv
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from minbert.cli import main as cli
-from minbert.config import ConfigError
-from minbert.runtime import cpu_has_native_bf16, resolve_precision
+from minbert.multitask import COMBINERS, SAMPLERS
+from minbert.runtime import cpu_has_native_bf16
 from minbert.train import fit, setup
 from tests.tiny import tiny_config
 
@@ -64,101 +63,6 @@ def test_last_layer_mode_trains_heads_only(tiny_model_dir, data_dir, tmp_path):
     assert any(not torch.equal(v, head_before[k]) for k, v in tr.model.tasks.state_dict().items())
 
 
-def read_predictions(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-@pytest.mark.parametrize(
-    "task,pair_mode,loss,kind",
-    [
-        ("sst", None, None, int),
-        ("quora", "cross", None, int),
-        ("sts", "bi", "mse", float),
-        ("sts", "cosine", "cosent", float),
-    ],
-)
-def test_train_then_predict_via_cli(tiny_model_dir, data_dir, tmp_path, task, pair_mode, loss, kind):
-    run = tmp_path / "run"
-    args = [
-        "train",
-        "--task",
-        task,
-        "--data-dir",
-        str(data_dir),
-        "--run-dir",
-        str(run),
-        "--set",
-        f"model.pretrained={tiny_model_dir}",
-        "--set",
-        "train.epochs=1",
-        "--set",
-        "train.progress=false",
-        "--set",
-        f"tasks.{task}.train_limit=32",
-        "--set",
-        f"tasks.{task}.dev_limit=32",
-        "--set",
-        f"tasks.{task}.max_length=32",
-    ]
-    if pair_mode:
-        args += ["--set", f"tasks.{task}.pair_mode={pair_mode}"]
-    if loss:
-        args += ["--set", f"tasks.{task}.loss={loss}"]
-    assert cli(args) == 0
-    spec_file = {
-        "sst": "ids-sst-test-student.csv",
-        "quora": "quora-test-student.csv",
-        "sts": "sts-test-student.csv",
-    }[task]
-    # a small input file in the test-student layout, with quoting, order to be kept
-    with open(data_dir / spec_file, newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t"))
-    inp = tmp_path / "in.csv"
-    with open(inp, "w", newline="") as f:
-        csv.writer(f, delimiter="\t").writerows(rows[:41])
-    out = tmp_path / "out.csv"
-    assert cli(["predict", "--run", str(run), "--task", task, "--input", str(inp), "--output", str(out)]) == 0
-    preds = read_predictions(out)
-    assert list(preds[0]) == ["id", "prediction"]
-    header = rows[0]
-    assert [p["id"] for p in preds] == [r[header.index("id")] for r in rows[1:41]]
-    values = [kind(p["prediction"]) for p in preds]
-    if task == "sst":
-        assert all(v in range(5) and p["prediction"].isdigit() for v, p in zip(values, preds, strict=True))
-    elif task == "quora":
-        assert set(values) <= {0, 1}
-    else:
-        assert all(0.0 <= v <= 5.0 for v in values)
-    assert cli(["eval", "--run", str(run), "--split", "dev", "--data-dir", str(data_dir)]) == 0
-    assert json.loads((run / "eval-dev.json").read_text())["tasks"][task]
-    if task == "sst":  # export: the fine-tuned encoder as an HF directory transformers can load
-        assert cli(["export", "--run", str(run), "--output", str(tmp_path / "hf")]) == 0
-        transformers = pytest.importorskip("transformers")
-        hf = transformers.BertModel.from_pretrained(tmp_path / "hf").eval()
-        from safetensors.torch import load_file
-
-        trained = load_file(str(run / "best" / "model.safetensors"))
-        for name, p in hf.named_parameters():
-            assert torch.equal(p.detach(), trained["bert." + name]), name
-
-
-def test_bad_config_fails_before_training(tiny_model_dir, data_dir, tmp_path, capsys):
-    assert cli(["train", "--task", "sst", "--set", "optim.lr=-1", "--run-dir", str(tmp_path)]) == 2
-    assert "config field 'optim.lr' must be positive" in capsys.readouterr().err
-    assert cli(["train", "--task", "sst", "--set", "tasks.sst.pair_mode=cross"]) == 2
-    assert "single sentences" in capsys.readouterr().err
-    assert not (tmp_path / "config.yaml").exists()
-
-
-def test_unknown_strategy_names_fail_naming_the_field(tiny_model_dir, data_dir, tmp_path):
-    for section, field, value in [("train", "sampler", "zigzag"), ("train", "combiner", "magic"),
-                                  ("optim", "schedule", "sawtooth")]:
-        cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst"], **{section: {field: value}})
-        with pytest.raises(ConfigError, match=f"config field '{section}.{field}'.*{value}"):
-            setup(cfg)
-
-
 @pytest.mark.parametrize(
     "extra",
     [
@@ -180,19 +84,19 @@ def test_regularisers_plug_into_the_loop(tiny_model_dir, data_dir, tmp_path, ext
         assert (tmp_path / "run" / "best" / "child_tuning.safetensors").is_file()
 
 
-def test_swap_augment_adds_the_reversed_pairs(tiny_model_dir, data_dir, tmp_path):
-    cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sts"])
-    cfg.tasks["sts"].swap_augment = True
-    cfg.tasks["sts"].train_limit = 8
+@pytest.mark.parametrize("task,loss", [("quora", "bce"), ("sts", "mse")])
+def test_hybrid_multitask_run_trains_and_predicts(tiny_model_dir, data_dir, tmp_path, task, loss):
+    cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst", task], train={"sampler": "round_robin"})
+    cfg.tasks[task].pair_mode = "hybrid"
+    cfg.tasks[task].loss = loss
+    cfg.tasks[task].symmetric_eval = True
     tr = setup(cfg)
-    examples = tr.tasks["sts"].train.dataset.examples
-    assert len(examples) == 16
-    for ex, swapped in zip(examples[:8], examples[8:], strict=True):
-        assert swapped.texts == (ex.texts[1], ex.texts[0]) and swapped.label == ex.label
-    cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst"])
-    cfg.tasks["sst"].swap_augment = True
-    with pytest.raises(ConfigError, match="swap_augment' needs a sentence-pair task"):
-        setup(cfg)
+    assert tr.tasks[task].train.dataset.input_format == "hybrid"
+    before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
+    summary = fit(tr)
+    assert summary["steps"] > 0 and set(summary["best_metrics"]) == {"sst", task}
+    moved = [n for n, p in tr.model.named_parameters() if not torch.equal(p, before[n])]
+    assert any(n.startswith(f"tasks.{task}.head") for n in moved) and any(n.startswith("bert.") for n in moved)
 
 
 def test_grad_accumulation_and_eval_every(tiny_model_dir, data_dir, tmp_path):
@@ -217,52 +121,59 @@ def test_early_stopping_stops_after_patience_evaluations(tiny_model_dir, data_di
     assert summary["steps"] == 3 * 4
 
 
-@pytest.mark.parametrize(
-    "device, amx, avx512_bf16, cuda_bf16, expected",
-    [
-        ("cpu", False, False, None, "fp32"),  # AVX2-only CPU: bf16 would be emulated
-        ("cpu", True, False, None, "bf16"),  # Sapphire Rapids and later: AMX
-        ("cpu", False, True, None, "bf16"),  # AVX512-BF16 without AMX
-        ("cuda", False, False, True, "bf16"),  # Ampere and later
-        ("cuda", False, False, False, "fp16"),  # Volta / Turing: fp16 with a gradient scaler
-    ],
-)
-def test_auto_precision_follows_the_hardware(monkeypatch, device, amx, avx512_bf16, cuda_bf16, expected):
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
-    assert resolve_precision("auto", torch.device(device)) == expected
-    for explicit in ("fp32", "bf16"):  # an explicit choice is kept
-        assert resolve_precision(explicit, torch.device(device)) == explicit
-
-
-def test_explicit_bf16_on_a_cpu_without_it_warns(monkeypatch, caplog):
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    with caplog.at_level("WARNING"):
-        assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
-    assert "emulated" in caplog.text
-
-
-def test_eval_of_a_bf16_run_on_a_cpu_without_it_warns_once_not_per_task(
-    tiny_model_dir, data_dir, tmp_path, monkeypatch, caplog
-):
-    train = {"max_steps": 1, "device": "cpu", "precision": "fp32"}
-    cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst", "sts"], train=train)
-    tr = setup(cfg)
-    fit(tr)
-    saved = tr.run_dir / "config.yaml"  # as if trained with bf16 on another machine
-    saved.write_text(saved.read_text().replace("precision: fp32", "precision: bf16"))
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    with caplog.at_level("WARNING"):
-        assert cli(["eval", "--run", str(tr.run_dir), "--split", "dev"]) == 0  # two tasks, one load
-    assert caplog.text.count("emulated") == 1
-
-
 def test_auto_precision_is_recorded_in_the_summary(tiny_model_dir, data_dir, tmp_path):
     train = {"precision": "auto", "max_steps": 1, "device": "cpu"}
     cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst"], train=train)
     summary = fit(setup(cfg))
     assert summary["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")
     assert summary["device"] == "cpu"
+
+
+# ------------------------------------------------------------------ multitask: every sampler and combiner
+
+TASKS = ["sst", "quora", "sts"]
+SAMPLER_KWARGS = {"annealed": {"anneal_epochs": 2}, "annealed_pals": {"num_epochs": 2}}
+COMBINER_KWARGS = {"fixed": {"weights": {"sst": 1.0, "quora": 0.5, "sts": 2.0}}}
+
+
+def run_two_steps(tiny_model_dir, data_dir, tmp_path, sampler="mixed", combiner="sum"):
+    cfg = tiny_config(
+        tiny_model_dir,
+        data_dir,
+        tmp_path,
+        TASKS,
+        train={
+            "sampler": sampler,
+            "sampler_kwargs": SAMPLER_KWARGS.get(sampler, {}),
+            "combiner": combiner,
+            "combiner_kwargs": COMBINER_KWARGS.get(combiner, {}),
+            "max_steps": 2,
+        },
+    )
+    cfg.tasks["sts"].pair_mode = "bi"
+    tr = setup(cfg)
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    summary = fit(tr)
+    assert summary["steps"] == 2
+    changed = [k for k, v in tr.model.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.startswith("bert.encoder.layer.") for k in changed)
+    return tr, changed
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_every_sampler_trains(tiny_model_dir, data_dir, tmp_path, sampler):
+    run_two_steps(tiny_model_dir, data_dir, tmp_path, sampler=sampler)
+
+
+@pytest.mark.parametrize("combiner", sorted(COMBINERS))
+def test_every_combiner_trains_all_heads_in_a_mixed_step(tiny_model_dir, data_dir, tmp_path, combiner):
+    _, changed = run_two_steps(tiny_model_dir, data_dir, tmp_path, combiner=combiner)
+    for task in TASKS:
+        assert any(k.startswith(f"tasks.{task}.") for k in changed), f"{task} head did not train"
+
+
+def test_sequential_sampler_trains_only_the_first_task_first(tiny_model_dir, data_dir, tmp_path):
+    """Two steps of a sequential epoch both belong to its first task: other heads stay put."""
+    _, changed = run_two_steps(tiny_model_dir, data_dir, tmp_path, sampler="sequential")
+    heads = {k.split(".")[1] for k in changed if k.startswith("tasks.")}
+    assert heads == {"sst"}

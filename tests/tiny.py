@@ -1,7 +1,8 @@
-"""The tiny random BERT shape shared by the parity tests (2 layers, hidden 32, 120 tokens), and
-the tiny training config the loop tests build on."""
+"""The tiny random BERT shape shared by the parity tests (2 layers, hidden 32, 120 tokens),
+the tiny training config the loop tests build on, and three sentence pairs for the pair-mode tests."""
 
 from minbert.config import load_config
+from minbert.data import Example
 
 TINY = dict(
     vocab_size=120,
@@ -27,3 +28,14 @@ def tiny_config(tiny_model_dir, data_dir, tmp_path, tasks, **sections):
     for key, value in sections.items():
         base.setdefault(key, {}).update(value)
     return load_config(base=base)
+
+
+PAIRS = [
+    ("How do I learn Python quickly?", "What is the fastest way to learn Python?"),
+    ("Is the moon made of cheese?", "Why is the sky blue during the day?"),
+    ("A man is playing a guitar.", "A man plays the guitar on stage tonight."),
+]
+
+
+def pair_examples(pairs=PAIRS, labels=(1, 0, 1)) -> list[Example]:
+    return [Example(f"e{i}", pair, y, i + 2) for i, (pair, y) in enumerate(zip(pairs, labels, strict=True))]

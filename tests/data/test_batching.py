@@ -10,6 +10,7 @@ import torch
 from minbert.data.batching import Batch, BucketBatchSampler, Collator, EncodedDataset, make_loader, padding_fraction
 from minbert.data.read import Example, read_examples
 from minbert.tasks import get_task
+from tests.tiny import pair_examples
 
 SST = get_task("sst")
 
@@ -91,6 +92,32 @@ def test_batch_to_moves_every_tensor(tok):
     moved = Collator(tok)([ds[0]]).to("meta")
     tensors = [t for seg in moved.inputs for t in seg.values()] + [moved.labels, moved.indices]
     assert all(t.device.type == "meta" for t in tensors) and moved.ids == ["e0"]
+
+
+def test_hybrid_dataset_holds_the_cross_sequence_and_both_sides(tok):
+    exs = pair_examples()
+    hybrid = EncodedDataset(exs, tok, "hybrid")
+    cross = EncodedDataset(exs, tok, "cross")
+    bi = EncodedDataset(exs, tok, "bi")
+    for i in range(len(exs)):
+        c, a, b = hybrid[i]["segments"]
+        assert c.input_ids == cross[i]["segments"][0].input_ids and c.token_type_ids.count(1) > 0
+        assert a.input_ids == bi[i]["segments"][0].input_ids and b.input_ids == bi[i]["segments"][1].input_ids
+        assert set(a.token_type_ids) == {0} == set(b.token_type_ids)
+
+
+def test_symmetric_dataset_adds_each_pair_reversed_under_the_same_index(tok):
+    exs = pair_examples()
+    ds = EncodedDataset(exs, tok, "cross", symmetric=True)
+    assert (ds.n_examples, len(ds)) == (3, 6)
+    reversed_ds = EncodedDataset([Example(e.id, e.texts[::-1], e.label, e.line) for e in exs], tok, "cross")
+    for i in range(3):
+        fwd, back = ds[i], ds[i + 3]
+        assert fwd["index"] == back["index"] == i and fwd["id"] == back["id"] and fwd["label"] == back["label"]
+        assert back["segments"][0].input_ids == reversed_ds[i]["segments"][0].input_ids
+        assert back["segments"][0].input_ids != fwd["segments"][0].input_ids
+    with pytest.raises(ValueError, match="symmetric=True needs sentence pairs"):
+        EncodedDataset([Example("s", ("one sentence",), 1, 2)], tok, "single", symmetric=True)
 
 
 def test_padding_fraction_hand_counted():

@@ -9,11 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minbert.bert.model import BertConfig, BertModel
-from minbert.pairs import build_task_encoder
+from minbert.bert import BertConfig, BertModel, from_pretrained
+from minbert.bert.tokenizer import BertTokenizer
+from minbert.data import EncodedDataset, make_loader
+from minbert.heads import ClassifierHead
+from minbert.pairs import HybridEncoder, build_task_encoder
 from minbert.regularizers import LOSS_KINDS, REGULARIZERS, SMART, Regularizer, build_regularizer, divergence
 from minbert.regularizers.smart import ascent_step, per_example_norm, project
 from minbert.taskmodel import MultitaskModel
+from tests.tiny import pair_examples
 
 TINY = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
 # task name -> (pair mode, outputs, output kind)
@@ -317,3 +321,26 @@ def test_registry_and_validation():
         with pytest.raises(ValueError, match="invalid"):
             SMART(model, **bad)
     assert SMART(model, mu=0.0).ema is None  # no teacher copy when the proximal term is off
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model_dir) -> BertTokenizer:
+    return BertTokenizer.from_pretrained(tiny_model_dir)
+
+
+def test_smart_perturbs_both_encoder_calls_of_a_hybrid_task(tok, tiny_model_dir):
+    bert = from_pretrained(tiny_model_dir)
+    model = MultitaskModel(bert, {"h": HybridEncoder(ClassifierHead(bert.config.hidden_size, 1), "mean")})
+    batch = next(iter(make_loader(EncodedDataset(pair_examples(), tok, "hybrid"), 3, shuffle=False)))
+    cross, a, b = batch.inputs
+    smart = SMART(model, mu=0.0, sigma=1e-2, eps=1e-2, eta=1e-1, steps=2)
+    with torch.no_grad():
+        target = model("h", batch.inputs)
+    enc = smart.perturbation(model, "h", batch.inputs, target, "regression")
+    H = bert.config.hidden_size
+    widest = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
+    assert [tuple(d.shape) for d in enc.deltas] == [(3, cross["input_ids"].shape[1], H), (6, widest, H)]
+    assert all((per_example_norm(d, "linf") <= 1e-2 * (1 + 1e-6)).all() for d in enc.deltas)
+    loss = smart.loss(model, "h", batch.inputs, model("h", batch.inputs), "regression")
+    assert torch.isfinite(loss) and loss.item() > 0
+

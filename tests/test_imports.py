@@ -1,0 +1,168 @@
+"""The package's shape, read from the source with ``ast`` (nothing is imported): no import cycle
+between minbert modules, minbert.bert self-contained, and modules small enough to read.
+
+An edge ``a -> b`` is any import statement in ``a`` naming ``b``, at module level or inside a
+function (``import minbert.b``, ``from minbert.b import x``, ``from minbert import b`` when ``b`` is
+a submodule, relative imports). The parent packages Python runs on the way (``minbert/__init__.py``
+for ``import minbert.b``) are not edges: every import would otherwise pass through them.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "minbert"
+MAX_LINES = 420
+MAX_FIT_LINES = 80
+
+
+def find_modules(package_dir: Path) -> dict[str, Path]:
+    """``{"minbert.bert.model": path, "minbert.bert": .../bert/__init__.py, ...}``."""
+    modules = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        parts = list(path.relative_to(package_dir.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        modules[".".join(parts)] = path
+    return modules
+
+
+def imported_modules(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The modules of ``modules`` that ``name`` (at ``path``) imports, anywhere in its source."""
+    root = name.split(".")[0]
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+
+    def known(dotted: str) -> str | None:  # the longest prefix that is a module: minbert.x.Class -> minbert.x
+        while dotted and dotted not in modules:
+            dotted = dotted.rpartition(".")[0]
+        return dotted or None
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(known(a.name) for a in node.names if a.name.split(".")[0] == root)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: from . import x, from ..y import z
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            if source.split(".")[0] != root:
+                continue
+            for alias in node.names:  # from minbert import train: the submodule, not minbert/__init__
+                sub = f"{source}.{alias.name}"
+                found.add(sub if sub in modules else known(source))
+    found.discard(None)
+    found.discard(name)
+    return found
+
+
+def import_graph(package_dir: Path) -> dict[str, set[str]]:
+    modules = find_modules(package_dir)
+    return {name: imported_modules(name, path, modules) for name, path in modules.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle as ``[a, b, ..., a]``, or None (depth-first search, modules in sorted order)."""
+    state: dict[str, str] = {}  # "open" while on the current path, then "done"
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+GRAPH = import_graph(PACKAGE)
+
+
+# -- the graph builder itself, on a package made for it ---------------------------------
+
+
+def write_package(root: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root / "pkg"
+
+
+def test_graph_sees_every_import_form(tmp_path):
+    pkg = write_package(
+        tmp_path,
+        {
+            "pkg/__init__.py": "from pkg.sub import thing\n",
+            "pkg/a.py": "import pkg.b\nimport os\n",
+            "pkg/b.py": "from pkg import c\nfrom pkg.sub.deep import Klass\n",
+            "pkg/c.py": "def later():\n    from pkg.sub import d\n",
+            "pkg/sub/__init__.py": "from . import deep\nfrom .deep import Klass\n",
+            "pkg/sub/d.py": "from ..a import f\n",
+            "pkg/sub/deep.py": "KLASS = 1\n",
+            "pkg/e.py": "import pkg\nfrom pkg import name_in_init\n",
+        },
+    )
+    assert import_graph(pkg) == {
+        "pkg": {"pkg.sub"},
+        "pkg.a": {"pkg.b"},
+        "pkg.b": {"pkg.c", "pkg.sub.deep"},
+        "pkg.c": {"pkg.sub.d"},  # inside a function
+        "pkg.sub": {"pkg.sub.deep"},
+        "pkg.sub.d": {"pkg.a"},
+        "pkg.sub.deep": set(),
+        "pkg.e": {"pkg"},  # a name defined in pkg/__init__.py
+    }
+    # a -> b -> c -> sub.d -> a, the edge c -> sub.d only inside a function
+    assert find_cycle(import_graph(pkg)) == ["pkg.a", "pkg.b", "pkg.c", "pkg.sub.d", "pkg.a"]
+    assert find_cycle({"x": {"y"}, "y": {"z"}, "z": set()}) is None
+
+
+# -- minbert ----------------------------------------------------------------------------
+
+
+def test_the_graph_covers_the_package():
+    assert {"minbert", "minbert.train", "minbert.bert.model", "minbert.multitask.surgery"} <= set(GRAPH)
+    assert "minbert.build" in GRAPH["minbert.train"] and "minbert.registry" in GRAPH["minbert.losses"]
+    assert GRAPH["minbert"] == {"minbert.bert"}
+
+
+def test_no_import_cycle_between_minbert_modules():
+    cycle = find_cycle(GRAPH)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_minbert_bert_imports_nothing_from_the_rest_of_minbert():
+    outside = {
+        name: sorted(m for m in deps if m != "minbert.bert" and not m.startswith("minbert.bert."))
+        for name, deps in GRAPH.items()
+        if name == "minbert.bert" or name.startswith("minbert.bert.")
+    }
+    assert len(outside) >= 7  # the package and its modules were all read
+    assert {k: v for k, v in outside.items() if v} == {}
+
+
+@pytest.mark.parametrize("rel", sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")))
+def test_module_has_at_most_420_lines(rel):
+    lines = len((PACKAGE / rel).read_text().splitlines())
+    assert lines <= MAX_LINES, f"minbert/{rel} has {lines} lines"
+
+
+def test_fit_is_short():
+    from minbert.train import fit
+
+    source, _ = inspect.getsourcelines(fit)
+    assert len(source) < MAX_FIT_LINES, f"minbert.train.fit has {len(source)} lines"
