@@ -1,28 +1,9 @@
-"""minbert: a readable from-scratch BERT and a multitask fine-tuning lab."""
+"""minbert: a readable from-scratch BERT and a multitask fine-tuning lab.
 
-from minbert.bert import (
-    BertConfig,
-    BertModel,
-    BertOutput,
-    BertTokenizer,
-    CheckpointError,
-    LoadReport,
-    from_pretrained,
-    load_pretrained,
-    resolve_model_dir,
-    save_pretrained,
-)
+The top-level API is BERT's (``minbert.bert``): ``from minbert import from_pretrained``.
+"""
 
-__all__ = [
-    "BertConfig",
-    "BertModel",
-    "BertOutput",
-    "BertTokenizer",
-    "CheckpointError",
-    "LoadReport",
-    "from_pretrained",
-    "load_pretrained",
-    "resolve_model_dir",
-    "save_pretrained",
-]
+from minbert.bert import *  # noqa: F403
+from minbert.bert import __all__  # noqa: F401
+
 __version__ = "0.1.0"

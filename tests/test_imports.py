@@ -155,6 +155,21 @@ def test_minbert_bert_imports_nothing_from_the_rest_of_minbert():
     assert {k: v for k, v in outside.items() if v} == {}
 
 
+def bert_deps(name: str) -> set[str]:
+    """The sibling modules ``minbert.bert.<name>`` imports, by short name."""
+    return {m.removeprefix("minbert.bert.") for m in GRAPH[f"minbert.bert.{name}"] if m.startswith("minbert.bert.")}
+
+
+def test_inside_minbert_bert_imports_run_one_way():
+    assert {"model", "checkpoint", "hub", "pretrained", "tokenizer", "heads", "mlm"} <= {
+        m.removeprefix("minbert.bert.") for m in GRAPH if m.startswith("minbert.bert.")
+    }
+    assert bert_deps("model") == set()  # torch only: no checkpoint, hub or pretrained
+    assert bert_deps("checkpoint") == set()  # dicts and files only, never BertModel
+    assert bert_deps("hub") <= {"checkpoint"}
+    assert bert_deps("pretrained") == {"model", "checkpoint", "hub"}
+
+
 @pytest.mark.parametrize("rel", sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")))
 def test_module_has_at_most_420_lines(rel):
     lines = len((PACKAGE / rel).read_text().splitlines())

@@ -1,6 +1,6 @@
 """BERT itself: the model, its checkpoints, its tokenizer and its pre-training / fine-tuning heads.
 
-Self-contained: nothing here imports from the rest of minbert (``tests/bert/test_layout.py`` checks).
+Self-contained: nothing here imports from the rest of minbert (``tests/test_imports.py`` checks).
 Inside, imports run one way: ``model`` (torch only), ``checkpoint`` (files <-> dicts, no model),
 ``hub`` (names -> directories), ``tokenizer``, then ``pretrained`` (model + checkpoint + hub), then
 ``heads`` and ``mlm``.

@@ -28,15 +28,6 @@ from tests.tiny import TINY
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.fixture
-def tiny_dir(tmp_path):
-    """A tiny random BertModel saved by transformers (safetensors)."""
-    d = tmp_path / "tiny"
-    hf = transformers.BertModel(transformers.BertConfig(**TINY))
-    hf.save_pretrained(d)
-    return d
-
-
 def inputs():
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1, 120, (2, 9), generator=g)

