@@ -100,8 +100,8 @@ def config_diff(
 ) -> dict[str, tuple[Any, Any]]:
     """Flattened configs -> ``{key: (base value, other value)}`` where they differ (``ABSENT`` if missing).
 
-    An empty mapping on one side whose keys the other side fills in (``regularizers: {}`` vs
-    ``regularizers.smart.mu: 1.0``) is not listed: its children already show the difference.
+    An empty mapping on one side whose keys the other side fills in (``regularizer_kwargs: {}`` vs
+    ``regularizer_kwargs.mu: 1.0``) is not listed: its children already show the difference.
     """
     keys = [k for k in dict.fromkeys([*base, *other]) if k not in ignore]
     diff = {k: (base.get(k, ABSENT), other.get(k, ABSENT)) for k in keys}

@@ -8,7 +8,7 @@ after which every parameter's ``.grad`` holds the combined gradient (accumulated
 gradient already there, like ``Tensor.backward``). ``shared_params`` are the parameters
 used by more than one task (the encoder); weightings ignore them, gradient surgery
 (``surgery.py``) rewrites only their gradients. ``losses`` may hold a subset of the tasks
-(a sampling schedule trains one task per step). Combiners are ``nn.Module`` so learned
+(a sampler that draws one task trains one task per step). Combiners are ``nn.Module`` so learned
 weights are saved with the checkpoint: put ``combiner.parameters()`` in the optimizer
 (without weight decay) and move the combiner to the model's device.
 """
