@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from minbert.config import load_config
-from minbert.train import cpu_has_native_bf16, fit, setup
+from minbert.runtime import cpu_has_native_bf16
+from minbert.train import fit, setup
 
 
 def cpu_model() -> str:
