@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", action="append", help="task name (repeatable); default: the config's tasks")
     p.add_argument("--mode", choices=["finetune", "last-layer"], help="full fine-tuning or a frozen encoder")
     p.add_argument("--name", help="run name (default: the task names and mode)")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run from RUN_DIR/last with the run's own config (refused if it changed)",
+    )
 
     p = sub.add_parser("eval", help="evaluate a run's best checkpoint")
     p.add_argument("--run", required=True, help="run directory")
@@ -104,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(args) -> int:
     from minbert.train import fit, setup
 
+    if args.resume:
+        return resume_run(args)
     base, flags = {}, {}  # base: under the YAML; flags: over it (a flag on the command line wins)
     if args.task and not args.config:
         flags["tasks"] = {t: {} for t in args.task}
@@ -124,6 +131,24 @@ def cmd_train(args) -> int:
     summary = fit(tr)
     print(json.dumps(summary, indent=2))
     print(f"run written to {tr.run_dir}")
+    return 0
+
+
+def resume_run(args) -> int:
+    """``minbert train --resume RUN_DIR``: the run's saved config, then fit from its last/ state."""
+    from minbert.train import fit, setup
+
+    run_dir = Path(args.resume)
+    if args.config or args.task or args.mode or args.name or args.run_dir:
+        raise ConfigError("--resume continues a run with its own config: drop --config, --task, --mode, --name")
+    if (run_dir / "summary.json").is_file():
+        print(f"{run_dir} is a finished run (summary.json): nothing to resume")
+        return 0
+    flags = {"run_dir": str(run_dir)} | ({"data_dir": args.data_dir} if args.data_dir else {})
+    cfg = load_config(run_dir / "config.yaml", args.set, flags=flags)
+    summary = fit(setup(cfg), resume=True)
+    print(json.dumps(summary, indent=2))
+    print(f"run written to {run_dir}")
     return 0
 
 
@@ -230,12 +255,17 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
     from minbert.data import DataError
+    from minbert.resume import StateError
+    from minbert.runtime import Interrupted
 
     try:
         return COMMANDS[args.command](args)
-    except (*USER_ERRORS, DataError) as e:
+    except (*USER_ERRORS, DataError, StateError) as e:
         print(f"minbert {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"minbert {args.command}: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("interrupted; the best checkpoint so far is kept in the run directory", file=sys.stderr)
         return 130

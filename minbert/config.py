@@ -104,6 +104,8 @@ class TrainConfig:
     num_workers: int = 0
     progress: bool = True
     threads: int | None = None  # torch.set_num_threads; None = torch's default
+    checkpoint_every: int | None = None  # write the resumable last/ state every N optimizer steps ...
+    checkpoint_minutes: float | None = 10.0  # ... and every this many minutes (and always at the end)
     regularizer: str | None = None  # None | smart: an extra loss on each task batch
     regularizer_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {lambda_s: 1.0, mu: 1.0}
 
@@ -164,7 +166,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config field 'train.ema_decay' must be in (0, 1), got {cfg.train.ema_decay}")
     if cfg.train.eval_every is not None and cfg.train.evals_per_epoch is not None:
         raise ConfigError("config fields 'train.eval_every' and 'train.evals_per_epoch' exclude each other: set one")
-    for where in ("eval_every", "evals_per_epoch"):
+    for where in ("eval_every", "evals_per_epoch", "checkpoint_every", "checkpoint_minutes"):
         value = getattr(cfg.train, where)
         if value is not None and value <= 0:
             raise ConfigError(f"config field 'train.{where}' must be positive, got {value}")
@@ -247,6 +249,18 @@ def from_dict(cls: type, data: dict | None, where: str = "") -> Any:
 
 def to_dict(cfg: Any) -> Any:
     return dataclasses.asdict(cfg)
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict) or not d:
+        return {prefix: d}
+    return {k: v for key, sub in d.items() for k, v in _flat(sub, f"{prefix}.{key}" if prefix else key).items()}
+
+
+def changed_fields(saved: dict, current: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Dotted names of the fields where two config dicts differ (``to_dict`` form), sorted."""
+    a, b = _flat(saved), _flat(current)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k, "<absent>") != b.get(k, "<absent>") and k not in ignore)
 
 
 def set_path(data: dict, dotted: str, value: Any) -> None:

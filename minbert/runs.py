@@ -10,6 +10,7 @@
         vocab.txt, tokenizer_config.json
         meta.json          step, score, dev metrics, binary decision thresholds
         child_tuning.safetensors   the Child-Tuning D mask, when used
+      last/              the resumable training state (``minbert.resume``)
 
 Checkpoints are written to a temporary directory and swapped in with renames, so a
 crash while saving never leaves a half-written ``best/``; ``summary.json`` is written whole,
@@ -23,8 +24,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from minbert.bert import BertConfig, BertModel, BertTokenizer, CheckpointError
 from minbert.bert.checkpoint import write_hf_dir
@@ -81,6 +84,23 @@ class RunLogger:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def train_record(step: int, epoch: int, running: dict[str, list[float]], lr: float) -> dict:
+    """The training-loss snapshot logged every 50 steps: each task's mean over its last 50 batches."""
+    loss = {n: float(np.mean(v[-50:])) for n, v in running.items()}
+    return {"step": step, "epoch": epoch, "split": "train", "loss": loss, "lr": lr}
+
+
+def fmt_metrics(m: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "threshold" and "@" not in k)
+
+
+def report_cost(regularizer) -> None:
+    """A regulariser's extra time per task batch (SMART costs 2-3x a plain step)."""
+    if regularizer is not None and regularizer.calls:
+        cost = regularizer.seconds / regularizer.calls
+        tqdm.write(f"{type(regularizer).__name__}: +{cost:.3f} s per task batch ({regularizer.calls} calls)")
 
 
 def start_run_dir(run_dir: Path, cfg: Config) -> None:

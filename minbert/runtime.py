@@ -10,8 +10,11 @@ import contextlib
 import logging
 import os
 import random
+import signal
+import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -87,6 +90,42 @@ def world_size() -> int:
 
 def is_main_process() -> bool:
     return rank() == 0
+
+
+class Interrupted(Exception):
+    """Training stopped by SIGINT / SIGTERM after a whole optimizer step, its state saved in last/."""
+
+    def __init__(self, signum: int, step: int, run_dir: Path):
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"{name} received: stopped after step {step}, state saved in {run_dir / 'last'}; "
+            f"continue with: minbert train --resume {run_dir}"
+        )
+        self.signum, self.exit_code = signum, 128 + signum  # the shell's convention: 130, 143
+
+
+class StopSignals:
+    """Within the block SIGINT and SIGTERM only set ``received`` (the signal number), so that the
+    loop can finish its optimizer step and save before it stops; the handlers are put back after.
+    Outside the main thread (where Python allows no handlers) it does nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received = 0
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 def peak_memory_mb(device: torch.device) -> float:

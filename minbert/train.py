@@ -22,7 +22,6 @@ import logging
 import math
 import random
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,15 +35,26 @@ from minbert.bert import BertTokenizer
 from minbert.bert.hub import resolve_model_dir
 from minbert.build import Task, build_model, check, config_field, load_bert, make_tasks
 from minbert.config import Config, TrainConfig
-from minbert.data import Batch
+from minbert.data import Batch, Forever
 from minbert.evaluate import collect_outputs, compute_metrics, fit_threshold, mean_score
 from minbert.multitask import COMBINERS, SAMPLERS, Combiner, TaskSampler, epoch_length
 from minbert.optim import AdamW, WeightAverage, build_param_groups, get_schedule, with_head_lr
 from minbert.optim.child_tuning import CHILD_TUNING, ChildTuningD, ChildTuningF, compute_fisher, eligible_parameters
 from minbert.regularizers import REGULARIZERS, Regularizer
-from minbert.runs import RunLogger, save_run_checkpoint, start_run_dir, write_summary
+from minbert.resume import checkpoint_due, restore, save_last, set_rng_states
+from minbert.runs import (
+    RunLogger,
+    fmt_metrics,
+    report_cost,
+    save_run_checkpoint,
+    start_run_dir,
+    train_record,
+    write_summary,
+)
 from minbert.runtime import (
     AutocastFactory,
+    Interrupted,
+    StopSignals,
     autocast_for,
     is_main_process,
     peak_memory_mb,
@@ -83,17 +93,34 @@ class Trainer:
 
 @dataclass
 class Progress:
-    """The loop's counters."""
+    """Where the loop is: what a resumed run restores to continue exactly where this one was."""
 
     step: int = 0  # optimizer steps
     micro: int = 0  # micro-steps: forward/backward passes, grad_accum of them per optimizer step
     epoch: int = 0
     examples: int = 0
+    plan: list[list[str]] | None = None  # this epoch's task(s) per step, from the sampler; None between epochs
+    position: int = 0  # micro-steps of the plan done
+    running: dict[str, list[float]] = field(default_factory=dict)  # this epoch's losses per task
+    drawn: dict[str, int] = field(default_factory=dict)  # batches drawn from each task's loader so far
+    stopping: bool = False  # the budget or early stopping ended training at this step
+    done: bool = False  # the epoch loop is over (a resumed run only evaluates and summarises)
     started: float = field(default_factory=time.time)
     eval_seconds: float = 0.0
+    saved_at: float = field(default_factory=time.time)  # when last/ was last written
 
     def train_seconds(self) -> float:
         return time.time() - self.started - self.eval_seconds
+
+    def state_dict(self) -> dict:
+        fields = "step micro epoch examples plan position running drawn stopping done eval_seconds".split()
+        return {**{k: getattr(self, k) for k in fields}, "elapsed": time.time() - self.started}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            if k != "elapsed":
+                setattr(self, k, v)
+        self.started = time.time() - state["elapsed"]  # max_minutes counts the time before the resume
 
 
 # ------------------------------------------------------------------ setup
@@ -200,48 +227,61 @@ def validate(tr: Trainer, tune_thresholds: bool = True) -> dict[str, dict[str, f
     return results
 
 
-def fit(tr: Trainer) -> dict:
-    """Train; evaluate each epoch or every ``eval_every`` steps; keep the best checkpoint."""
+def fit(tr: Trainer, resume: bool = False) -> dict:
+    """Train; evaluate each epoch or every ``eval_every`` steps; keep the best checkpoint; write the
+    resumable ``last/`` state now and then. ``resume``: continue from ``run_dir/last``."""
     cfg, main = tr.cfg, is_main_process()
-    if main:
+    if main and not resume:
         start_run_dir(tr.run_dir, cfg)
     logger = RunLogger(tr.run_dir, enabled=main)
-    keeper = BestKeeper(tr, logger)
-    progress = Progress()
-    rng = random.Random(cfg.train.seed)
-    iters = {n: forever(t.train) for n, t in tr.tasks.items()}
+    keeper, progress, rng = BestKeeper(tr, logger), Progress(), random.Random(cfg.train.seed)
+    scaler = torch.amp.GradScaler(tr.device.type, enabled=tr.precision == "fp16")
+    state = restore(tr, progress, keeper, rng, scaler) if resume else None  # all but the global RNG
+    iters = {n: Forever(t.train, progress.drawn.get(n, 0)) for n, t in tr.tasks.items()}
+    if state:
+        set_rng_states(state["rng"])  # after the loaders' iterators, whose creation draws from it
     sizes = {n: len(t.train) for n, t in tr.tasks.items()}
     step_rule = epoch_length(cfg.train.steps_per_epoch, sizes)
-    scaler = torch.amp.GradScaler(tr.device.type, enabled=tr.precision == "fp16")
     every = eval_interval(cfg.train, cfg.optim.grad_accum, tr.steps_per_epoch)
-    stop = False
     set_train_mode(tr)
-    for epoch in range(cfg.train.epochs):
-        progress.epoch = epoch
-        running: dict[str, list[float]] = defaultdict(list)
-        plan = list(tr.sampler.steps(epoch, sizes, step_rule, rng))
-        show = cfg.train.progress and main
-        bar = tqdm(plan, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not show, dynamic_ncols=True)
-        for names in bar:
-            if not train_step(tr, names, iters, scaler, progress, running):
-                continue  # gradients accumulate over grad_accum micro-steps
-            bar.set_postfix({n: f"{np.mean(v[-50:]):.3f}" for n, v in running.items()})
-            if progress.step % 50 == 0:
-                logger.log(train_record(tr, progress, running))
-            if every and progress.step % every == 0:
+    with StopSignals() as signals:
+        for epoch in range(progress.epoch, cfg.train.epochs if not progress.done else 0):
+            if progress.plan is None:  # a new epoch: the sampler draws its plan
+                plan = list(tr.sampler.steps(epoch, sizes, step_rule, rng))
+                progress.epoch, progress.plan, progress.position, progress.running = epoch, plan, 0, {}
+            show = cfg.train.progress and main
+            desc = f"epoch {epoch + 1}/{cfg.train.epochs}"
+            bar = tqdm(total=len(progress.plan), initial=progress.position, desc=desc, disable=not show)
+            for names in progress.plan[progress.position :] if not progress.stopping else []:
+                stepped = train_step(tr, names, iters, scaler, progress)
+                bar.update()
+                if not stepped:
+                    continue  # gradients accumulate over grad_accum micro-steps
+                bar.set_postfix({n: f"{np.mean(v[-50:]):.3f}" for n, v in progress.running.items()})
+                if progress.step % 50 == 0:
+                    lr = tr.scheduler.get_last_lr()[0]
+                    logger.log(train_record(progress.step, progress.epoch, progress.running, lr))
+                if every and progress.step % every == 0:
+                    keeper.evaluate(progress)
+                progress.stopping = out_of_budget(cfg.train, progress) or keeper.out_of_patience
+                if checkpoint_due(cfg.train, progress) or signals.received:
+                    save_last(tr, progress, keeper, rng, scaler)
+                if signals.received:
+                    raise Interrupted(signals.received, progress.step, tr.run_dir)
+                if progress.stopping:
+                    break
+            bar.close()
+            tr.combiner.end_epoch({n: float(np.mean(v)) for n, v in progress.running.items()})
+            report_cost(tr.regularizer)
+            if not every:
                 keeper.evaluate(progress)
-            if out_of_budget(cfg.train, progress) or keeper.out_of_patience:
-                stop = True
+            progress.plan = None
+            if progress.stopping or keeper.out_of_patience:
                 break
-        bar.close()
-        tr.combiner.end_epoch({n: float(np.mean(v)) for n, v in running.items()})
-        report_cost(tr.regularizer)
-        if not every:
-            keeper.evaluate(progress)
-        if stop or keeper.out_of_patience:
-            break
+    progress.done = True
     if keeper.last_step != progress.step:  # the budget or the last epoch ended between evaluations
         keeper.evaluate(progress)
+    save_last(tr, progress, keeper, rng, scaler)
     summary = summarize(tr, keeper, progress)
     if main:
         write_summary(tr.run_dir, summary)
@@ -249,20 +289,22 @@ def fit(tr: Trainer) -> dict:
     return summary
 
 
-def train_step(tr: Trainer, names: list[str], iters: dict[str, Iterator[Batch]], scaler, progress, running) -> bool:
+def train_step(tr: Trainer, names: list[str], iters: dict[str, Iterator[Batch]], scaler, progress: Progress) -> bool:
     """One micro-step: each named task's loss on its next batch, turned into gradients by the
     combiner; after every ``grad_accum`` micro-steps, the optimizer step. Returns whether it stepped."""
     losses = {}
     for name in names:
         batch = next(iters[name]).to(tr.device)
         loss = task_loss(tr.model, tr.tasks[name], batch, tr.autocast, tr.regularizer)
-        running[name].append(loss.item())
+        progress.running.setdefault(name, []).append(loss.item())
+        progress.drawn[name] = progress.drawn.get(name, 0) + 1
         progress.examples += len(batch)
         losses[name] = loss
     accum = tr.cfg.optim.grad_accum
     # The combiner scales its whole objective (learned terms included) as the GradScaler and accumulation need.
     tr.combiner.backward(losses, tr.model.shared_parameters(), scale=lambda t: scaler.scale(t / accum))
     progress.micro += 1
+    progress.position += 1
     if progress.micro % accum:
         return False
     scaler.unscale_(tr.optimizer)
@@ -296,6 +338,15 @@ class BestKeeper:
     def out_of_patience(self) -> bool:
         return bool(self.patience) and self.since_best >= self.patience
 
+    def state_dict(self) -> dict:
+        keys = ("score", "step", "metrics", "since_best", "last_step")
+        return {**{k: getattr(self, k) for k in keys}, "history": self.tr.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.score, self.step, self.metrics = state["score"], state["step"], state["metrics"]
+        self.since_best, self.last_step = state["since_best"], state["last_step"]
+        self.tr.history[:] = state["history"]
+
     def evaluate(self, progress: Progress) -> None:
         tr, started = self.tr, time.time()
         self.last_step = progress.step
@@ -326,17 +377,6 @@ def set_train_mode(tr: Trainer) -> None:
         tr.model.bert.eval()  # frozen features: no dropout in the encoder
 
 
-def forever(loader) -> Iterator:
-    """Cycle a loader, reshuffling (new bucket order) each pass."""
-    epoch = 0
-    while True:
-        sampler = getattr(loader, "batch_sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-        yield from loader
-        epoch += 1
-
-
 def eval_interval(train: TrainConfig, grad_accum: int, steps_per_epoch: int) -> int | None:
     """Optimizer steps between evaluations: ``eval_every``, or an epoch's steps / ``evals_per_epoch``;
     None evaluates at the end of each epoch."""
@@ -349,23 +389,6 @@ def out_of_budget(train: TrainConfig, progress: Progress) -> bool:
     if train.max_steps and progress.step >= train.max_steps:
         return True
     return bool(train.max_minutes) and time.time() - progress.started > 60 * train.max_minutes
-
-
-def train_record(tr: Trainer, progress: Progress, running: dict[str, list[float]]) -> dict:
-    """The training-loss snapshot logged every 50 steps: each task's mean over its last 50 batches."""
-    return {
-        "step": progress.step,
-        "epoch": progress.epoch,
-        "split": "train",
-        "loss": {n: float(np.mean(v[-50:])) for n, v in running.items()},
-        "lr": tr.scheduler.get_last_lr()[0],
-    }
-
-
-def report_cost(regularizer: Regularizer | None) -> None:
-    if regularizer is not None and regularizer.calls:
-        cost = regularizer.seconds / regularizer.calls
-        tqdm.write(f"{type(regularizer).__name__}: +{cost:.3f} s per task batch ({regularizer.calls} calls)")
 
 
 def summarize(tr: Trainer, keeper: BestKeeper, progress: Progress) -> dict:
@@ -384,7 +407,3 @@ def summarize(tr: Trainer, keeper: BestKeeper, progress: Progress) -> dict:
         "precision": tr.precision,
         "trainable_parameters": sum(p.numel() for p in tr.model.parameters() if p.requires_grad),
     }
-
-
-def fmt_metrics(m: dict[str, float]) -> str:
-    return " ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "threshold" and "@" not in k)

@@ -22,6 +22,7 @@ from minbert.data.batching import (
     BucketBatchSampler,
     Collator,
     EncodedDataset,
+    Forever,
     make_loader,
     padding_fraction,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "Collator",
     "DataError",
     "EncodedDataset",
+    "Forever",
     "Example",
     "ReadReport",
     "make_loader",

@@ -225,10 +225,15 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.epoch = 0
+        self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the shuffle of ``epoch`` (call before iterating, as with DistributedSampler)."""
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the shuffle of ``epoch`` (call before iterating, as with DistributedSampler).
+
+        ``start``: skip the epoch's first ``start`` batches of this rank, once (a resumed run
+        continues mid-epoch without collating the batches it already trained on)."""
         self.epoch = epoch
+        self.start = start
 
     def _cut(self, order: list[int]) -> list[list[int]]:
         return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
@@ -259,7 +264,8 @@ class BucketBatchSampler(Sampler[list[int]]):
                 batches = batches[: len(batches) - len(batches) % r]
             else:
                 batches += [batches[i % len(batches)] for i in range(-len(batches) % r)]
-        return iter(batches[self.rank :: r])
+        start, self.start = self.start, 0
+        return iter(batches[self.rank :: r][start:])
 
     def __len__(self) -> int:
         n = len(self.lengths)
@@ -311,6 +317,37 @@ def make_loader(
         num_workers=num_workers,
         drop_last=drop_last,
     )
+
+
+class Forever:
+    """Cycle a loader, reshuffling (new bucket order) each pass.
+
+    ``start``: batches a resumed run already drew; they are skipped without being collated. A
+    DataLoader draws its base seed from the global torch RNG when an iterator of it is created, so
+    the interrupted run's iterator of the current pass is created here, before the resumed run
+    restores the RNG, and every later pass's iterator at the same moment as in an uninterrupted run.
+    """
+
+    def __init__(self, loader, start: int = 0):
+        self.loader = loader
+        self.epoch, skip = divmod(start, len(loader))
+        self.it = None
+        if skip:
+            loader.batch_sampler.set_epoch(self.epoch, skip)  # minbert.data.BucketBatchSampler
+            self.it = iter(loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self
+
+    def __next__(self) -> Batch:
+        while True:
+            if self.it is None:
+                self.loader.batch_sampler.set_epoch(self.epoch)
+                self.it = iter(self.loader)
+            try:
+                return next(self.it)
+            except StopIteration:
+                self.it, self.epoch = None, self.epoch + 1
 
 
 def padding_fraction(batches: Iterable[Batch | Mapping[str, torch.Tensor]]) -> float:

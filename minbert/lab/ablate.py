@@ -37,31 +37,40 @@ class RunFailed(RuntimeError):
 # ------------------------------------------------------------------ running
 
 
-def train_run(cfg: Config) -> dict:
+def train_run(cfg: Config, resume: bool = False) -> dict:
     """One run in this process: ``setup`` then ``fit`` (looked up at call time, so tests can patch them)."""
-    return train_lib.fit(train_lib.setup(cfg))
+    tr = train_lib.setup(cfg)
+    return train_lib.fit(tr, resume=True) if resume else train_lib.fit(tr)
 
 
-def _child(cfg: Config, log_path: str) -> None:  # pragma: no cover - runs in the spawned process
+def resumable(run: Run) -> bool:
+    """An interrupted run that wrote its last/ state (or the .old a crash mid-swap left)."""
+    last = run.run_dir / "last"
+    return not run.finished and any((d / "state.json").is_file() for d in (last, last.with_name("last.old")))
+
+
+def _child(cfg: Config, log_path: str, resume: bool) -> None:  # pragma: no cover - runs in the spawned process
     import logging
 
     with open(log_path, "a", buffering=1) as log:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        train_run(cfg)
+        train_run(cfg, resume)
 
 
 def run_one(run: Run, isolate: bool = True) -> dict:
-    """Train one run from scratch (wiping a killed run's remains) and return its summary."""
-    if run.run_dir.exists():
+    """Train one run and return its summary: resumed from its last/ state if an interrupted run
+    left one, else from scratch (wiping what a killed run left)."""
+    resume = resumable(run)
+    if run.run_dir.exists() and not resume:
         shutil.rmtree(run.run_dir)
     if not isolate:
-        return train_run(run.config)
-    run.run_dir.mkdir(parents=True)
+        return train_run(run.config, resume)
+    run.run_dir.mkdir(parents=True, exist_ok=True)
     log = run.run_dir / "train.log"
     # not a daemon: a run may start DataLoader workers (train.num_workers > 0)
-    proc = mp.get_context("spawn").Process(target=_child, args=(run.config, str(log)))
+    proc = mp.get_context("spawn").Process(target=_child, args=(run.config, str(log), resume))
     proc.start()
     try:
         proc.join()

@@ -44,6 +44,15 @@ class GradientSurgery(Combiner):
         self.rng = random.Random(seed)  # the random task order of PCGrad / GradVac
         self.retain_graph = retain_graph
 
+    def get_extra_state(self) -> dict:
+        """The task-order generator's state, so that a resumed run draws the same orders."""
+        version, internal, gauss = self.rng.getstate()
+        return {"rng": [version, list(internal), gauss]}
+
+    def set_extra_state(self, state: dict) -> None:
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+
     def _buffer(self, key: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
         """A work buffer kept between steps: allocating (and page-faulting) hundreds of MB every
         step cost more than the surgery itself. Not module state: never saved or moved."""

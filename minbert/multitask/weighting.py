@@ -169,7 +169,10 @@ class DWA(LossWeighting):
         return {t: w[t] for t in losses}
 
     def get_extra_state(self):
-        return {"history": self.history}
+        # the window's running sums too: a resumed run must weigh its next steps as this one would
+        return {"history": self.history, "sums": self._sums, "counts": self._counts, "calls": self._calls}
 
     def set_extra_state(self, state):
         self.history = list(state["history"])
+        self._sums, self._counts = dict(state.get("sums", {})), dict(state.get("counts", {}))
+        self._calls = int(state.get("calls", 0))

@@ -75,6 +75,14 @@ class ChildTuningF:
         self.params = None if params is None else set(params)
         self.generator = generator
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """Nothing but the generator, which is the global one unless given (saved with the run)."""
+        return {} if self.generator is None else {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        if self.generator is not None and "generator" in state:
+            self.generator.set_state(state["generator"])
+
     def apply(self, params: list[Tensor], grads: list[Tensor]) -> None:
         for p, g in zip(params, grads, strict=True):
             if self.params is None or p in self.params:

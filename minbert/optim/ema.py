@@ -48,6 +48,17 @@ class WeightAverage:
         torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - d)
         self.updates += 1
 
+    def state_dict(self) -> dict:
+        return {"updates": self.updates, "shadow": list(self.shadow)}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["shadow"]) != len(self.shadow):
+            raise ValueError(f"EMA state has {len(state['shadow'])} tensors, the model {len(self.shadow)}")
+        for s, saved in zip(self.shadow, state["shadow"], strict=True):
+            s.copy_(saved)
+        self.updates = int(state["updates"])
+
     @contextlib.contextmanager
     def swapped(self) -> Iterator[None]:
         """Inside the block the parameters hold the average; the training weights come back after."""

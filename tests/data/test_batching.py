@@ -7,7 +7,15 @@ from collections import Counter
 import pytest
 import torch
 
-from minbert.data.batching import Batch, BucketBatchSampler, Collator, EncodedDataset, make_loader, padding_fraction
+from minbert.data.batching import (
+    Batch,
+    BucketBatchSampler,
+    Collator,
+    EncodedDataset,
+    Forever,
+    make_loader,
+    padding_fraction,
+)
 from minbert.data.read import Example, read_examples
 from minbert.tasks import get_task
 from tests.tiny import pair_examples
@@ -219,3 +227,15 @@ def test_bucketing_on_real_sst_pads_far_less_than_random(data_dir, tok):
     assert pb < pr / 2 and pb < 0.10 and pr > 0.30, (pb, pr)
     ordered = list(make_loader(ds, 64, shuffle=False))  # evaluation: sorted, indices restore order
     assert sorted(i for b in ordered for i in b.indices.tolist()) == list(range(7543))
+
+
+def test_forever_cycles_with_a_new_order_each_pass_and_resumes_at_any_batch(tok):
+    examples = [Example(str(i), (f"sentence number {i} " + "word " * (i % 5),), i % 3, i + 2) for i in range(20)]
+    loader = make_loader(EncodedDataset(examples, tok, "single"), 6, shuffle=True, seed=3)  # 4 batches a pass
+    ids = [next(it).ids for it in [Forever(loader)] for _ in range(11)]
+    passes = [sorted(i for b in ids[k : k + 4] for i in b) for k in (0, 4)]
+    assert passes[0] == passes[1] == sorted(ex.id for ex in examples)  # each pass: every example once
+    assert ids[0:4] != ids[4:8]  # a new order each pass
+    for start in (0, 3, 4, 9):  # a resumed run continues with exactly the batches the first run went on with
+        resumed = Forever(loader, start)
+        assert [next(resumed).ids for _ in range(11 - start)] == ids[start:]

@@ -24,15 +24,17 @@ def _one_thread():
 def count_fits(monkeypatch):
     """Count the runs that train (by run directory) and optionally stop the grid at the n-th one like a kill."""
     real_fit = train_lib.fit
-    state = {"calls": [], "kill_at": None}
+    state = {"calls": [], "kill_at": None, "resumed": []}
 
-    def fit(tr):
+    def fit(tr, resume=False):
         state["calls"].append(tr.run_dir.relative_to(tr.run_dir.parents[1]).as_posix())
+        if resume:
+            state["resumed"].append(state["calls"][-1])
         if len(state["calls"]) == state["kill_at"]:
             tr.run_dir.mkdir(parents=True, exist_ok=True)
             (tr.run_dir / "metrics.jsonl").write_text('{"step": 1, "split": "dev"}\n')  # half-written remains
             raise KeyboardInterrupt
-        return real_fit(tr)
+        return real_fit(tr, resume=resume)
 
     monkeypatch.setattr(train_lib, "fit", fit)
     return state
@@ -128,6 +130,20 @@ def test_killed_grid_resumes_and_runs_only_what_is_missing(tiny_model_dir, data_
     assert count_fits["calls"] == []
     assert cli(str(path), "--variant", "cls") == 0
     assert count_fits["calls"] == ["cls/seed1"]
+
+
+def test_an_interrupted_run_with_a_last_state_is_resumed_not_restarted(tiny_model_dir, data_dir, tmp_path, count_fits):
+    out = tmp_path / "grid"
+    path = write_grid(tmp_path, tiny_grid(tiny_model_dir, data_dir, out, seeds=[0]))
+    assert cli(str(path)) == 0
+    run = out / "mean" / "seed0"
+    records = (run / "metrics.jsonl").read_text()
+    (run / "summary.json").unlink()  # as if killed after its last state was written
+    count_fits.update(calls=[], resumed=[])
+    assert cli(str(path)) == 0
+    assert count_fits["resumed"] == count_fits["calls"] == ["mean/seed0"]
+    assert (run / "metrics.jsonl").read_text() == records  # continued, not trained again
+    assert (run / "summary.json").is_file()
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,214 @@
+"""Resumable training (minbert.resume): the state files, and real training processes killed with a
+real signal at a random moment, resumed, and compared with a run that was never interrupted."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from minbert.optim import AdamW
+from minbert.resume import (
+    StateError,
+    flatten,
+    load_named_optimizer_state,
+    load_state,
+    named_optimizer_state,
+    save_state,
+    unflatten,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# -- the state files ------------------------------------------------------------------------
+
+
+def test_flatten_keeps_tensors_apart_and_the_rest_as_json():
+    state = {"a": torch.arange(3), "b": {"c": [torch.ones(2, 2), 5, "x", None, 1.5]}, "d": {}}
+    skeleton, tensors = flatten(state)
+    assert skeleton == {"a": {"__tensor__": "a"}, "b": {"c": [{"__tensor__": "b.c.0"}, 5, "x", None, 1.5]}, "d": {}}
+    assert set(tensors) == {"a", "b.c.0"}
+    back = unflatten(json.loads(json.dumps(skeleton)), tensors)
+    assert torch.equal(back["a"], state["a"]) and torch.equal(back["b"]["c"][0], state["b"]["c"][0])
+    assert back["b"]["c"][1:] == [5, "x", None, 1.5] and back["d"] == {}
+    with pytest.raises(ValueError, match="the path 'a.b'"):  # a dotted key and a nested one collide
+        flatten({"a.b": torch.zeros(1), "a": {"b": torch.zeros(1)}})
+    with pytest.raises(TypeError, match="cannot store a set"):
+        flatten({"s": {1, 2}})
+
+
+def test_save_state_swaps_whole_directories_and_recovers_from_a_crash_between_renames(tmp_path):
+    last = tmp_path / "last"
+    save_state(last, {"step": 1, "w": torch.zeros(2)})
+    save_state(last, {"step": 2, "w": torch.ones(2)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]  # no .tmp, no .old left
+    assert load_state(last)["step"] == 2
+    last.rename(tmp_path / "last.old")  # a crash after the first rename of the swap
+    state = load_state(last)
+    assert state["step"] == 2 and torch.equal(state["w"], torch.ones(2)) and last.is_dir()
+
+
+def test_a_truncated_or_missing_state_is_a_clear_error(tmp_path):
+    last = tmp_path / "last"
+    with pytest.raises(StateError, match="no resumable state"):
+        load_state(last)
+    save_state(last, {"w": torch.ones(1000)})
+    data = (last / "state.safetensors").read_bytes()
+    (last / "state.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(StateError, match="cannot be read"):
+        load_state(last)
+
+
+def test_optimizer_state_goes_by_parameter_name():
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(2, 1)
+    opt = AdamW([{"params": a.parameters()}, {"params": b.parameters(), "lr": 0.5}], lr=0.1)
+    b(a(torch.randn(4, 3))).sum().backward()
+    opt.step()
+    names = {id(p): f"a.{n}" for n, p in a.named_parameters()} | {id(p): f"b.{n}" for n, p in b.named_parameters()}
+    saved = named_optimizer_state(opt, names)
+    assert set(saved["state"]) == {"a.weight", "a.bias", "b.weight", "b.bias"}
+    assert saved["state"]["b.bias"]["step"] == 1 and [g["lr"] for g in saved["groups"]] == [0.1, 0.5]
+
+    fresh = AdamW([{"params": a.parameters()}, {"params": b.parameters(), "lr": 0.5}], lr=0.1)
+    skeleton, tensors = flatten(saved)
+    load_named_optimizer_state(fresh, unflatten(json.loads(json.dumps(skeleton)), tensors), names)
+    for p in [*a.parameters(), *b.parameters()]:
+        assert torch.equal(fresh.state[p]["exp_avg"], opt.state[p]["exp_avg"]) and fresh.state[p]["step"] == 1
+    other = AdamW(list(b.parameters()) + list(a.parameters()), lr=0.1)  # other groups: refused, not misassigned
+    with pytest.raises(StateError, match="other parameter groups"):
+        load_named_optimizer_state(other, saved, names)
+
+
+# -- real processes, killed ----------------------------------------------------------------
+
+VARIANTS = {
+    "sum": {},
+    "pcgrad": {"train": {"sampler": "mixed", "combiner": "pcgrad"}},
+    "uncertainty": {"train": {"sampler": "mixed", "combiner": "uncertainty"}},
+    "dwa": {"train": {"sampler": "mixed", "combiner": "dwa"}},
+    "ema": {"train": {"ema_decay": 0.9}},
+    "grad_accum_2": {"optim": {"grad_accum": 2}},
+    "smart": {"train": {"regularizer": "smart", "regularizer_kwargs": {"lambda_s": 1.0, "mu": 1.0}}},
+    "child_tuning_f": {"optim": {"child_tuning": "F"}},
+}
+
+
+def write_config(path: Path, tiny_model_dir, data_dir, run_dir: Path, variant: str) -> Path:
+    limits = {"train_limit": 48, "dev_limit": 16, "batch_size": 8, "max_length": 32}
+    cfg = {
+        "name": variant,
+        "model": {"pretrained": str(tiny_model_dir)},
+        "data_dir": str(data_dir),
+        "run_dir": str(run_dir),
+        "tasks": {"sst": dict(limits), "quora": {**limits, "pair_mode": "cosine", "loss": "cosent"}, "sts": limits},
+        "optim": {"lr": 1e-3, "warmup": 0.1},
+        "train": {"epochs": 3, "sampler": "proportional", "steps_per_epoch": "sum", "threads": 1,
+                  "progress": False, "checkpoint_every": 1, "eval_every": 5},
+    }  # fmt: skip
+    for section, values in VARIANTS[variant].items():
+        cfg[section].update(values)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def minbert(*argv: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "minbert", *argv], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)  # fmt: skip
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str]:
+    _, err = proc.communicate(timeout=600)
+    return proc.returncode, err
+
+
+def mtime(path: Path) -> int:
+    return path.stat().st_mtime_ns if path.exists() else 0
+
+
+def kill_when_training(proc: subprocess.Popen, ready: Path, rng: random.Random, sig: int) -> bool:
+    """Send ``sig`` at a random moment once this process has (re)written ``ready``; False if the run
+    ended first. (A resumed process finds the killed one's file: it must write its own first.)"""
+    before = mtime(ready)
+    while mtime(ready) == before:
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.005)
+    time.sleep(rng.uniform(0.0, 1.0))
+    if proc.poll() is not None:
+        return False
+    proc.send_signal(sig)
+    return True
+
+
+def final_state(run_dir: Path) -> dict[str, torch.Tensor]:
+    tensors = load_file(str(run_dir / "last" / "state.safetensors"))
+    return {k: v for k, v in tensors.items() if k.startswith(("model.", "optimizer.", "ema.", "combiner."))}
+
+
+def dev_and_train_records(run_dir: Path) -> list[dict]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in records]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_a_killed_run_resumes_to_the_uninterrupted_result(variant, tiny_model_dir, data_dir, tmp_path):
+    ref_dir, cut_dir = tmp_path / "reference", tmp_path / "killed"
+    code, err = finish(minbert("train", "--config", str(write_config(tmp_path / "ref.yaml", tiny_model_dir,
+                                                                         data_dir, ref_dir, variant))))  # fmt: skip
+    assert code == 0, err
+    rng = random.Random(f"{variant}-{os.getpid()}")
+    config = write_config(tmp_path / "cut.yaml", tiny_model_dir, data_dir, cut_dir, variant)
+    kills = 0
+    proc = minbert("train", "--config", str(config))
+    while kills < 2 and kill_when_training(proc, cut_dir / "last" / "state.json", rng, signal.SIGKILL):
+        proc.wait(timeout=60)
+        assert proc.returncode == -signal.SIGKILL
+        kills += 1
+        proc = minbert("train", "--resume", str(cut_dir))  # killed once more, then left to finish
+    code, err = finish(proc)
+    assert code == 0, err
+    assert kills >= 1  # else the random delay let the run finish: nothing was tested
+    ref, got = final_state(ref_dir), final_state(cut_dir)
+    assert set(got) == set(ref)
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=0, atol=1e-6, msg=k)
+    assert dev_and_train_records(cut_dir) == dev_and_train_records(ref_dir)
+    assert json.loads((cut_dir / "summary.json").read_text())["steps"] == json.loads(
+        (ref_dir / "summary.json").read_text()
+    )["steps"]
+    assert not [p.name for p in cut_dir.iterdir() if p.name.endswith((".tmp", ".old"))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_and_sigint_save_last_and_say_how_to_resume(sig, code, tiny_model_dir, data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir, data_dir, run_dir, "sum")
+    proc = minbert("train", "--config", str(config), "--set", "train.checkpoint_every=null")
+    started = kill_when_training(proc, run_dir / "metrics.jsonl", random.Random(0), sig)  # no last/ yet
+    assert started, "the run finished before the signal"
+    returncode, err = finish(proc)
+    assert returncode == code, err
+    assert f"minbert train --resume {run_dir}" in err and "state saved in" in err
+    assert "Traceback" not in err
+    assert load_state(run_dir / "last")["progress"]["step"] >= 1
+    assert not [p.name for p in run_dir.iterdir() if p.name.endswith((".tmp", ".old"))]
+    changed = minbert("train", "--resume", str(run_dir), "--set", "optim.lr=0.5")
+    returncode, err = finish(changed)  # another config: refused, naming the field
+    assert returncode == 2 and "changed: optim.lr" in err and err.count("\n") == 1
+    returncode, err = finish(minbert("train", "--resume", str(run_dir)))
+    assert returncode == 0, err
+    assert (run_dir / "summary.json").is_file()
