@@ -256,11 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     from minbert.data import DataError
     from minbert.resume import StateError
-    from minbert.runtime import Interrupted
+    from minbert.runtime import Interrupted, NonFiniteError
 
     try:
         return COMMANDS[args.command](args)
-    except (*USER_ERRORS, DataError, StateError) as e:
+    except (*USER_ERRORS, DataError, StateError, NonFiniteError) as e:
         print(f"minbert {args.command}: error: {e}", file=sys.stderr)
         return 2
     except Interrupted as e:

@@ -104,6 +104,7 @@ class TrainConfig:
     num_workers: int = 0
     progress: bool = True
     threads: int | None = None  # torch.set_num_threads; None = torch's default
+    nonfinite: str = "stop"  # a NaN / inf loss or gradient: stop (exit 2, naming step, task, examples) | skip
     checkpoint_every: int | None = None  # write the resumable last/ state every N optimizer steps ...
     checkpoint_minutes: float | None = 10.0  # ... and every this many minutes (and always at the end)
     regularizer: str | None = None  # None | smart: an extra loss on each task batch
@@ -134,6 +135,7 @@ class Config:
 CHOICES = {
     "train.mode": ("finetune", "last-layer"),
     "train.precision": ("fp32", "bf16", "fp16", "auto"),
+    "train.nonfinite": ("stop", "skip"),
     "tasks.*.threshold": ("fixed", "tune_accuracy", "tune_f1"),
 }
 

@@ -26,6 +26,7 @@ import torch
 
 from minbert.data import Batch
 from minbert.metrics import METRICS, apply_threshold, tune_threshold
+from minbert.runtime import NonFiniteError
 from minbert.taskmodel import MultitaskModel
 from minbert.tasks import TaskSpec
 
@@ -127,7 +128,11 @@ def mean_score(specs: dict[str, TaskSpec], metrics: dict[str, dict[str, float]])
 def write_predictions(
     path: str | Path, spec: TaskSpec, outputs: TaskOutputs, threshold: float | None
 ) -> None:
-    """``id,prediction`` CSV, one row per input row, in input order."""
+    """``id,prediction`` CSV, one row per input row, in input order. Never a ``nan``: a non-finite
+    score is an error naming the example."""
+    bad = [i for i, s in zip(outputs.ids, outputs.scores, strict=True) if not np.isfinite(s)]
+    if bad:
+        raise NonFiniteError(f"not writing {path}: task {spec.name} scored examples {', '.join(bad[:5])} as NaN / inf")
     preds = decide(spec, outputs.scores, threshold)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from minbert.config import changed_fields, to_dict
-from minbert.runtime import is_main_process, world_size
+from minbert.runtime import check_finite_weights, is_main_process, world_size
 
 TENSORS, SKELETON = "state.safetensors", "state.json"
 
@@ -201,8 +201,9 @@ def load_named_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict, na
 # ``tr`` is the ``minbert.train.Trainer``, ``progress`` / ``keeper`` its loop's ``Progress`` and
 # ``BestKeeper`` (not imported: train.py imports this module).
 
-# Config fields a resumed run may set differently: where things are, and the progress bar.
-RESUME_MAY_CHANGE = ("run_dir", "data_dir", "train.progress")
+# Config fields a resumed run may set differently: where things are, the progress bar, and what
+# to do with a non-finite loss (a run stopped by one may continue leaving such batches out).
+RESUME_MAY_CHANGE = ("run_dir", "data_dir", "train.progress", "train.nonfinite")
 
 
 def checkpoint_due(train, progress) -> bool:
@@ -217,6 +218,7 @@ def save_last(tr, progress, keeper, rng: random.Random, scaler) -> None:
     progress.saved_at = time.time()
     if not is_main_process():
         return
+    check_finite_weights(tr.model, str(tr.run_dir / "last"))
     log = tr.run_dir / "metrics.jsonl"
     state = {
         "config": to_dict(tr.cfg),

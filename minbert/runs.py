@@ -33,7 +33,7 @@ from minbert.bert import BertConfig, BertModel, BertTokenizer, CheckpointError
 from minbert.bert.checkpoint import write_hf_dir
 from minbert.build import Task, build_model, check, make_tasks
 from minbert.config import Config, load_config, save_config
-from minbert.runtime import pick_device, resolve_precision
+from minbert.runtime import check_finite_weights, pick_device, resolve_precision
 from minbert.taskmodel import MultitaskModel
 
 
@@ -128,6 +128,7 @@ def save_run_checkpoint(
     """Every parameter (encoder and task modules) in an HF-style directory, plus ``meta.json``
     (``extra``, the binary thresholds) and the Child-Tuning D mask when there is one."""
     directory = Path(directory)
+    check_finite_weights(model, str(directory))
     tmp = directory.with_name(directory.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)

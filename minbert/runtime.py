@@ -92,6 +92,18 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+class NonFiniteError(ValueError):
+    """A NaN or inf loss or gradient (``train.nonfinite: stop``), or non-finite values about to be written."""
+
+
+def check_finite_weights(model: torch.nn.Module, what: str) -> None:
+    """Refuse to write ``what`` (a checkpoint) from a model with a NaN or inf weight."""
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise NonFiniteError(f"not writing {what}: non-finite weights in {', '.join(bad[:3])}{more}")
+
+
 class Interrupted(Exception):
     """Training stopped by SIGINT / SIGTERM after a whole optimizer step, its state saved in last/."""
 

@@ -38,7 +38,7 @@ from minbert.config import Config, TrainConfig
 from minbert.data import Batch, Forever
 from minbert.evaluate import collect_outputs, compute_metrics, fit_threshold, mean_score
 from minbert.multitask import COMBINERS, SAMPLERS, Combiner, TaskSampler, epoch_length
-from minbert.optim import AdamW, WeightAverage, build_param_groups, get_schedule, with_head_lr
+from minbert.optim import AdamW, WeightAverage, build_param_groups, combiner_group, get_schedule, with_head_lr
 from minbert.optim.child_tuning import CHILD_TUNING, ChildTuningD, ChildTuningF, compute_fisher, eligible_parameters
 from minbert.regularizers import REGULARIZERS, Regularizer
 from minbert.resume import checkpoint_due, restore, save_last, set_rng_states
@@ -54,6 +54,7 @@ from minbert.runs import (
 from minbert.runtime import (
     AutocastFactory,
     Interrupted,
+    NonFiniteError,
     StopSignals,
     autocast_for,
     is_main_process,
@@ -105,6 +106,7 @@ class Progress:
     drawn: dict[str, int] = field(default_factory=dict)  # batches drawn from each task's loader so far
     stopping: bool = False  # the budget or early stopping ended training at this step
     done: bool = False  # the epoch loop is over (a resumed run only evaluates and summarises)
+    skipped: int = 0  # batches and steps left out for a non-finite loss or gradient (train.nonfinite: skip)
     started: float = field(default_factory=time.time)
     eval_seconds: float = 0.0
     saved_at: float = field(default_factory=time.time)  # when last/ was last written
@@ -113,7 +115,7 @@ class Progress:
         return time.time() - self.started - self.eval_seconds
 
     def state_dict(self) -> dict:
-        fields = "step micro epoch examples plan position running drawn stopping done eval_seconds".split()
+        fields = "step micro epoch examples plan position running drawn stopping done skipped eval_seconds".split()
         return {**{k: getattr(self, k) for k in fields}, "elapsed": time.time() - self.started}
 
     def load_state_dict(self, state: dict) -> None:
@@ -180,15 +182,6 @@ def setup(cfg: Config, run_dir: Path | None = None) -> Trainer:
         autocast_for(precision, device), run_dir or cfg.resolved_run_dir(), steps_per_epoch, total_steps,
         child, regularizer, ema,
     )  # fmt: skip
-
-
-def combiner_group(combiner: Combiner, lr: float, with_names: bool) -> dict:
-    """The optimizer group of a combiner's learned task weights: the heads' lr, no weight decay."""
-    named = list(combiner.named_parameters())
-    group = {"params": [p for _, p in named], "lr": lr, "weight_decay": 0.0, "name": "combiner"}
-    if with_names:
-        group["param_names"] = [f"combiner.{n}" for n, _ in named]
-    return group
 
 
 def task_loss(model: MultitaskModel, task: Task, batch: Batch, autocast, regularizer=None) -> torch.Tensor:
@@ -296,21 +289,28 @@ def train_step(tr: Trainer, names: list[str], iters: dict[str, Iterator[Batch]],
     for name in names:
         batch = next(iters[name]).to(tr.device)
         loss = task_loss(tr.model, tr.tasks[name], batch, tr.autocast, tr.regularizer)
-        progress.running.setdefault(name, []).append(loss.item())
+        value = loss.item()
         progress.drawn[name] = progress.drawn.get(name, 0) + 1
         progress.examples += len(batch)
+        if not math.isfinite(value):  # stops here, or the batch is left out of the step
+            nonfinite(tr, progress, f"task {name} gave a {value} loss on the examples {', '.join(batch.ids[:8])}")
+            continue
+        progress.running.setdefault(name, []).append(value)
         losses[name] = loss
     accum = tr.cfg.optim.grad_accum
-    # The combiner scales its whole objective (learned terms included) as the GradScaler and accumulation need.
-    tr.combiner.backward(losses, tr.model.shared_parameters(), scale=lambda t: scaler.scale(t / accum))
+    if losses:  # the combiner scales its whole objective (learned terms too) as the GradScaler and accumulation need
+        tr.combiner.backward(losses, tr.model.shared_parameters(), scale=lambda t: scaler.scale(t / accum))
     progress.micro += 1
     progress.position += 1
     if progress.micro % accum:
         return False
     scaler.unscale_(tr.optimizer)
-    if tr.cfg.optim.grad_clip:
-        params = [p for g in tr.optimizer.param_groups for p in g["params"]]
-        torch.nn.utils.clip_grad_norm_(params, tr.cfg.optim.grad_clip)
+    params = [p for g in tr.optimizer.param_groups for p in g["params"]]
+    norm = torch.nn.utils.clip_grad_norm_(params, tr.cfg.optim.grad_clip or math.inf)  # inf: the norm only
+    if not scaler.is_enabled() and not torch.isfinite(norm):  # (fp16's scaler skips such steps itself)
+        nonfinite(tr, progress, f"the gradient of step {progress.step + 1} is {float(norm)}")
+        tr.optimizer.zero_grad(set_to_none=True)
+        return False
     scaler.step(tr.optimizer)
     scaler.update()
     tr.optimizer.zero_grad(set_to_none=True)
@@ -321,6 +321,14 @@ def train_step(tr: Trainer, names: list[str], iters: dict[str, Iterator[Batch]],
         tr.regularizer.after_step(tr.model)
     progress.step += 1
     return True
+
+
+def nonfinite(tr: Trainer, progress: Progress, what: str) -> None:
+    """``train.nonfinite``: stop (NonFiniteError, exit code 2) or count a skipped batch / step."""
+    if tr.cfg.train.nonfinite == "stop":
+        raise NonFiniteError(f"step {progress.step + 1}: {what}; train.nonfinite=skip would leave it out")
+    progress.skipped += 1
+    log.warning("step %d: %s: skipped", progress.step + 1, what)
 
 
 class BestKeeper:
@@ -406,4 +414,5 @@ def summarize(tr: Trainer, keeper: BestKeeper, progress: Progress) -> dict:
         "device": str(tr.device),
         "precision": tr.precision,
         "trainable_parameters": sum(p.numel() for p in tr.model.parameters() if p.requires_grad),
+        "skipped_nonfinite": progress.skipped,
     }

@@ -8,9 +8,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from minbert.evaluate import TaskOutputs, write_predictions
 from minbert.multitask import COMBINERS, SAMPLERS
-from minbert.runtime import cpu_has_native_bf16
+from minbert.runs import save_run_checkpoint
+from minbert.runtime import NonFiniteError, cpu_has_native_bf16
+from minbert.tasks import get_task
 from minbert.train import fit, setup
 from tests.tiny import tiny_config
 
@@ -177,3 +181,93 @@ def test_sequential_sampler_trains_only_the_first_task_first(tiny_model_dir, dat
     _, changed = run_two_steps(tiny_model_dir, data_dir, tmp_path, sampler="sequential")
     heads = {k.split(".")[1] for k in changed if k.startswith("tasks.")}
     assert heads == {"sst"}
+
+
+# -- non-finite losses and gradients (train.nonfinite) ---------------------------------------
+
+
+class NaNAt(torch.nn.Module):
+    """A task loss that is NaN on its ``at``-th calls (1-based) and the real loss otherwise."""
+
+    def __init__(self, loss: torch.nn.Module, at: set[int]):
+        super().__init__()
+        self.inner, self.at, self.calls = loss, at, 0
+        self.output_kind = loss.output_kind
+
+    def forward(self, output, target):
+        self.calls += 1
+        value = self.inner(output, target)
+        return value * float("nan") if self.calls in self.at else value
+
+    def predict(self, output):
+        return self.inner.predict(output)
+
+
+def all_finite(tensors) -> bool:
+    return all(torch.isfinite(t).all() for t in tensors if t.is_floating_point())
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("train", [{"sampler": "round_robin"}, {"sampler": "mixed", "combiner": "pcgrad"}])
+def test_a_nan_loss_stops_naming_step_task_and_examples(tiny_model_dir, data_dir, tmp_path, precision, train):
+    train = {**train, "precision": precision, "device": "cpu", "eval_every": 1}
+    tr = setup(tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst", "sts"], train=train))
+    tr.tasks["sts"].loss = NaNAt(tr.tasks["sts"].loss, {2})
+    with pytest.raises(NonFiniteError, match=r"step \d+: task sts gave a nan loss on the examples \w+, \w+") as err:
+        fit(tr)
+    assert "train.nonfinite=skip" in str(err.value)
+    assert all_finite(tr.model.state_dict().values())  # the NaN never reached a weight
+    saved = load_file(str(tmp_path / "run" / "best" / "model.safetensors"))
+    assert all_finite(saved.values())
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("train", [{"sampler": "round_robin"}, {"sampler": "mixed", "combiner": "pcgrad"}])
+def test_skip_leaves_nan_batches_out_and_counts_them(tiny_model_dir, data_dir, tmp_path, precision, train):
+    train = {**train, "precision": precision, "device": "cpu", "nonfinite": "skip"}
+    tr = setup(tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst", "sts"], train=train))
+    tr.tasks["sts"].loss = NaNAt(tr.tasks["sts"].loss, {1, 2})  # both sts batches of the epoch
+    summary = fit(tr)
+    assert summary["skipped_nonfinite"] == 2 and summary["steps"] == tr.total_steps
+    assert all_finite(tr.model.state_dict().values())
+    assert all_finite(load_file(str(tmp_path / "run" / "last" / "state.safetensors")).values())
+    losses = [r["loss"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+              if r["split"] == "train"]  # fmt: skip
+    assert all(np.isfinite(v) for rec in losses for v in rec.values())
+
+
+def test_a_nan_gradient_is_stopped_or_skipped_before_the_weights(tiny_model_dir, data_dir, tmp_path):
+    for policy in ("stop", "skip"):
+        cfg = tiny_config(tiny_model_dir, data_dir, tmp_path / policy, ["sst"], train={"nonfinite": policy})
+        tr = setup(cfg)
+        calls = {"n": 0}
+
+        def poison(grad, calls=calls):  # a finite loss whose gradient is NaN on the second backward
+            calls["n"] += 1
+            return grad * float("nan") if calls["n"] == 2 else grad
+
+        tr.model.bert.embeddings.word_embeddings.weight.register_hook(poison)
+        if policy == "stop":
+            with pytest.raises(NonFiniteError, match="the gradient of step 2 is nan"):
+                fit(tr)
+        else:
+            summary = fit(tr)
+            assert summary["skipped_nonfinite"] == 1 and summary["steps"] == tr.total_steps - 1
+        assert all_finite(tr.model.state_dict().values())
+
+
+def test_non_finite_weights_are_never_written(tiny_model_dir, data_dir, tmp_path):
+    tr = setup(tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst"], train={"max_steps": 1}))
+    fit(tr)
+    with torch.no_grad():
+        tr.model.tasks["sst"].head.out.bias[0] = float("inf")
+    with pytest.raises(NonFiniteError, match=r"not writing .*best2: non-finite weights in tasks.sst.head.out.bias"):
+        save_run_checkpoint(tmp_path / "best2", tr.model, tr.tokenizer, {"sst": None})
+    assert not (tmp_path / "best2").exists() and not (tmp_path / "best2.tmp").exists()
+
+
+def test_nan_scores_are_never_written_as_predictions(tmp_path):
+    outputs = TaskOutputs(ids=["a", "b"], scores=np.array([1.5, np.nan]), labels=None)
+    with pytest.raises(NonFiniteError, match="scored examples b as NaN"):
+        write_predictions(tmp_path / "p.csv", get_task("sts"), outputs, None)
+    assert not (tmp_path / "p.csv").exists()

@@ -10,7 +10,7 @@ from minbert.optim.child_tuning import (
     is_encoder_layer,
 )
 from minbert.optim.ema import WeightAverage
-from minbert.optim.groups import build_param_groups, no_weight_decay, with_head_lr
+from minbert.optim.groups import build_param_groups, combiner_group, no_weight_decay, with_head_lr
 from minbert.optim.schedules import SCHEDULES, get_schedule
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "GradMask",
     "build_child_tuning",
     "build_param_groups",
+    "combiner_group",
     "compute_fisher",
     "eligible_parameters",
     "get_schedule",

@@ -150,3 +150,12 @@ def with_head_lr(groups: list[dict], encoder_params: Iterable[nn.Parameter], hea
                 part.update(lr=head_lr, name=f"{g.get('name', 'group')}.heads")
             out.append(part)
     return out
+
+
+def combiner_group(combiner: nn.Module, lr: float, with_names: bool) -> dict:
+    """The optimizer group of a combiner's learned task weights: the heads' lr, no weight decay."""
+    named = list(combiner.named_parameters())
+    group = {"params": [p for _, p in named], "lr": lr, "weight_decay": 0.0, "name": "combiner"}
+    if with_names:
+        group["param_names"] = [f"combiner.{n}" for n, _ in named]
+    return group
