@@ -12,6 +12,7 @@ The resolved config is written to the run directory as ``config.yaml``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -140,6 +141,52 @@ CHOICES = {
 }
 
 
+# Value rules: a predicate that NaN fails (every comparison with NaN is false) and how to say it.
+RULES = {
+    "positive": (lambda v: math.isfinite(v) and v > 0, "positive"),
+    "non-negative": (lambda v: math.isfinite(v) and v >= 0, "finite and >= 0"),
+    "probability": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "decay": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "open unit": (lambda v: 0 < v < 1, "in (0, 1)"),
+}
+
+
+def value_rules(cfg: Config) -> list[tuple[str, Any, str]]:
+    """(field, value, rule) for every numeric field with a range; ``None`` values are not checked."""
+    o, t, m = cfg.optim, cfg.train, cfg.model
+    rules = [
+        ("optim.lr", o.lr, "positive"), ("optim.head_lr", o.head_lr, "positive"),
+        ("optim.weight_decay", o.weight_decay, "non-negative"), ("optim.eps", o.eps, "non-negative"),
+        ("optim.grad_clip", o.grad_clip, "positive"), ("optim.grad_accum", o.grad_accum, "positive"),
+        ("optim.warmup", o.warmup, "non-negative"), ("optim.layer_decay", o.layer_decay, "decay"),
+        ("model.hidden_dropout", m.hidden_dropout, "probability"),
+        ("model.attention_dropout", m.attention_dropout, "probability"),
+        ("train.epochs", t.epochs, "positive"), ("train.max_steps", t.max_steps, "positive"),
+        ("train.max_minutes", t.max_minutes, "positive"), ("train.eval_batch_size", t.eval_batch_size, "positive"),
+        ("train.early_stopping", t.early_stopping, "positive"), ("train.num_workers", t.num_workers, "non-negative"),
+        ("train.threads", t.threads, "positive"), ("train.ema_decay", t.ema_decay, "open unit"),
+        ("train.eval_every", t.eval_every, "positive"), ("train.evals_per_epoch", t.evals_per_epoch, "positive"),
+        ("train.checkpoint_every", t.checkpoint_every, "positive"),
+        ("train.checkpoint_minutes", t.checkpoint_minutes, "positive"),
+    ]  # fmt: skip
+    rules += [(f"optim.betas[{i}]", b, "probability") for i, b in enumerate(o.betas)]
+    if isinstance(t.steps_per_epoch, int):
+        rules.append(("train.steps_per_epoch", t.steps_per_epoch, "positive"))
+    for n, task in cfg.tasks.items():
+        rules += [
+            (f"tasks.{n}.batch_size", task.batch_size, "positive"),
+            (f"tasks.{n}.max_length", task.max_length, "positive"),
+            (f"tasks.{n}.head_dropout", task.head_dropout, "probability"),
+            (f"tasks.{n}.head_hidden", task.head_hidden, "positive"),
+            (f"tasks.{n}.train_limit", task.train_limit, "positive"),
+            (f"tasks.{n}.dev_limit", task.dev_limit, "positive"),
+            (f"tasks.{n}.hybrid.blend", task.hybrid.blend, "fraction"),
+            (f"tasks.{n}.hybrid.cosine_weight", task.hybrid.cosine_weight, "non-negative"),
+        ]  # fmt: skip
+    return rules
+
+
 def validate(cfg: Config) -> None:
     """Value checks that types alone cannot express."""
     for path, allowed in CHOICES.items():
@@ -153,25 +200,13 @@ def validate(cfg: Config) -> None:
             value = getattr(obj, key)
             if value not in allowed:
                 raise ConfigError(f"config field '{where}.{key}' is {value!r}; allowed: {allowed}")
-    positive = {
-        "optim.lr": cfg.optim.lr,
-        "optim.grad_accum": cfg.optim.grad_accum,
-        "train.epochs": cfg.train.epochs,
-    }
-    for n, t in cfg.tasks.items():
-        positive[f"tasks.{n}.batch_size"] = t.batch_size
-        positive[f"tasks.{n}.max_length"] = t.max_length
-    for where, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"config field '{where}' must be positive, got {value}")
-    if cfg.train.ema_decay is not None and not 0 < cfg.train.ema_decay < 1:
-        raise ConfigError(f"config field 'train.ema_decay' must be in (0, 1), got {cfg.train.ema_decay}")
+    for where, value, rule in value_rules(cfg):
+        if value is not None and not RULES[rule][0](value):
+            raise ConfigError(f"config field '{where}' must be {RULES[rule][1]}, got {value}")
+    if len(cfg.optim.betas) != 2:
+        raise ConfigError(f"config field 'optim.betas' must be two numbers [beta1, beta2], got {cfg.optim.betas}")
     if cfg.train.eval_every is not None and cfg.train.evals_per_epoch is not None:
         raise ConfigError("config fields 'train.eval_every' and 'train.evals_per_epoch' exclude each other: set one")
-    for where in ("eval_every", "evals_per_epoch", "checkpoint_every", "checkpoint_minutes"):
-        value = getattr(cfg.train, where)
-        if value is not None and value <= 0:
-            raise ConfigError(f"config field 'train.{where}' must be positive, got {value}")
     if isinstance(cfg.train.steps_per_epoch, str) and cfg.train.steps_per_epoch not in ("max", "sum", "min"):
         raise ConfigError(
             f"config field 'train.steps_per_epoch' is {cfg.train.steps_per_epoch!r}; use max, sum, min or a number"

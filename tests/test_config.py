@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import math
 
-from minbert.config import ConfigError, HybridConfig, load_config
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minbert.config import ConfigError, HybridConfig, load_config, set_path
 from minbert.train import fit, setup
 from tests.tiny import tiny_config
 
@@ -78,3 +82,60 @@ def test_schedule_kwargs_reach_the_lr_schedule(tiny_model_dir, data_dir, tmp_pat
     bad = {**optim, "schedule_kwargs": {"powr": 2.0}}
     with pytest.raises(ConfigError, match=r"config field 'optim.schedule'.*powr"):
         setup(tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst"], optim=bad))
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("optim.lr=.nan", "optim.lr"),
+        ("optim.lr=.inf", "optim.lr"),
+        ("optim.head_lr=-1e-5", "optim.head_lr"),
+        ("optim.weight_decay=-0.01", "optim.weight_decay"),
+        ("optim.grad_clip=-1.0", "optim.grad_clip"),  # a negative clip flipped the gradient's sign
+        ("optim.betas=[0.9, 1.0]", r"optim.betas\[1\]"),
+        ("optim.warmup=-0.1", "optim.warmup"),
+        ("optim.layer_decay=1.5", "optim.layer_decay"),
+        ("model.hidden_dropout=1.0", "model.hidden_dropout"),
+        ("model.attention_dropout=-0.1", "model.attention_dropout"),
+        ("tasks.sst.head_dropout=.nan", "tasks.sst.head_dropout"),
+        ("tasks.sst.batch_size=0", "tasks.sst.batch_size"),
+        ("tasks.sts.hybrid.blend=1.5", "tasks.sts.hybrid.blend"),
+        ("train.max_minutes=.nan", "train.max_minutes"),
+        ("train.max_steps=0", "train.max_steps"),
+        ("train.eval_batch_size=-4", "train.eval_batch_size"),
+    ],
+)
+def test_out_of_range_values_are_config_errors_naming_the_field(override, field):
+    with pytest.raises(ConfigError, match=f"config field '{field}' must be"):
+        load_config(overrides=[override])
+    with pytest.raises(ConfigError, match="'optim.betas' must be two numbers"):
+        load_config(overrides=["optim.betas=[0.9]"])
+
+
+NUMBERS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**6, 10**6), st.sampled_from([0, -0.0, 1, 0.5])
+)
+# What each field may hold, written out here (not read from minbert.config): lr > 0, a dropout < 1, ...
+ALLOWED = {
+    "optim.lr": lambda v: v > 0, "optim.weight_decay": lambda v: v >= 0, "optim.grad_clip": lambda v: v > 0,
+    "optim.warmup": lambda v: v >= 0, "optim.layer_decay": lambda v: 0 < v <= 1,
+    "model.hidden_dropout": lambda v: 0 <= v < 1, "tasks.sst.head_dropout": lambda v: 0 <= v < 1,
+    "tasks.sst.batch_size": lambda v: v >= 1, "train.max_minutes": lambda v: v > 0,
+    "train.ema_decay": lambda v: 0 < v < 1, "tasks.sts.hybrid.blend": lambda v: 0 <= v <= 1,
+}  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(field=st.sampled_from(list(ALLOWED)), value=NUMBERS)
+def test_any_number_gives_a_valid_config_or_an_error_naming_its_field(field, value):
+    data = {"tasks": {"sst": {}, "sts": {}}}
+    set_path(data, field, value)
+    try:
+        cfg = load_config(base=data)
+    except ConfigError as e:
+        assert f"'{field}'" in str(e)
+        return
+    node = cfg
+    for part in field.split("."):
+        node = node[part] if isinstance(node, dict) else getattr(node, part)
+    assert math.isfinite(node) and ALLOWED[field](node)  # a config that loads holds an allowed value
