@@ -87,6 +87,14 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     return cfg
 
 
+SAFE_TORCH_LOAD = (2, 10)  # weights_only was bypassed up to 2.5 (CVE-2025-32434, fixed in 2.6); a margin above
+
+
+def torch_version() -> tuple[int, int]:
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
 def read_state_dict(directory: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
     """The raw tensors of a checkpoint directory and the file they came from (for messages).
 
@@ -97,6 +105,12 @@ def read_state_dict(directory: str | Path) -> tuple[dict[str, torch.Tensor], Pat
         f = directory / name
         if not f.is_file():
             continue
+        if name.endswith(".bin") and torch_version() < SAFE_TORCH_LOAD:
+            raise CheckpointError(
+                f"{f}: refusing to unpickle a .bin file with torch {torch.__version__}, whose "
+                "torch.load(weights_only=True) has known bypasses; install torch >= 2.10 or convert "
+                "the checkpoint to model.safetensors"
+            )
         try:
             if name.endswith(".safetensors"):
                 return load_file(str(f)), f

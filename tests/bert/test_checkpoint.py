@@ -241,3 +241,14 @@ def test_write_hf_dir_replaces_files_and_writes_the_tokenizer(tmp_path):
     assert list(load_file(str(out / "model.safetensors"))) == ["b"]
     assert read_config(out)["n"] == 2
     assert BertTokenizer.from_pretrained(out).vocab == tok.vocab
+
+
+def test_bin_files_are_refused_on_a_torch_with_known_weights_only_bypasses(tiny_dir, tmp_path, monkeypatch):
+    d = tmp_path / "bin"
+    d.mkdir()
+    (d / "config.json").write_text((tiny_dir / "config.json").read_text())
+    torch.save(load_file(str(tiny_dir / "model.safetensors")), d / "pytorch_model.bin")
+    assert read_state_dict(d)[1].name == "pytorch_model.bin"  # this torch (>= 2.10) reads it
+    monkeypatch.setattr(torch, "__version__", "2.5.1+cpu")
+    with pytest.raises(CheckpointError, match=r"refusing to unpickle a \.bin file with torch 2\.5\.1"):
+        read_state_dict(d)
