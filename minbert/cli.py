@@ -155,6 +155,7 @@ def resume_run(args) -> int:
 def cmd_eval(args) -> int:
     from minbert.data import read_examples
     from minbert.evaluate import compute_metrics, mean_score
+    from minbert.files import write_text_atomically
     from minbert.predict import task_outputs
     from minbert.runs import load_run
 
@@ -168,7 +169,8 @@ def cmd_eval(args) -> int:
     score = mean_score({n: t.spec for n, t in run.tasks.items()}, results)
     print(f"mean score: {score:.4f}")
     out_file = Path(args.run) / f"eval-{args.split}.json"
-    out_file.write_text(json.dumps({"split": args.split, "score": score, "tasks": results}, indent=2) + "\n")
+    record = {"split": args.split, "score": score, "tasks": results}
+    write_text_atomically(out_file, json.dumps(record, indent=2) + "\n")
     print(f"written to {out_file}")
     return 0
 
@@ -217,10 +219,12 @@ def cmd_similarity(args) -> int:
 
 def cmd_export(args) -> int:
     from minbert.bert import save_pretrained
+    from minbert.files import write_dir_atomically
     from minbert.runs import load_run
 
     run = load_run(args.run)
-    save_pretrained(run.model.bert, args.output, tokenizer=run.tokenizer)
+    # weights, config and vocabulary appear together or not at all
+    write_dir_atomically(args.output, lambda tmp: save_pretrained(run.model.bert, tmp, tokenizer=run.tokenizer))
     print(f"encoder written to {args.output} (Hugging Face BERT format)")
     return 0
 

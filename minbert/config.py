@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from minbert.files import write_text_atomically
+
 
 class ConfigError(ValueError):
     """An invalid configuration; the message names the field."""
@@ -354,4 +356,4 @@ def load_config(
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    write_text_atomically(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

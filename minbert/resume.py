@@ -9,18 +9,15 @@
 A state is a nested mapping (dicts, lists, numbers, strings, tensors). :func:`flatten` splits
 it into the tensors, stored by a dotted path in safetensors (no pickle), and a JSON skeleton
 that refers to them, so reading a state back never unpickles anything. Both files are written
-into ``last.tmp/``, flushed to disk, and swapped in with renames (:func:`write_atomically`): a
+into ``last.tmp/``, flushed to disk, and swapped in with renames (``minbert.files.write_dir_atomically``): a
 crash at any point leaves either the previous ``last/`` or the new one, whole.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from minbert.config import changed_fields, to_dict
+from minbert.files import recover, write_dir_atomically
 from minbert.runtime import check_finite_weights, is_main_process, world_size
 
 TENSORS, SKELETON = "state.safetensors", "state.json"
@@ -36,49 +34,6 @@ TENSORS, SKELETON = "state.safetensors", "state.json"
 
 class StateError(ValueError):
     """A ``last/`` state that cannot be resumed from; the message says why."""
-
-
-# ------------------------------------------------------------------ atomic directories
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(directory: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` fills a fresh ``<directory>.tmp``; its files are flushed to disk and it then
-    replaces ``directory`` by two renames. Until the second rename the old directory is valid (as
-    ``<directory>.old`` between the two, which :func:`recover` puts back)."""
-    directory = Path(directory)
-    tmp, old = directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".old")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    for f in tmp.iterdir():
-        _fsync(f)
-    _fsync(tmp)
-    if directory.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        directory.rename(old)
-    tmp.rename(directory)
-    _fsync(directory.parent)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def recover(directory: Path) -> Path:
-    """``directory``, put back from ``<directory>.old`` if a crash came between the two renames."""
-    directory = Path(directory)
-    old = directory.with_name(directory.name + ".old")
-    if not directory.exists() and old.is_dir():
-        old.rename(directory)
-    return directory
 
 
 # ------------------------------------------------------------------ nested state <-> files
@@ -121,7 +76,7 @@ def save_state(directory: Path, state: dict) -> None:
         save_file(tensors, str(tmp / TENSORS), metadata={"format": "pt"})
         (tmp / SKELETON).write_text(json.dumps(skeleton) + "\n")
 
-    write_atomically(directory, write)
+    write_dir_atomically(directory, write)
 
 
 def load_state(directory: Path) -> dict:

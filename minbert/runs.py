@@ -20,7 +20,8 @@ so its presence marks a finished run.
 from __future__ import annotations
 
 import json
-import shutil
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,8 +34,11 @@ from minbert.bert import BertConfig, BertModel, BertTokenizer, CheckpointError
 from minbert.bert.checkpoint import write_hf_dir
 from minbert.build import Task, build_model, check, make_tasks
 from minbert.config import Config, load_config, save_config
+from minbert.files import recover, write_dir_atomically, write_text_atomically
 from minbert.runtime import check_finite_weights, pick_device, resolve_precision
 from minbert.taskmodel import MultitaskModel
+
+log = logging.getLogger(__name__)
 
 
 def write_jsonl(path: Path, record: dict) -> None:
@@ -104,17 +108,24 @@ def report_cost(regularizer) -> None:
 
 
 def start_run_dir(run_dir: Path, cfg: Config) -> None:
-    """Create the run directory and write the resolved config; a rerun into it starts a fresh log."""
+    """Create the run directory and write the resolved config. A new run into a directory that
+    holds an earlier run starts a fresh log, and moves the earlier checkpoints aside (to
+    ``previous/<time>/``) so that they are never loaded with the new config."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    earlier = [run_dir / n for n in ("best", "best.old", "last", "last.old") if (run_dir / n).exists()]
+    if earlier:
+        aside = run_dir / "previous" / time.strftime("%Y%m%d-%H%M%S")
+        aside.mkdir(parents=True, exist_ok=True)
+        for d in earlier:
+            d.rename(aside / d.name)
+        log.warning("%s held an earlier run's checkpoints: moved to %s", run_dir, aside)
     save_config(cfg, run_dir / "config.yaml")
     for stale in ("metrics.jsonl", "summary.json"):
         (run_dir / stale).unlink(missing_ok=True)
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:
-    tmp = run_dir / "summary.json.tmp"  # the file's existence marks a finished run: write it whole
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(run_dir / "summary.json")
+    write_text_atomically(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")  # marks a finished run
 
 
 def save_run_checkpoint(
@@ -129,23 +140,16 @@ def save_run_checkpoint(
     (``extra``, the binary thresholds) and the Child-Tuning D mask when there is one."""
     directory = Path(directory)
     check_finite_weights(model, str(directory))
-    tmp = directory.with_name(directory.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    write_hf_dir(tmp, model.state_dict(), model.bert.config.to_hf_dict(), tokenizer)
-    meta = {**(extra or {}), "thresholds": thresholds}
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     masks = child_tuning.state_dict() if hasattr(child_tuning, "state_dict") else None
-    if masks:
-        save_file({k: v.contiguous().cpu() for k, v in masks.items()}, str(tmp / "child_tuning.safetensors"))
-    old = directory.with_name(directory.name + ".old")
-    if directory.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        directory.rename(old)
-    tmp.rename(directory)
-    if old.exists():
-        shutil.rmtree(old)
+
+    def write(tmp: Path) -> None:
+        write_hf_dir(tmp, model.state_dict(), model.bert.config.to_hf_dict(), tokenizer)
+        meta = {**(extra or {}), "thresholds": thresholds}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if masks:
+            save_file({k: v.contiguous().cpu() for k, v in masks.items()}, str(tmp / "child_tuning.safetensors"))
+
+    write_dir_atomically(directory, write)
 
 
 @dataclass
@@ -168,7 +172,7 @@ def load_run(run_dir: str | Path, data_dir: str | None = None) -> LoadedRun:
     """Rebuild the trained model of a run (without reading any training data), in eval mode on
     the run's device, its precision resolved for that device."""
     run_dir = Path(run_dir)
-    ckpt = run_dir / "best"
+    ckpt = recover(run_dir / "best")  # a crash while a new best/ was swapped in leaves best.old
     for f in (run_dir / "config.yaml", ckpt / "model.safetensors", ckpt / "meta.json"):
         if not f.is_file():
             raise CheckpointError(f"not a finished run directory: {f} is missing")

@@ -6,11 +6,11 @@ import copy
 import json
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
+import minbert.files
 from minbert.bert import CheckpointError
 from minbert.cli import main as cli
 from minbert.config import load_config
@@ -87,13 +87,25 @@ def test_start_run_dir_writes_the_config_and_removes_a_stale_log(tmp_path):
     (run_dir / "metrics.jsonl").write_text('{"step": 1}\n')
     (run_dir / "summary.json").write_text("{}\n")
     (run_dir / "best" / "meta.json").write_text("{}\n")
+    (run_dir / "last").mkdir()
     start_run_dir(run_dir, load_config(base={"name": "rerun", "tasks": ["sst"]}))
-    assert sorted(p.name for p in run_dir.iterdir()) == ["best", "config.yaml"]
-    assert (run_dir / "best" / "meta.json").is_file()  # the checkpoint is only replaced by a better one
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "previous"]
+    # the earlier run's checkpoints are kept aside, never loaded with the new config
+    (aside,) = (run_dir / "previous").iterdir()
+    assert sorted(p.name for p in aside.iterdir()) == ["best", "last"] and (aside / "best" / "meta.json").is_file()
     saved = load_config(run_dir / "config.yaml")
     assert saved.name == "rerun" and list(saved.tasks) == ["sst"]
     start_run_dir(tmp_path / "new" / "run", load_config(base={"name": "fresh"}))  # creates missing parents
     assert (tmp_path / "new" / "run" / "config.yaml").is_file()
+
+
+def test_load_run_recovers_a_best_left_as_best_old_by_a_crash(tiny_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run.run_dir, run_dir)
+    (run_dir / "best").rename(run_dir / "best.old")  # killed between the two renames of a swap
+    run = load_run(run_dir)
+    assert run.directory == run_dir / "best" and (run_dir / "best" / "model.safetensors").is_file()
+    assert not (run_dir / "best.old").exists()
 
 
 def test_write_summary_is_atomic(tmp_path, monkeypatch):
@@ -106,10 +118,10 @@ def test_write_summary_is_atomic(tmp_path, monkeypatch):
         write_summary(tmp_path, {"best_score": object()})
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
 
-    def crash(self, target):
+    def crash(src, dst):
         raise OSError("killed before the rename")
 
-    monkeypatch.setattr(Path, "replace", crash)  # a crash between writing and renaming
+    monkeypatch.setattr(minbert.files.os, "replace", crash)  # a crash between writing and renaming
     with pytest.raises(OSError):
         write_summary(tmp_path, {"best_score": 0.9})
     assert json.loads((tmp_path / "summary.json").read_text()) == {"best_score": 0.75}  # the old one, intact

@@ -32,6 +32,7 @@ import yaml
 
 from minbert import build
 from minbert.config import Config, ConfigError, load_config, parse_override, set_path, to_dict
+from minbert.files import write_text_atomically
 from minbert.lab.report import config_diff, flatten
 
 GRID_FIELDS = ("name", "description", "base", "base_config", "overrides", "budget", "seeds", "baseline", "variants",
@@ -247,5 +248,5 @@ def write_grid_json(grid: Grid, runs: list[Run], command: str | None = None) -> 
         "configs": configs,
     }
     grid.output.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(info, indent=2, default=str) + "\n")
+    write_text_atomically(path, json.dumps(info, indent=2, default=str) + "\n")
     return path

@@ -35,6 +35,8 @@ import numpy as np
 import yaml
 from scipy import stats
 
+from minbert.files import write_file_atomically, write_text_atomically
+
 RUN_LABELS = ("name", "run_dir", "train.seed")  # differ between any two runs by construction
 ABSENT = "(absent)"
 COST_FIELDS = ("train_seconds", "examples_per_second", "peak_memory_mb", "steps")
@@ -282,7 +284,7 @@ def plot_curves(summary: dict[str, Any], out_dir: Path) -> dict[str, str]:
             ax.legend()
         path = out_dir / f"curve-{key}.png"
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        write_file_atomically(path, lambda tmp, fig=fig: fig.savefig(tmp, dpi=100))
         plt.close(fig)
         files[key] = path.name
     return files
@@ -383,9 +385,9 @@ def write_report(grid_dir: str | Path) -> Path:
         plots = plot_curves(summary, grid_dir / "plots")
     except ImportError:
         plots = {}
-    (grid_dir / "report.json").write_text(json.dumps(_clean({**meta, **summary}), indent=2) + "\n")
+    write_text_atomically(grid_dir / "report.json", json.dumps(_clean({**meta, **summary}), indent=2) + "\n")
     path = grid_dir / "report.md"
-    path.write_text(render_markdown(summary, meta, plots))
+    write_text_atomically(path, render_markdown(summary, meta, plots))
     return path
 
 

@@ -1,0 +1,75 @@
+"""Writing files so that a crash never leaves half of one behind a valid name.
+
+Every artefact minbert writes goes through one of these: a file is written under a temporary
+name, flushed to disk and renamed over the old one (a rename is atomic on POSIX); a directory is
+filled as ``<name>.tmp``, flushed, and swapped in by two renames, the old one kept as
+``<name>.old`` until the new one is in place (:func:`recover` puts it back after a crash
+between the two).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+
+def fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_text_atomically(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    fsync(tmp)
+    os.replace(tmp, path)
+
+
+def write_file_atomically(path: str | Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` creates the file ``tmp``; it then replaces ``path`` whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp" + path.suffix)  # keeps the suffix a writer may go by
+    write(tmp)
+    fsync(tmp)
+    os.replace(tmp, path)
+
+
+def write_dir_atomically(directory: str | Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` fills a fresh ``<directory>.tmp``; its files are flushed to disk and it then
+    replaces ``directory`` by two renames. Until the second rename the old directory is valid (as
+    ``<directory>.old`` between the two, which :func:`recover` puts back)."""
+    directory = Path(directory)
+    tmp, old = directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".old")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    for f in tmp.iterdir():
+        if f.is_file():
+            fsync(f)
+    fsync(tmp)
+    if directory.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        directory.rename(old)
+    tmp.rename(directory)
+    fsync(directory.parent)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def recover(directory: str | Path) -> Path:
+    """``directory``, put back from ``<directory>.old`` if a crash came between the two renames."""
+    directory = Path(directory)
+    old = directory.with_name(directory.name + ".old")
+    if not directory.exists() and old.is_dir():
+        old.rename(directory)
+    return directory
