@@ -21,7 +21,7 @@ from torch.optim import SGD
 from minbert.bert import BertModel, BertTokenizer, from_pretrained
 from minbert.bert.hub import resolve_model_dir
 from minbert.config import Config, ConfigError, TaskConfig
-from minbert.data import EncodedDataset, make_loader, read_examples, reversed_pairs
+from minbert.data import DataError, EncodedDataset, make_loader, read_examples, reversed_pairs
 from minbert.losses import HybridLoss, build_loss
 from minbert.multitask import COMBINERS, SAMPLERS
 from minbert.optim.child_tuning import CHILD_TUNING
@@ -187,6 +187,9 @@ def make_tasks(cfg: Config, tokenizer: BertTokenizer, splits: tuple[str, ...] = 
             )
             if report.skipped:
                 log.warning("%s", report)
+            if not examples:
+                rows = f"{report.n_read} rows, {len(report.skipped)} skipped" if report.n_read else "a header only"
+                raise DataError(spec.path(split, data_dir), 0, f"no {split} examples to use ({rows})")
             if split != "train":
                 task.dev = task.eval_loader(examples, tokenizer, cfg.train.eval_batch_size, cfg.train.num_workers)
                 continue

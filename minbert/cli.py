@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True)
     p.add_argument("--input", required=True, help="a file in the task's CSV layout (labels not needed)")
     p.add_argument("--output", required=True, help="CSV to write: header id,prediction")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
 
     p = sub.add_parser("run", help="the main job: multitask training, dev metrics, test predictions")
     add_config_args(p)
@@ -179,6 +180,10 @@ def cmd_predict(args) -> int:
     from minbert.predict import predict_file
     from minbert.runs import load_run
 
+    if Path(args.output).resolve() == Path(args.input).resolve():
+        raise ConfigError(f"--output {args.output} is the --input file: it would be overwritten")
+    if Path(args.output).exists() and not args.overwrite:
+        raise ConfigError(f"--output {args.output} exists; pass --overwrite to replace it")
     n = predict_file(load_run(args.run), args.task, args.input, args.output)
     print(f"wrote {n} predictions to {args.output}")
     return 0

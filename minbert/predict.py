@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,9 @@ from minbert.metrics import pearson, spearman
 from minbert.pooling import pool
 from minbert.runs import LoadedRun
 from minbert.runtime import autocast_for
-from minbert.tasks import get_task
+from minbert.tasks import get_task, load_task_specs
+
+log = logging.getLogger(__name__)
 
 
 def task_outputs(run: LoadedRun, name: str, examples: list[Example]) -> TaskOutputs:
@@ -37,6 +40,10 @@ def predict_file(run: LoadedRun, task: str, input_path: str | Path, output_path:
     if task not in run.tasks:
         raise ConfigError(f"task {task!r} was not trained in this run; it has: {', '.join(run.tasks)}")
     t = run.tasks[task]
+    others = [name for name, spec in load_task_specs(run.cfg.task_specs).items() if name != task
+              and Path(input_path).name in spec.files.values()]  # fmt: skip
+    if others:
+        log.warning("%s is a file of task %s, not of %s: predicting it as %s", input_path, others[0], task, task)
     examples, _ = read_examples(t.spec, input_path, labeled=False)
     write_predictions(output_path, t.spec, task_outputs(run, task, examples), t.threshold)
     return len(examples)

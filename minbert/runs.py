@@ -185,13 +185,19 @@ def load_run(run_dir: str | Path, data_dir: str | None = None) -> LoadedRun:
     cfg.train.precision = resolve_precision(cfg.train.precision, device)
     tokenizer = BertTokenizer.from_pretrained(ckpt)
     tasks = make_tasks(cfg, tokenizer, splits=())
-    model = build_model(tasks, BertModel(BertConfig.from_json_file(ckpt / "config.json")))
-    missing, unexpected = model.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=False)
+    try:  # a truncated or edited file is a message naming it, not a traceback
+        model = build_model(tasks, BertModel(BertConfig.from_json_file(ckpt / "config.json")))
+        weights = load_file(str(ckpt / "model.safetensors"))
+        meta = json.loads((ckpt / "meta.json").read_text())
+        if not isinstance(meta, dict):
+            raise ValueError(f"meta.json holds a {type(meta).__name__}, not a mapping")
+    except Exception as e:
+        raise CheckpointError(f"{ckpt}: a file of the checkpoint cannot be read: {e}") from e
+    missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise CheckpointError(
             f"{ckpt}: checkpoint does not fit the run's config (missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
-    meta = json.loads((ckpt / "meta.json").read_text())
     for name, t in tasks.items():
         t.threshold = meta.get("thresholds", {}).get(name)
     model.to(device).eval()

@@ -10,6 +10,7 @@ unterminated quote) always stop the read: after one, row boundaries are unreliab
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ class DataError(ValueError):
     """A bad task file or row; the message is ``<file>:<line>: <reason>``."""
 
     def __init__(self, path: str | Path, line: int, reason: str):
-        super().__init__(f"{path}:{line}: {reason}")
+        super().__init__(f"{path}:{line}: {reason}" if line else f"{path}: {reason}")  # line 0: the file as a whole
         self.path, self.line, self.reason = Path(path), line, reason
 
     def __reduce__(self):  # keep picklable (DataLoader workers) despite the 3-argument __init__
@@ -78,7 +79,7 @@ def read_examples(
     report = ReadReport(path)
     examples: list[Example] = []
     first_line: dict[str, int] = {}  # id -> line of its first occurrence
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with io.StringIO(_read_text(path), newline="") as f:
         reader = csv.reader(f, delimiter="\t", strict=True)
         header, _ = _next_record(reader, path)
         if header is None:
@@ -100,6 +101,22 @@ def read_examples(
             first_line[ex.id] = line
             examples.append(ex)
     return examples, report
+
+
+def _read_text(path: Path) -> str:
+    """The file as text (UTF-8, an optional BOM dropped); a bad byte is a DataError at its line."""
+    if path.is_dir():
+        raise DataError(path, 0, "is a directory, not a task file")
+    try:
+        raw = path.read_bytes()
+    except PermissionError as e:
+        raise DataError(path, 0, f"cannot be read: {e.strerror}") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(path, line, f"not UTF-8: byte 0x{raw[e.start]:02x} at column {column}") from None
 
 
 def _next_record(reader, path: Path) -> tuple[list[str] | None, int]:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from minbert.data.batching import EncodedDataset, make_loader
 from minbert.data.read import DataError, Example, read_examples
@@ -268,3 +270,49 @@ def test_quora_train_skip_mode_skips_exactly_two(data_dir):
     assert (report.n_read, report.n_kept, len(examples)) == (14215, 14213, 14213)
     lines = {ex.line for ex in examples}
     assert not lines & set(QUORA_BAD_LINES) and {5377, 5379, 9546, 9548} <= lines
+
+
+# -- property-based: any bytes give examples or a file:line error ---------------------------
+
+TEXT = st.text(st.characters(blacklist_characters='\t\n\r"', blacklist_categories=("Cs",)), min_size=1, max_size=30)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(TEXT, st.integers(0, 4)), min_size=1, max_size=8), bom=st.booleans())
+def test_lf_crlf_and_cr_line_ends_and_a_bom_read_the_same_examples(tmp_path_factory, rows, bom):
+    rows = [(t, y) for t, y in rows if t.strip()]
+    lines = ["\tid\tsentence\tsentiment"] + [f"{i}\tid{i}\t{t}\t{y}" for i, (t, y) in enumerate(rows)]
+    d = tmp_path_factory.mktemp("ends")
+    read = {}
+    for name, end in (("lf", "\n"), ("crlf", "\r\n"), ("cr", "\r")):
+        path = d / f"{name}.csv"
+        path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + end.join(lines).encode() + end.encode())
+        read[name] = read_examples(SST, path)[0]
+    assert read["lf"] == read["crlf"] == read["cr"]
+    expected = [(f"id{i}", t.strip(), y) for i, (t, y) in enumerate(rows)]
+    assert [(e.id, e.texts[0], e.label) for e in read["lf"]] == expected
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.binary(max_size=400), with_header=st.booleans())
+def test_any_bytes_give_examples_or_a_file_and_line_error(tmp_path_factory, body, with_header):
+    path = tmp_path_factory.mktemp("bytes") / "ids-sst-train.csv"
+    path.write_bytes((b"\tid\tsentence\tsentiment\n" if with_header else b"") + body)
+    try:
+        examples, _ = read_examples(SST, path)
+    except DataError as e:  # nothing else may escape: no UnicodeDecodeError, csv.Error, IndexError ...
+        assert str(e).startswith(f"{path}:") and e.line >= 0
+        return
+    assert all(isinstance(ex, Example) and ex.texts[0] and 0 <= ex.label < 5 for ex in examples)
+
+
+def test_nul_bytes_and_a_directory(tmp_path):
+    path = tmp_path / "nul.csv"
+    path.write_bytes(b"\tid\tsentence\tsentiment\n0\ta\tnul \x00 inside\t1\n")
+    try:
+        (ex,) = read_examples(SST, path)[0]
+        assert ex.texts == ("nul \x00 inside",)  # read as a character (Python 3.11+'s csv allows it) ...
+    except DataError as e:
+        assert str(e).startswith(f"{path}:2:")  # ... or refused at its line
+    with pytest.raises(DataError, match=f"^{tmp_path}: is a directory, not a task file$"):
+        read_examples(SST, tmp_path)
