@@ -154,54 +154,48 @@ RULES = {
 }
 
 
+RANGES = {
+    "optim.lr": "positive", "optim.head_lr": "positive", "optim.weight_decay": "non-negative",
+    "optim.eps": "non-negative", "optim.grad_clip": "positive", "optim.grad_accum": "positive",
+    "optim.warmup": "non-negative", "optim.layer_decay": "decay", "optim.betas": "probability",
+    "model.hidden_dropout": "probability", "model.attention_dropout": "probability",
+    "train.epochs": "positive", "train.max_steps": "positive", "train.max_minutes": "positive",
+    "train.eval_batch_size": "positive", "train.early_stopping": "positive", "train.num_workers": "non-negative",
+    "train.threads": "positive", "train.ema_decay": "open unit", "train.eval_every": "positive",
+    "train.evals_per_epoch": "positive", "train.checkpoint_every": "positive", "train.checkpoint_minutes": "positive",
+    "tasks.*.batch_size": "positive", "tasks.*.max_length": "positive", "tasks.*.head_dropout": "probability",
+    "tasks.*.head_hidden": "positive", "tasks.*.train_limit": "positive", "tasks.*.dev_limit": "positive",
+    "tasks.*.hybrid.blend": "fraction", "tasks.*.hybrid.cosine_weight": "non-negative",
+}  # fmt: skip
+
+
+def field_values(cfg: Config, path: str) -> list[tuple[str, Any]]:
+    """``(field name, value)`` of a dotted path; ``tasks.*`` means every task, a list every item."""
+    found = [("", cfg)]
+    for key in path.split("."):
+        if key == "*":
+            found = [(f"{w}.{n}", v) for w, obj in found for n, v in obj.items()]
+        else:
+            found = [(f"{w}.{key}" if w else key, getattr(obj, key)) for w, obj in found]
+    if found and isinstance(found[0][1], list):  # optim.betas -> optim.betas[0], optim.betas[1]
+        return [(f"{w}[{i}]", x) for w, v in found for i, x in enumerate(v)]
+    return found
+
+
 def value_rules(cfg: Config) -> list[tuple[str, Any, str]]:
     """(field, value, rule) for every numeric field with a range; ``None`` values are not checked."""
-    o, t, m = cfg.optim, cfg.train, cfg.model
-    rules = [
-        ("optim.lr", o.lr, "positive"), ("optim.head_lr", o.head_lr, "positive"),
-        ("optim.weight_decay", o.weight_decay, "non-negative"), ("optim.eps", o.eps, "non-negative"),
-        ("optim.grad_clip", o.grad_clip, "positive"), ("optim.grad_accum", o.grad_accum, "positive"),
-        ("optim.warmup", o.warmup, "non-negative"), ("optim.layer_decay", o.layer_decay, "decay"),
-        ("model.hidden_dropout", m.hidden_dropout, "probability"),
-        ("model.attention_dropout", m.attention_dropout, "probability"),
-        ("train.epochs", t.epochs, "positive"), ("train.max_steps", t.max_steps, "positive"),
-        ("train.max_minutes", t.max_minutes, "positive"), ("train.eval_batch_size", t.eval_batch_size, "positive"),
-        ("train.early_stopping", t.early_stopping, "positive"), ("train.num_workers", t.num_workers, "non-negative"),
-        ("train.threads", t.threads, "positive"), ("train.ema_decay", t.ema_decay, "open unit"),
-        ("train.eval_every", t.eval_every, "positive"), ("train.evals_per_epoch", t.evals_per_epoch, "positive"),
-        ("train.checkpoint_every", t.checkpoint_every, "positive"),
-        ("train.checkpoint_minutes", t.checkpoint_minutes, "positive"),
-    ]  # fmt: skip
-    rules += [(f"optim.betas[{i}]", b, "probability") for i, b in enumerate(o.betas)]
-    if isinstance(t.steps_per_epoch, int):
-        rules.append(("train.steps_per_epoch", t.steps_per_epoch, "positive"))
-    for n, task in cfg.tasks.items():
-        rules += [
-            (f"tasks.{n}.batch_size", task.batch_size, "positive"),
-            (f"tasks.{n}.max_length", task.max_length, "positive"),
-            (f"tasks.{n}.head_dropout", task.head_dropout, "probability"),
-            (f"tasks.{n}.head_hidden", task.head_hidden, "positive"),
-            (f"tasks.{n}.train_limit", task.train_limit, "positive"),
-            (f"tasks.{n}.dev_limit", task.dev_limit, "positive"),
-            (f"tasks.{n}.hybrid.blend", task.hybrid.blend, "fraction"),
-            (f"tasks.{n}.hybrid.cosine_weight", task.hybrid.cosine_weight, "non-negative"),
-        ]  # fmt: skip
+    rules = [(where, value, rule) for path, rule in RANGES.items() for where, value in field_values(cfg, path)]
+    if isinstance(cfg.train.steps_per_epoch, int):
+        rules.append(("train.steps_per_epoch", cfg.train.steps_per_epoch, "positive"))
     return rules
 
 
 def validate(cfg: Config) -> None:
     """Value checks that types alone cannot express."""
     for path, allowed in CHOICES.items():
-        section, key = path.rsplit(".", 1)
-        objs = (
-            [(f"tasks.{n}", t) for n, t in cfg.tasks.items()]
-            if section == "tasks.*"
-            else [(section, getattr(cfg, section))]
-        )
-        for where, obj in objs:
-            value = getattr(obj, key)
+        for where, value in field_values(cfg, path):
             if value not in allowed:
-                raise ConfigError(f"config field '{where}.{key}' is {value!r}; allowed: {allowed}")
+                raise ConfigError(f"config field '{where}' is {value!r}; allowed: {allowed}")
     for where, value, rule in value_rules(cfg):
         if value is not None and not RULES[rule][0](value):
             raise ConfigError(f"config field '{where}' must be {RULES[rule][1]}, got {value}")

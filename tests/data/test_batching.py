@@ -7,15 +7,8 @@ from collections import Counter
 import pytest
 import torch
 
-from minbert.data.batching import (
-    Batch,
-    BucketBatchSampler,
-    Collator,
-    EncodedDataset,
-    Forever,
-    make_loader,
-    padding_fraction,
-)
+from minbert.data import Forever
+from minbert.data.batching import Batch, BucketBatchSampler, Collator, EncodedDataset, make_loader, padding_fraction
 from minbert.data.read import Example, read_examples
 from minbert.tasks import get_task
 from tests.tiny import pair_examples
