@@ -271,10 +271,12 @@ def fit(tr: Trainer, resume: bool = False) -> dict:
             progress.plan = None
             if progress.stopping or keeper.out_of_patience:
                 break
-    progress.done = True
-    if keeper.last_step != progress.step:  # the budget or the last epoch ended between evaluations
-        keeper.evaluate(progress)
-    save_last(tr, progress, keeper, rng, scaler)
+        progress.done = True
+        if keeper.last_step != progress.step:  # the budget or the last epoch ended between evaluations
+            keeper.evaluate(progress)
+        save_last(tr, progress, keeper, rng, scaler)
+        if signals.received:  # during the last evaluation: saved, and a resume only writes the summary
+            raise Interrupted(signals.received, progress.step, tr.run_dir)
     summary = summarize(tr, keeper, progress)
     if main:
         write_summary(tr.run_dir, summary)

@@ -197,7 +197,8 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(variant, tiny_model_di
 def test_sigterm_and_sigint_save_last_and_say_how_to_resume(sig, code, tiny_model_dir, data_dir, tmp_path):
     run_dir = tmp_path / "run"
     config = write_config(tmp_path / "c.yaml", tiny_model_dir, data_dir, run_dir, "sum")
-    proc = minbert("train", "--config", str(config), "--set", "train.checkpoint_every=null")
+    long = ["--set", "train.checkpoint_every=null", "--set", "train.epochs=20"]  # still training at the signal
+    proc = minbert("train", "--config", str(config), *long)
     started = kill_when_training(proc, run_dir / "metrics.jsonl", random.Random(0), sig)  # no last/ yet
     assert started, "the run finished before the signal"
     returncode, err = finish(proc)
@@ -209,6 +210,6 @@ def test_sigterm_and_sigint_save_last_and_say_how_to_resume(sig, code, tiny_mode
     changed = minbert("train", "--resume", str(run_dir), "--set", "optim.lr=0.5")
     returncode, err = finish(changed)  # another config: refused, naming the field
     assert returncode == 2 and "changed: optim.lr" in err and err.count("\n") == 1
-    returncode, err = finish(minbert("train", "--resume", str(run_dir)))
+    returncode, err = finish(minbert("train", "--resume", str(run_dir)))  # the run's own config: 20 epochs
     assert returncode == 0, err
     assert (run_dir / "summary.json").is_file()
