@@ -9,8 +9,9 @@
 A state is a nested mapping (dicts, lists, numbers, strings, tensors). :func:`flatten` splits
 it into the tensors, stored by a dotted path in safetensors (no pickle), and a JSON skeleton
 that refers to them, so reading a state back never unpickles anything. Both files are written
-into ``last.tmp/``, flushed to disk, and swapped in with renames (``minbert.files.write_dir_atomically``): a
-crash at any point leaves either the previous ``last/`` or the new one, whole.
+into ``last.tmp/``, flushed to disk, and swapped in with renames
+(``minbert.files.write_dir_atomically``): a crash at any point leaves either the previous
+``last/`` or the new one, whole.
 """
 
 from __future__ import annotations
