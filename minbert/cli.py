@@ -108,8 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> int:
-    from minbert.train import fit, setup
-
     if args.resume:
         return resume_run(args)
     base, flags = {}, {}  # base: under the YAML; flags: over it (a flag on the command line wins)
@@ -128,8 +126,14 @@ def cmd_train(args) -> int:
     cfg = load_config(args.config, args.set, base=base, flags=flags)
     if args.task and args.config:  # --task narrows a config's task list, keeping each task's settings
         cfg.tasks = {t: cfg.tasks.get(t) or TaskConfig() for t in args.task}
+    return train_and_report(cfg)
+
+
+def train_and_report(cfg, resume: bool = False) -> int:
+    from minbert.train import fit, setup
+
     tr = setup(cfg)
-    summary = fit(tr)
+    summary = fit(tr, resume=resume)
     print(json.dumps(summary, indent=2))
     print(f"run written to {tr.run_dir}")
     return 0
@@ -137,20 +141,16 @@ def cmd_train(args) -> int:
 
 def resume_run(args) -> int:
     """``minbert train --resume RUN_DIR``: the run's saved config, then fit from its last/ state."""
-    from minbert.train import fit, setup
-
     run_dir = Path(args.resume)
     if args.config or args.task or args.mode or args.name or args.run_dir:
-        raise ConfigError("--resume continues a run with its own config: drop --config, --task, --mode, --name")
+        raise ConfigError(
+            "--resume continues a run with its own config: drop --config, --task, --mode, --name, --run-dir"
+        )
     if (run_dir / "summary.json").is_file():
         print(f"{run_dir} is a finished run (summary.json): nothing to resume")
         return 0
     flags = {"run_dir": str(run_dir)} | ({"data_dir": args.data_dir} if args.data_dir else {})
-    cfg = load_config(run_dir / "config.yaml", args.set, flags=flags)
-    summary = fit(setup(cfg), resume=True)
-    print(json.dumps(summary, indent=2))
-    print(f"run written to {run_dir}")
-    return 0
+    return train_and_report(load_config(run_dir / "config.yaml", args.set, flags=flags), resume=True)
 
 
 def cmd_eval(args) -> int:

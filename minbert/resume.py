@@ -28,7 +28,13 @@ from safetensors.torch import load_file, save_file
 
 from minbert.config import changed_fields, to_dict
 from minbert.files import recover, write_dir_atomically
-from minbert.runtime import check_finite_weights, is_main_process, world_size
+from minbert.runtime import (
+    check_finite_weights,
+    is_main_process,
+    python_rng_state,
+    set_python_rng_state,
+    world_size,
+)
 
 TENSORS, SKELETON = "state.safetensors", "state.json"
 
@@ -97,10 +103,9 @@ def load_state(directory: Path) -> dict:
 
 def rng_states() -> dict:
     """Python, NumPy and torch (CPU and CUDA) global random states."""
-    version, internal, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {
-        "python": [version, list(internal), gauss],
+        "python": python_rng_state(random),
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -108,23 +113,12 @@ def rng_states() -> dict:
 
 
 def set_rng_states(states: dict) -> None:
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
+    set_python_rng_state(random, states["python"])
     kind, keys, pos, has_gauss, cached = states["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(states["torch"])
     if states["cuda"]:
         torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def python_rng_state(rng: random.Random) -> list:
-    version, internal, gauss = rng.getstate()
-    return [version, list(internal), gauss]
-
-
-def set_python_rng_state(rng: random.Random, state: list) -> None:
-    version, internal, gauss = state
-    rng.setstate((version, tuple(internal), gauss))
 
 
 def named_optimizer_state(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> dict:

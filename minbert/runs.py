@@ -140,7 +140,7 @@ def save_run_checkpoint(
     (``extra``, the binary thresholds) and the Child-Tuning D mask when there is one."""
     directory = Path(directory)
     check_finite_weights(model, str(directory))
-    masks = child_tuning.state_dict() if hasattr(child_tuning, "state_dict") else None
+    masks = child_tuning.state_dict() if child_tuning is not None else None
 
     def write(tmp: Path) -> None:
         write_hf_dir(tmp, model.state_dict(), model.bert.config.to_hf_dict(), tokenizer)

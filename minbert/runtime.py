@@ -79,6 +79,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def python_rng_state(rng) -> list:
+    """The state of a ``random.Random`` (or of the ``random`` module) as JSON-able lists."""
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
+
+
+def set_python_rng_state(rng, state: list) -> None:
+    version, internal, gauss = state
+    rng.setstate((version, tuple(internal), gauss))
+
+
 def rank() -> int:
     """This process's rank under torchrun (0 when not distributed)."""
     return int(os.environ.get("RANK", "0"))

@@ -30,6 +30,7 @@ from scipy.optimize import minimize
 from torch import Tensor
 
 from minbert.multitask.weighting import COMBINERS, Combiner
+from minbert.runtime import python_rng_state, set_python_rng_state
 
 # 2-D shared parameters with at least this many rows are treated as embedding tables, whose
 # gradients are zero outside the rows of the tokens in the step's batches (the word embeddings).
@@ -46,12 +47,10 @@ class GradientSurgery(Combiner):
 
     def get_extra_state(self) -> dict:
         """The task-order generator's state, so that a resumed run draws the same orders."""
-        version, internal, gauss = self.rng.getstate()
-        return {"rng": [version, list(internal), gauss]}
+        return {"rng": python_rng_state(self.rng)}
 
     def set_extra_state(self, state: dict) -> None:
-        version, internal, gauss = state["rng"]
-        self.rng.setstate((version, tuple(internal), gauss))
+        set_python_rng_state(self.rng, state["rng"])
 
     def _buffer(self, key: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
         """A work buffer kept between steps: allocating (and page-faulting) hundreds of MB every
