@@ -16,7 +16,7 @@ def find_data_dir() -> Path | None:
     candidates = [os.environ.get("DATA_DIR"), ROOT.parent / "shared" / "data", ROOT / "data"]
     for c in candidates:
         if c and (Path(c) / "ids-sst-dev.csv").is_file():
-            return Path(c)
+            return Path(c).resolve()  # absolute: a test may chdir, and $DATA_DIR is often relative
     return None
 
 
