@@ -22,7 +22,8 @@ from bench_train import machine  # benchmarks/ is the script's directory, so on 
 from minbert.config import load_config
 from minbert.multitask import build_combiner
 from minbert.optim import AdamW
-from minbert.train import setup, task_loss
+from minbert.step import task_loss
+from minbert.train import setup
 
 
 def main() -> None:

@@ -22,7 +22,8 @@ import torch
 from minbert.cli import DEFAULT_CONFIG
 from minbert.config import load_config
 from minbert.resume import load_state, save_last
-from minbert.train import BestKeeper, Progress, setup, task_loss
+from minbert.step import task_loss
+from minbert.train import BestKeeper, Progress, setup
 
 
 def main() -> None:

@@ -130,12 +130,14 @@ def cmd_train(args) -> int:
 
 
 def train_and_report(cfg, resume: bool = False) -> int:
+    from minbert.runtime import is_main_process
     from minbert.train import fit, setup
 
     tr = setup(cfg)
     summary = fit(tr, resume=resume)
-    print(json.dumps(summary, indent=2))
-    print(f"run written to {tr.run_dir}")
+    if is_main_process():  # under torchrun, rank 0 speaks for all
+        print(json.dumps(summary, indent=2))
+        print(f"run written to {tr.run_dir}")
     return 0
 
 
@@ -193,6 +195,7 @@ def cmd_run(args) -> int:
     """The main job: train the default multitask config, predict the test files, print a table."""
     from minbert.predict import predict_file
     from minbert.runs import load_run
+    from minbert.runtime import is_main_process
     from minbert.train import fit, setup
 
     flags = {}
@@ -203,6 +206,8 @@ def cmd_run(args) -> int:
     cfg = load_config(args.config or DEFAULT_CONFIG, args.set, flags=flags)
     tr = setup(cfg)
     summary = fit(tr)
+    if not is_main_process():  # under torchrun, rank 0 predicts and reports
+        return 0
     run = load_run(tr.run_dir, cfg.data_dir)
     print(f"\nbest checkpoint: step {summary['best_step']}, trained {summary['train_seconds'] / 60:.1f} min")
     print(f"{'task':8s} {'dev metric':>12s} {'value':>8s}   predictions")
@@ -263,10 +268,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
+    from minbert import distributed
     from minbert.data import DataError
     from minbert.resume import StateError
-    from minbert.runtime import Interrupted, NonFiniteError
+    from minbert.runtime import Interrupted, NonFiniteError, is_main_process
 
+    if not is_main_process():  # under torchrun the other ranks only warn
+        logging.getLogger().setLevel(logging.WARNING)
     try:
         return COMMANDS[args.command](args)
     except (*USER_ERRORS, DataError, StateError, NonFiniteError) as e:
@@ -278,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; the best checkpoint so far is kept in the run directory", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()  # the process group, if torchrun made one
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from minbert import distributed
 from minbert.data import Batch
+from minbert.distributed import all_reduce_sum_, gather_objects, shard
 from minbert.metrics import METRICS, apply_threshold, tune_threshold
 from minbert.runtime import NonFiniteError
 from minbert.taskmodel import MultitaskModel
@@ -48,8 +50,12 @@ def collect_outputs(
     loader,
     device: torch.device,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    sharded: bool = False,
 ) -> TaskOutputs:
-    """Run the model over a loader and put the results back into dataset order."""
+    """Run the model over a loader and put the results back into dataset order.
+
+    ``sharded``: under torchrun every rank must call this; each runs every ``world_size``-th batch
+    and all get the whole result (scores, labels and ids gathered); without torchrun it is ignored."""
     was_training = model.training
     model.eval()
     # A symmetric dataset holds each pair twice, (a, b) and (b, a), under one index: average them.
@@ -59,7 +65,7 @@ def collect_outputs(
     labels = np.zeros(n, dtype=np.float64)
     ids: list[str | None] = [None] * n
     has_labels = True
-    for batch in loader:
+    for batch in shard(loader) if sharded else loader:
         batch: Batch = batch.to(device)
         with autocast():
             out = model(task, batch.inputs)
@@ -74,6 +80,16 @@ def collect_outputs(
         else:
             labels[idx] = batch.labels.float().cpu().numpy()
     model.train(was_training)
+    if sharded and distributed.enabled():  # a pair's two views may lie on two ranks: sum, then divide
+        sums = torch.from_numpy(np.stack([scores, views, labels * (views > 0), views > 0]).astype(np.float64))
+        all_reduce_sum_([sums])
+        scores, views, labels, seen = sums.numpy()
+        labels = labels / np.maximum(seen, 1)
+        views = np.rint(views).astype(np.int64)
+        for part in gather_objects([(i, id_) for i, id_ in enumerate(ids) if id_ is not None]):
+            for i, id_ in part:
+                ids[i] = id_
+        has_labels = all(gather_objects(has_labels))
     scores /= np.maximum(views, 1)
     return TaskOutputs(ids=ids, scores=scores, labels=labels if has_labels else None)
 

@@ -27,11 +27,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from minbert.config import changed_fields, to_dict
+from minbert.distributed import barrier, gather_objects
 from minbert.files import recover, write_dir_atomically
 from minbert.runtime import (
     check_finite_weights,
     is_main_process,
     python_rng_state,
+    rank,
     set_python_rng_state,
     world_size,
 )
@@ -164,8 +166,12 @@ def checkpoint_due(train, progress) -> bool:
 
 
 def save_last(tr, progress, keeper, rng: random.Random, scaler) -> None:
-    """Write ``run_dir/last``: everything a resumed run needs to continue as this one would."""
+    """Write ``run_dir/last``: everything a resumed run needs to continue as this one would.
+    Under torchrun every rank calls it: the ranks' random states differ (dropout draws as many
+    numbers as its batch has elements), so rank 0 writes all of them beside the shared state."""
     progress.saved_at = time.time()
+    rngs = gather_objects(rng_states())
+    barrier()
     if not is_main_process():
         return
     check_finite_weights(tr.model, str(tr.run_dir / "last"))
@@ -181,7 +187,7 @@ def save_last(tr, progress, keeper, rng: random.Random, scaler) -> None:
         "ema": tr.ema.state_dict() if tr.ema else None,
         "regularizer": tr.regularizer.state_dict() if tr.regularizer else None,
         "child_tuning": tr.child_tuning.state_dict() if tr.child_tuning else None,
-        "rng": rng_states(),
+        "rng": rngs,  # one entry per rank
         "sampler_rng": python_rng_state(rng),
         "progress": progress.state_dict(),
         "keeper": keeper.state_dict(),
@@ -211,8 +217,10 @@ def restore(tr, progress, keeper, rng: random.Random, scaler) -> dict:
     set_python_rng_state(rng, state["sampler_rng"])
     progress.load_state_dict(state["progress"])
     keeper.load_state_dict(state["keeper"])
-    with open(tr.run_dir / "metrics.jsonl", "a") as f:  # records written after last/ are written again
-        f.truncate(state["metrics_bytes"])
+    if is_main_process():
+        with open(tr.run_dir / "metrics.jsonl", "a") as f:  # records written after last/ are written again
+            f.truncate(state["metrics_bytes"])
+    state["rng"] = state["rng"][rank()]
     return state
 
 

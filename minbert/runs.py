@@ -30,12 +30,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from minbert import distributed
 from minbert.bert import BertConfig, BertModel, BertTokenizer, CheckpointError
 from minbert.bert.checkpoint import write_hf_dir
 from minbert.build import Task, build_model, check, make_tasks
 from minbert.config import Config, load_config, save_config
 from minbert.files import recover, write_dir_atomically, write_text_atomically
-from minbert.runtime import check_finite_weights, pick_device, resolve_precision
+from minbert.runtime import check_finite_weights, peak_memory_mb, pick_device, resolve_precision, world_size
 from minbert.taskmodel import MultitaskModel
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,29 @@ def start_run_dir(run_dir: Path, cfg: Config) -> None:
 
 def write_summary(run_dir: Path, summary: dict) -> None:
     write_text_atomically(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")  # marks a finished run
+
+
+def summarize(tr, keeper, progress) -> dict:
+    """The summary of a run (``minbert.train``'s Trainer, BestKeeper and Progress); under torchrun,
+    the throughput of all ranks together and this rank's peak memory."""
+    elapsed = progress.train_seconds()  # training time only, evaluations excluded
+    examples = distributed.sum_over_ranks(progress.examples)
+    return {
+        "name": tr.cfg.name,
+        "best_score": keeper.score,
+        "best_step": keeper.step,
+        "best_metrics": keeper.metrics,
+        "steps": progress.step,
+        "epochs_run": progress.epoch + 1,
+        "train_seconds": round(elapsed, 1),
+        "examples_per_second": round(examples / max(elapsed, 1e-9), 2),
+        "world_size": world_size(),
+        "peak_memory_mb": peak_memory_mb(tr.device),
+        "device": str(tr.device),
+        "precision": tr.precision,
+        "trainable_parameters": sum(p.numel() for p in tr.model.parameters() if p.requires_grad),
+        "skipped_nonfinite": progress.skipped,
+    }
 
 
 def save_run_checkpoint(

@@ -31,15 +31,17 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
+from minbert import distributed
 from minbert.bert import BertTokenizer
 from minbert.bert.hub import resolve_model_dir
 from minbert.build import Task, build_model, check, config_field, load_bert, make_tasks
 from minbert.config import Config, TrainConfig
 from minbert.data import Batch, Forever
+from minbert.distributed import agree, average_outside_ddp, barrier, broadcast_object, mean_over_ranks, no_sync, unwrap
 from minbert.evaluate import collect_outputs, compute_metrics, fit_threshold, mean_score
 from minbert.multitask import COMBINERS, SAMPLERS, Combiner, TaskSampler, epoch_length
 from minbert.optim import AdamW, WeightAverage, build_param_groups, combiner_group, get_schedule, with_head_lr
-from minbert.optim.child_tuning import CHILD_TUNING, ChildTuningD, ChildTuningF, compute_fisher, eligible_parameters
+from minbert.optim.child_tuning import CHILD_TUNING, ChildTuningD, ChildTuningF, eligible_parameters
 from minbert.regularizers import REGULARIZERS, Regularizer
 from minbert.resume import checkpoint_due, restore, save_last, set_rng_states
 from minbert.runs import (
@@ -48,6 +50,7 @@ from minbert.runs import (
     report_cost,
     save_run_checkpoint,
     start_run_dir,
+    summarize,
     train_record,
     write_summary,
 )
@@ -58,11 +61,11 @@ from minbert.runtime import (
     StopSignals,
     autocast_for,
     is_main_process,
-    peak_memory_mb,
     pick_device,
     resolve_precision,
     seed_everything,
 )
+from minbert.step import TaskLosses, run_fisher_pass
 from minbert.taskmodel import MultitaskModel
 
 log = logging.getLogger(__name__)
@@ -74,6 +77,7 @@ class Trainer:
 
     cfg: Config
     model: MultitaskModel
+    net: torch.nn.Module  # the step's forward (step.TaskLosses), in DistributedDataParallel under torchrun
     tokenizer: BertTokenizer
     tasks: dict[str, Task]
     optimizer: AdamW
@@ -110,6 +114,7 @@ class Progress:
     started: float = field(default_factory=time.time)
     eval_seconds: float = 0.0
     saved_at: float = field(default_factory=time.time)  # when last/ was last written
+    poisoned: bool = False  # under DDP: a non-finite loss in this optimizer step, which is skipped
 
     def train_seconds(self) -> float:
         return time.time() - self.started - self.eval_seconds
@@ -132,8 +137,9 @@ def setup(cfg: Config, run_dir: Path | None = None) -> Trainer:
     check(cfg)  # every name and keyword before any data or weights are read
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    seed_everything(cfg.train.seed)
-    device = pick_device(cfg.train.device)
+    seed_everything(cfg.train.seed)  # the same seed on every rank: the same heads, the same task sequence
+    device = distributed.device_for(pick_device(cfg.train.device))
+    distributed.init(device)  # under torchrun only
     precision = resolve_precision(cfg.train.precision, device)
     log.info("device %s, precision %s", device, precision)
     bert = load_bert(cfg)
@@ -177,46 +183,30 @@ def setup(cfg: Config, run_dir: Path | None = None) -> Trainer:
     with config_field("optim.schedule"):
         scheduler = get_schedule(optim.schedule, optimizer, total_steps, warmup, **optim.schedule_kwargs)
     ema = WeightAverage(model, train.ema_decay) if train.ema_decay else None
+    autocast = autocast_for(precision, device)
+    net = distributed.wrap(TaskLosses(model, tasks, autocast, regularizer), device)
     return Trainer(
-        cfg, model, tokenizer, tasks, optimizer, scheduler, sampler, combiner, device, precision,
-        autocast_for(precision, device), run_dir or cfg.resolved_run_dir(), steps_per_epoch, total_steps,
-        child, regularizer, ema,
+        cfg, model, net, tokenizer, tasks, optimizer, scheduler, sampler, combiner, device, precision,
+        autocast, run_dir or cfg.resolved_run_dir(), steps_per_epoch, total_steps, child, regularizer, ema,
     )  # fmt: skip
-
-
-def task_loss(model: MultitaskModel, task: Task, batch: Batch, autocast, regularizer=None) -> torch.Tensor:
-    """The task's loss on a batch, plus the regulariser's term (SMART) computed from the same forward."""
-    with autocast():
-        out = model(task.name, batch.inputs)
-    loss = task.loss(out.float(), batch.labels)
-    if regularizer is not None:
-        with autocast():
-            loss = loss + regularizer.loss(model, task.name, batch.inputs, out, task.output_kind)
-    return loss
-
-
-def run_fisher_pass(model: MultitaskModel, tasks: dict[str, Task], device: torch.device) -> dict[str, torch.Tensor]:
-    """Child-Tuning D: one pass over every task's training data, each batch's own task loss."""
-    batches = [(name, b) for name, t in tasks.items() for b in t.train]
-
-    def loss_fn(m, item):
-        name, batch = item
-        return task_loss(m, tasks[name], batch.to(device), contextlib.nullcontext)
-
-    return compute_fisher(model, tqdm(batches, desc="fisher", leave=False), loss_fn)
 
 
 # ------------------------------------------------------------------ fit / validate
 
 
 def validate(tr: Trainer, tune_thresholds: bool = True) -> dict[str, dict[str, float]]:
-    """Dev metrics of every task; binary thresholds are (re)tuned on dev when asked."""
+    """Dev metrics of every task; binary thresholds are (re)tuned on dev when asked. Under torchrun
+    the ranks share the dev batches; rank 0 computes the metrics and thresholds, every rank gets them."""
     results = {}
     for name, task in tr.tasks.items():
-        outputs = collect_outputs(tr.model, name, task.loss, task.dev, tr.device, tr.autocast)
-        if tune_thresholds:
-            task.threshold = fit_threshold(task.spec, outputs, task.cfg.threshold)
-        results[name] = compute_metrics(task.spec, outputs, task.threshold)
+        outputs = collect_outputs(tr.model, name, task.loss, task.dev, tr.device, tr.autocast, sharded=True)
+        if is_main_process():
+            if tune_thresholds:
+                task.threshold = fit_threshold(task.spec, outputs, task.cfg.threshold)
+            results[name] = compute_metrics(task.spec, outputs, task.threshold)
+    results, thresholds = broadcast_object((results, {n: t.threshold for n, t in tr.tasks.items()}))
+    for name, task in tr.tasks.items():
+        task.threshold = thresholds[name]
     return results
 
 
@@ -256,16 +246,22 @@ def fit(tr: Trainer, resume: bool = False) -> dict:
                     logger.log(train_record(progress.step, progress.epoch, progress.running, lr))
                 if every and progress.step % every == 0:
                     keeper.evaluate(progress)
-                progress.stopping = out_of_budget(cfg.train, progress) or keeper.out_of_patience
-                if checkpoint_due(cfg.train, progress) or signals.received:
+                # rank 0's clock decides for every rank; a signal to any rank stops them all here
+                budget, due, signal = agree(
+                    main and out_of_budget(cfg.train, progress), main and checkpoint_due(cfg.train, progress),
+                    signals.received,
+                )
+                progress.stopping = bool(budget) or keeper.out_of_patience
+                if due or signal:
                     save_last(tr, progress, keeper, rng, scaler)
-                if signals.received:
-                    raise Interrupted(signals.received, progress.step, tr.run_dir)
+                if signal:
+                    raise Interrupted(signal, progress.step, tr.run_dir)
                 if progress.stopping:
                     break
             bar.close()
             tr.combiner.end_epoch({n: float(np.mean(v)) for n, v in progress.running.items()})
-            report_cost(tr.regularizer)
+            if main:
+                report_cost(tr.regularizer)
             if not every:
                 keeper.evaluate(progress)
             progress.plan = None
@@ -275,8 +271,9 @@ def fit(tr: Trainer, resume: bool = False) -> dict:
         if keeper.last_step != progress.step:  # the budget or the last epoch ended between evaluations
             keeper.evaluate(progress)
         save_last(tr, progress, keeper, rng, scaler)
-        if signals.received:  # during the last evaluation: saved, and a resume only writes the summary
-            raise Interrupted(signals.received, progress.step, tr.run_dir)
+        (signal,) = agree(signals.received)
+        if signal:  # during the last evaluation: saved, and a resume only writes the summary
+            raise Interrupted(signal, progress.step, tr.run_dir)
     summary = summarize(tr, keeper, progress)
     if main:
         write_summary(tr.run_dir, summary)
@@ -287,30 +284,42 @@ def fit(tr: Trainer, resume: bool = False) -> dict:
 def train_step(tr: Trainer, names: list[str], iters: dict[str, Iterator[Batch]], scaler, progress: Progress) -> bool:
     """One micro-step: each named task's loss on its next batch, turned into gradients by the
     combiner; after every ``grad_accum`` micro-steps, the optimizer step. Returns whether it stepped."""
-    losses = {}
-    for name in names:
-        batch = next(iters[name]).to(tr.device)
-        loss = task_loss(tr.model, tr.tasks[name], batch, tr.autocast, tr.regularizer)
-        value = loss.item()
+    batches = {name: next(iters[name]).to(tr.device) for name in names}
+    for name, batch in batches.items():
         progress.drawn[name] = progress.drawn.get(name, 0) + 1
         progress.examples += len(batch)
-        if not math.isfinite(value):  # stops here, or the batch is left out of the step
-            nonfinite(tr, progress, f"task {name} gave a {value} loss on the examples {', '.join(batch.ids[:8])}")
-            continue
-        progress.running.setdefault(name, []).append(value)
-        losses[name] = loss
     accum = tr.cfg.optim.grad_accum
-    if losses:  # the combiner scales its whole objective (learned terms too) as the GradScaler and accumulation need
-        tr.combiner.backward(losses, tr.model.shared_parameters(), scale=lambda t: scaler.scale(t / accum))
+    last_micro = (progress.micro + 1) % accum == 0
+    # DDP averages the gradients in the backward of a step's last micro-step; a combiner that averages
+    # its own (gradient surgery: one backward per task) calls the module outside DDP
+    net = unwrap(tr.net) if tr.combiner.reduces_gradients else tr.net
+    with no_sync(net, skip=not last_micro):
+        losses = net(batches)
+        values = mean_over_ranks([loss.item() for loss in losses.values()])  # every rank sees any NaN
+        for name, value in zip(list(losses), values, strict=True):
+            if math.isfinite(value):
+                progress.running.setdefault(name, []).append(value)
+                continue
+            ids = ", ".join(batches[name].ids[:8])
+            nonfinite(tr, progress, f"task {name} gave a {value} loss on the examples {ids}")
+            if distributed.enabled():
+                progress.poisoned = True  # DDP needs every rank's backward: the whole step is skipped instead
+            else:
+                del losses[name]  # the batch is left out of the step
+        if losses:  # the combiner scales its whole objective (learned terms too) as GradScaler and accumulation need
+            tr.combiner.backward(losses, tr.model.shared_parameters(), scale=lambda t: scaler.scale(t / accum))
     progress.micro += 1
     progress.position += 1
     if progress.micro % accum:
         return False
+    average_outside_ddp(tr.model, tr.combiner)
     scaler.unscale_(tr.optimizer)
     params = [p for g in tr.optimizer.param_groups for p in g["params"]]
     norm = torch.nn.utils.clip_grad_norm_(params, tr.cfg.optim.grad_clip or math.inf)  # inf: the norm only
-    if not scaler.is_enabled() and not torch.isfinite(norm):  # (fp16's scaler skips such steps itself)
-        nonfinite(tr, progress, f"the gradient of step {progress.step + 1} is {float(norm)}")
+    poisoned, progress.poisoned = progress.poisoned, False
+    if poisoned or (not scaler.is_enabled() and not torch.isfinite(norm)):  # (fp16's scaler skips such steps itself)
+        if not poisoned:
+            nonfinite(tr, progress, f"the gradient of step {progress.step + 1} is {float(norm)}")
         tr.optimizer.zero_grad(set_to_none=True)
         return False
     scaler.step(tr.optimizer)
@@ -368,9 +377,11 @@ class BestKeeper:
             tr.history.append(record)
             self.logger.log(record)
             line = "  ".join(f"{n}: {fmt_metrics(m)}" for n, m in metrics.items())
-            tqdm.write(f"[step {progress.step}] dev score {score:.4f}  {line}")
+            if is_main_process():
+                tqdm.write(f"[step {progress.step}] dev score {score:.4f}  {line}")
             if score > self.score:
                 self.score, self.step, self.metrics, self.since_best = score, progress.step, metrics, 0
+                barrier()  # every rank is here with the same weights; rank 0 writes them
                 if is_main_process():
                     extra = {"step": progress.step, "score": score, "metrics": metrics}
                     thresholds = {n: t.threshold for n, t in tr.tasks.items()}
@@ -399,22 +410,3 @@ def out_of_budget(train: TrainConfig, progress: Progress) -> bool:
     if train.max_steps and progress.step >= train.max_steps:
         return True
     return bool(train.max_minutes) and time.time() - progress.started > 60 * train.max_minutes
-
-
-def summarize(tr: Trainer, keeper: BestKeeper, progress: Progress) -> dict:
-    elapsed = progress.train_seconds()  # training time only, evaluations excluded
-    return {
-        "name": tr.cfg.name,
-        "best_score": keeper.score,
-        "best_step": keeper.step,
-        "best_metrics": keeper.metrics,
-        "steps": progress.step,
-        "epochs_run": progress.epoch + 1,
-        "train_seconds": round(elapsed, 1),
-        "examples_per_second": round(progress.examples / max(elapsed, 1e-9), 2),
-        "peak_memory_mb": peak_memory_mb(tr.device),
-        "device": str(tr.device),
-        "precision": tr.precision,
-        "trainable_parameters": sum(p.numel() for p in tr.model.parameters() if p.requires_grad),
-        "skipped_nonfinite": progress.skipped,
-    }

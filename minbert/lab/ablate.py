@@ -8,7 +8,8 @@ A run is finished iff its ``summary.json`` exists (``fit`` writes it last); anyt
 a run directory is what a killed run left: it is wiped and run again, so rerunning the same
 command resumes the grid. Each run trains in a fresh ``spawn``ed process (isolated state and
 ``ru_maxrss`` peak memory; output in ``<run_dir>/train.log``). The report is rebuilt after
-every finished run.
+every finished run. Under ``torchrun`` every rank walks the grid and trains each run in-process,
+all ranks together (``docs/distributed.md``).
 """
 
 from __future__ import annotations
@@ -24,10 +25,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 import minbert.train as train_lib
+from minbert import distributed
 from minbert.config import Config, ConfigError, to_dict
 from minbert.lab.grid import Grid, Run, load_grid, plan, run_config, stale_fields, write_grid_json
 from minbert.lab.report import config_diff, flatten, jsonl_to_tensorboard, write_report
+from minbert.runtime import is_main_process, pick_device, world_size
 
 
 class RunFailed(RuntimeError):
@@ -63,8 +68,10 @@ def run_one(run: Run, isolate: bool = True) -> dict:
     """Train one run and return its summary: resumed from its last/ state if an interrupted run
     left one, else from scratch (wiping what a killed run left)."""
     resume = resumable(run)
-    if run.run_dir.exists() and not resume:
+    distributed.barrier()  # under torchrun: every rank has decided before rank 0 wipes
+    if run.run_dir.exists() and not resume and is_main_process():
         shutil.rmtree(run.run_dir)
+    distributed.barrier()
     if not isolate:
         return train_run(run.config, resume)
     run.run_dir.mkdir(parents=True, exist_ok=True)
@@ -110,8 +117,12 @@ def refresh_outputs(grid_dir: Path, run: Run | None = None, echo: Callable[[str]
 def execute(
     grid: Grid, runs: list[Run], isolate: bool = True, echo: Callable[[str], None] = print, command: str | None = None
 ) -> list[Run]:
-    """Write ``grid.json``, run the unfinished runs in order refreshing the report after each; return those run."""
-    write_grid_json(grid, runs, command)
+    """Write ``grid.json``, run the unfinished runs in order refreshing the report after each; return those run.
+    Under torchrun every rank runs this (in-process) and rank 0 writes and speaks."""
+    main = is_main_process()
+    echo = echo if main else (lambda _: None)
+    if main:
+        write_grid_json(grid, runs, command)
     todo = [r for r in runs if not r.finished]
     for r in runs:
         if r.finished and (fields := stale_fields(r)):
@@ -130,7 +141,8 @@ def execute(
         fresh.append(time.time() - start)
         echo(f"[{k}/{len(runs)}] {r.variant} seed {r.seed} done in {_fmt_duration(fresh[-1])}: "
              f"score {summary['best_score']:.4f} at step {summary['best_step']}")  # fmt: skip
-        refresh_outputs(grid.output, r, echo)
+        if main:
+            refresh_outputs(grid.output, r, echo)
     return todo
 
 
@@ -193,6 +205,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"report written to {write_report(grid.output)}")
         return 0
     status = 0
+    if world_size() > 1:  # under torchrun: every rank trains each run in-process, in one process group
+        args.in_process = True
+        distributed.init(pick_device(runs[0].config.train.device) if runs else torch.device("cpu"))
     try:
         execute(grid, runs, isolate=not args.in_process, command=_command(args))
     except KeyboardInterrupt:
@@ -201,8 +216,9 @@ def run(args: argparse.Namespace) -> int:
     except RunFailed as e:
         print(f"error: {e}", file=sys.stderr)
         status = 1
-    refresh_outputs(grid.output)
-    print(f"report written to {grid.output / 'report.md'}")
+    if is_main_process():
+        refresh_outputs(grid.output)
+        print(f"report written to {grid.output / 'report.md'}")
     return status
 
 

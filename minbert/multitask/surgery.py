@@ -17,6 +17,11 @@ costs more than the surgery), plus the tasks' table gradients until they are com
 Each task's loss must come from its own forward pass (as in the training loop): its graph is
 freed by its backward. Pass ``retain_graph=True`` if losses share one forward.
 The methods are scale-invariant, so losses scaled by a ``GradScaler`` work unchanged.
+
+Under torchrun (``reduces_gradients``) the per-task backward passes run outside DDP's reduction;
+the ranks take the union of the embedding rows they reached, average the ``(K, P')`` buffer once
+per step, and every rank computes the Gram matrix and the combination from the same averaged
+gradients (the in-cache dot products of the local gradients are then skipped).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import torch
 from scipy.optimize import minimize
 from torch import Tensor
 
+from minbert import distributed
+from minbert.distributed import all_reduce_mean_, all_reduce_sum_
 from minbert.multitask.weighting import COMBINERS, Combiner
 from minbert.runtime import python_rng_state, set_python_rng_state
 
@@ -39,6 +46,8 @@ TABLE_MIN_ROWS = 4096
 
 class GradientSurgery(Combiner):
     """Base class: per-task backward into the ``(K, P)`` buffer, then ``combine(gram)``."""
+
+    reduces_gradients = True
 
     def __init__(self, tasks: list[str], seed: int = 0, retain_graph: bool = False) -> None:
         super().__init__(tasks)
@@ -78,6 +87,7 @@ class GradientSurgery(Combiner):
         dense_sizes = [params[k].numel() for k in dense]
         width = sum(dense_sizes)
         grads = self._buffer("_grads", (len(names), sum(p.numel() for p in params)), dtype, device)  # (K, <= P)
+        ranks = distributed.enabled()  # average the buffer over the ranks before any dot product
         touched = [False] * len(params)
         dots: list[list[list[Tensor]]] = [[[] for _ in names] for _ in names]  # dots[i][j], j <= i: g_i . g_j parts
         table_grads: dict[int, list[Tensor | None]] = {k: [None] * len(names) for k, t in enumerate(is_table) if t}
@@ -94,7 +104,7 @@ class GradientSurgery(Combiner):
                     grads[i, offset : offset + n].copy_(g)
                     # dot products with the earlier tasks' rows while g is still in cache: cheaper
                     # than a (K, P) x (P, K) product afterwards, which runs far below memory speed
-                    for j in range(i + 1):
+                    for j in range(i + 1) if not ranks else ():
                         dots[i][j].append(torch.dot(g, g if j == i else grads[j, offset : offset + n]))
                     touched[k] = True
                 else:  # the buffer is reused between steps: clear what this task did not write
@@ -113,7 +123,9 @@ class GradientSurgery(Combiner):
             # a row whose entries are all below ~1e-22 (squares underflow) counts as zero, a row with
             # inf or nan (a GradScaler overflow) as reached, so that the overflow reaches the result.
             hit = torch.stack([torch.linalg.vector_norm(g, 2, dim=1) for g in kept if g is not None])
-            rows = torch.nonzero(hit.amax(0) != 0).squeeze(1)  # (R,)
+            reached = (hit.amax(0) != 0).float()
+            all_reduce_sum_([reached])  # the rows any rank reached
+            rows = torch.nonzero(reached).squeeze(1)  # (R,)
             n = rows.numel() * params[k].shape[1]
             for i, g in enumerate(kept):
                 seg = grads[i, width : width + n]
@@ -122,14 +134,21 @@ class GradientSurgery(Combiner):
                 else:
                     seg.copy_(g.index_select(0, rows).reshape(-1))
             table_rows[k] = (rows, width, n)
-            seg = grads[:, width : width + n]
-            part = seg @ seg.T  # (K, K) over the reached rows
-            for i in range(len(names)):
-                for j in range(i + 1):
-                    dots[i][j].append(part[i, j])
+            if not ranks:
+                seg = grads[:, width : width + n]
+                part = seg @ seg.T  # (K, K) over the reached rows
+                for i in range(len(names)):
+                    for j in range(i + 1):
+                        dots[i][j].append(part[i, j])
             width += n
         del table_grads
         G = grads[:, :width]  # (K, P') with P' <= P: dense parameters, then the tables' reached rows
+        if ranks:
+            all_reduce_mean_(G[i] for i in range(len(names)))  # each row is contiguous
+            bounds = np.cumsum([0, *dense_sizes, *(n for _, _, n in table_rows.values())])
+            for i in range(len(names)):
+                for j in range(i + 1):
+                    dots[i][j] = [torch.dot(G[i, a:b], G[j, a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         gram = torch.zeros(len(names), len(names), dtype=torch.float64)  # (K, K)
         for i in range(len(names)):
             for j in range(i + 1):

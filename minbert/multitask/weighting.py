@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from minbert.distributed import mean_over_ranks
 from minbert.registry import Registry
 
 COMBINERS: Registry[type[Combiner]] = Registry("combiner")
@@ -32,7 +33,14 @@ def _identity(t: Tensor) -> Tensor:
 
 
 class Combiner(nn.Module):
-    """Base class. ``tasks``: every task name the run may pass in ``losses``."""
+    """Base class. ``tasks``: every task name the run may pass in ``losses``.
+
+    Under torchrun, a combiner whose objective is one backward pass lets DDP average the
+    gradients; one that sets ``reduces_gradients`` (gradient surgery) runs its backward passes
+    outside DDP's reduction and averages over the ranks what it needs itself.
+    """
+
+    reduces_gradients = False
 
     def __init__(self, tasks: list[str]) -> None:
         super().__init__()
@@ -142,7 +150,10 @@ class DWA(LossWeighting):
         self._calls = 0
 
     def _record(self, mean_losses: dict[str, float]) -> None:
-        self.history = (self.history + [dict(mean_losses)])[-2:]
+        # under torchrun every rank records the mean over the ranks, so all weigh alike
+        names = sorted(mean_losses)
+        mean_losses = dict(zip(names, mean_over_ranks([mean_losses[t] for t in names]), strict=True))
+        self.history = (self.history + [mean_losses])[-2:]
 
     def end_epoch(self, mean_losses):
         if self.window is None:

@@ -1,0 +1,163 @@
+"""Data-parallel training under a real ``torchrun`` (2 processes, gloo on loopback, a tiny BERT).
+
+The reference for a 2-rank run is a single process that sees the same per-rank batches and
+averages their losses (so their gradients: the mean of the ranks' gradients is what DDP, or the
+surgery combiners' own all-reduce, hands to the optimizer), written here as a plain loop.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from minbert import distributed
+from minbert.config import load_config
+from minbert.data import Forever, make_loader
+from minbert.multitask import epoch_length
+from minbert.step import task_loss
+from minbert.train import setup
+
+ROOT = Path(__file__).resolve().parents[1]
+WORLD = 2
+
+VARIANTS = {
+    "sum": {},  # sampled steps: one task per step, the other heads unused
+    "sum_accum2": {"optim": {"grad_accum": 2}},
+    # two steps (the second projects: coefficients 1, 2.78, 1.006): PCGrad divides by |g_j|^2, and the
+    # tiny model's SST gradient is small (|g|^2 ~ 6e-6), so from the third step on the last-bit
+    # difference between averaging losses and all-reducing gradients is amplified past 1e-5
+    "pcgrad": {"train": {"sampler": "mixed", "combiner": "pcgrad", "max_steps": 2}},
+    "uncertainty": {"train": {"sampler": "mixed", "combiner": "uncertainty"}},
+}
+
+
+def config_dict(tiny_model_dir, data_dir, run_dir: Path, variant: str) -> dict:
+    limits = {"train_limit": 64, "dev_limit": 16, "batch_size": 8, "max_length": 32, "head_dropout": 0.0}
+    cfg = {
+        "name": variant,
+        "model": {"pretrained": str(tiny_model_dir), "hidden_dropout": 0.0, "attention_dropout": 0.0},
+        "data_dir": str(data_dir),
+        "run_dir": str(run_dir),
+        "tasks": {"sst": dict(limits), "quora": {**limits, "pair_mode": "cosine", "loss": "cosent"}, "sts": limits},
+        "optim": {"lr": 1e-3, "warmup": 0, "schedule": "constant", "grad_clip": 1.0},
+        "train": {"epochs": 2, "sampler": "proportional", "steps_per_epoch": "sum", "threads": 1,
+                  "progress": False, "eval_every": 4, "max_steps": 6, "precision": "fp32"},
+    }  # fmt: skip
+    for section, values in VARIANTS.get(variant, {}).items():
+        cfg[section].update(values)
+    return cfg
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={WORLD}",
+           "--master-addr=127.0.0.1", f"--master-port={free_port()}", *argv]  # fmt: skip
+    return subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True, timeout=timeout)
+
+
+def reference_weights(cfg) -> dict[str, torch.Tensor]:
+    """One process, the ranks' batches side by side, their losses averaged, the loop written out."""
+    tr = setup(cfg)
+    train = cfg.train
+    shards = {
+        n: [make_loader(t.train.dataset, t.cfg.batch_size, shuffle=True, seed=train.seed, num_replicas=WORLD, rank=r)
+            for r in range(WORLD)]
+        for n, t in tr.tasks.items()
+    }  # fmt: skip
+    iters = {n: [Forever(loader) for loader in ls] for n, ls in shards.items()}
+    sizes = {n: len(ls[0]) for n, ls in shards.items()}  # batches per rank, as each rank counts them
+    rng, accum, micro, step = random.Random(train.seed), cfg.optim.grad_accum, 0, 0
+    params = [p for g in tr.optimizer.param_groups for p in g["params"]]
+    for epoch in range(train.epochs):
+        for names in tr.sampler.steps(epoch, sizes, epoch_length(train.steps_per_epoch, sizes), rng):
+            losses = {
+                n: sum(task_loss(tr.model, tr.tasks[n], next(it), tr.autocast) for it in iters[n]) / WORLD
+                for n in names
+            }
+            tr.combiner.backward(losses, tr.model.shared_parameters(), scale=lambda t: t / accum)
+            micro += 1
+            if micro % accum:
+                continue
+            torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+            tr.optimizer.step()
+            tr.optimizer.zero_grad(set_to_none=True)
+            tr.scheduler.step()
+            step += 1
+            if step == train.max_steps:
+                return {n: p.detach().clone() for n, p in tr.model.named_parameters()}
+    raise AssertionError("the reference ran out of data before max_steps")
+
+
+def test_two_ranks_train_one_model_equal_to_averaging_the_ranks_gradients(tiny_model_dir, data_dir, tmp_path):
+    paths = []
+    for v in VARIANTS:
+        path = tmp_path / f"{v}.yaml"
+        path.write_text(yaml.safe_dump(config_dict(tiny_model_dir, data_dir, tmp_path / v, v)))
+        paths.append(str(path))
+    done = torchrun("tests/ddp_worker.py", *paths)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for v in VARIANTS:
+        ranks = [load_file(str(tmp_path / v / f"rank{r}.safetensors")) for r in range(WORLD)]
+        for name, w in ranks[0].items():
+            assert torch.equal(w, ranks[1][name]), f"{v}: {name} differs between the ranks"
+        ref = reference_weights(load_config(tmp_path / f"{v}.yaml"))
+        start = load_file(str(tiny_model_dir / "model.safetensors"))
+        moved = 0
+        for name, w in ranks[0].items():
+            torch.testing.assert_close(w, ref[name], rtol=1e-5, atol=1e-5, msg=lambda m, n=name: f"{v}: {n}: {m}")
+            key = name.removeprefix("bert.")
+            moved += key in start and not torch.equal(w, start[key])
+        assert moved > 10, f"{v}: training did not move the encoder"
+        summary = json.loads((tmp_path / v / "summary.json").read_text())
+        assert summary["world_size"] == WORLD and summary["steps"] == load_config(tmp_path / f"{v}.yaml").train.max_steps
+
+
+def test_a_time_budget_stops_every_rank_and_rank_0_writes_each_file_once(tiny_model_dir, data_dir, tmp_path):
+    cfg = config_dict(tiny_model_dir, data_dir, tmp_path / "run", "sum")
+    cfg["train"].update(max_steps=None, epochs=1000, max_minutes=0.05, eval_every=3, checkpoint_every=5)
+    path = tmp_path / "budget.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    done = torchrun("-m", "minbert", "train", "--config", str(path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count('"world_size": 2') == 1  # the summary printed once, by rank 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert 0 < summary["steps"] and summary["epochs_run"] < 1000
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    dev_steps = [r["step"] for r in records if r.get("split") == "dev"]
+    assert dev_steps == sorted(set(dev_steps)) and dev_steps[-1] == summary["steps"]  # each evaluation once
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+    assert not list((tmp_path / "run").glob("*.tmp"))
+
+
+def test_without_torchrun_nothing_is_initialised_and_the_helpers_are_identities(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    distributed.init(torch.device("cpu"))
+    assert not torch.distributed.is_initialized() and not distributed.enabled()
+    t = torch.tensor([1.0, math.inf])
+    distributed.all_reduce_mean_([t, None])
+    assert t.tolist() == [1.0, math.inf]
+    assert distributed.mean_over_ranks([2.0, 3.0]) == [2.0, 3.0]
+    assert distributed.agree(True, 0, 15) == [1, 0, 15]
+    assert distributed.gather_objects("x") == ["x"] and distributed.broadcast_object({"a": 1}) == {"a": 1}
+    assert list(distributed.shard(range(5))) == [0, 1, 2, 3, 4]
+    module = torch.nn.Linear(2, 2)
+    assert distributed.wrap(module, torch.device("cpu")) is module and distributed.unwrap(module) is module
