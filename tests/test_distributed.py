@@ -11,12 +11,13 @@ import json
 import math
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -123,12 +124,13 @@ def test_two_ranks_train_one_model_equal_to_averaging_the_ranks_gradients(tiny_m
         start = load_file(str(tiny_model_dir / "model.safetensors"))
         moved = 0
         for name, w in ranks[0].items():
-            torch.testing.assert_close(w, ref[name], rtol=1e-5, atol=1e-5, msg=lambda m, n=name: f"{v}: {n}: {m}")
+            torch.testing.assert_close(w, ref[name], rtol=1e-5, atol=1e-5, msg=lambda m, n=name, v=v: f"{v}: {n}: {m}")
             key = name.removeprefix("bert.")
             moved += key in start and not torch.equal(w, start[key])
         assert moved > 10, f"{v}: training did not move the encoder"
         summary = json.loads((tmp_path / v / "summary.json").read_text())
-        assert summary["world_size"] == WORLD and summary["steps"] == load_config(tmp_path / f"{v}.yaml").train.max_steps
+        steps = load_config(tmp_path / f"{v}.yaml").train.max_steps
+        assert summary["world_size"] == WORLD and summary["steps"] == steps
 
 
 def test_a_time_budget_stops_every_rank_and_rank_0_writes_each_file_once(tiny_model_dir, data_dir, tmp_path):
@@ -161,3 +163,44 @@ def test_without_torchrun_nothing_is_initialised_and_the_helpers_are_identities(
     assert list(distributed.shard(range(5))) == [0, 1, 2, 3, 4]
     module = torch.nn.Linear(2, 2)
     assert distributed.wrap(module, torch.device("cpu")) is module and distributed.unwrap(module) is module
+
+
+def test_sigterm_to_torchrun_saves_last_and_a_2_rank_resume_reproduces_the_uninterrupted_run(
+    tiny_model_dir, data_dir, tmp_path
+):
+    def config(run: str) -> Path:
+        cfg = config_dict(tiny_model_dir, data_dir, tmp_path / run, "sum")
+        cfg["model"].pop("hidden_dropout")  # dropout on: the ranks' random states must be saved apart
+        cfg["train"].update(max_steps=14, checkpoint_every=1, eval_every=5)
+        path = tmp_path / f"{run}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    whole = torchrun("-m", "minbert", "train", "--config", str(config("whole")))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={WORLD}", "--master-addr=127.0.0.1",
+           f"--master-port={free_port()}", "-m", "minbert", "train", "--config", str(config("cut"))]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    state = tmp_path / "cut" / "last" / "state.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if state.is_file() and json.loads(state.read_text())["progress"]["step"] >= 4:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # to torchrun, which passes it to both ranks
+    _, err = proc.communicate(timeout=120)
+    assert "SIGTERM received: stopped after step" in err, err[-3000:]
+    stopped = json.loads(state.read_text())["progress"]["step"]
+    assert 4 <= stopped < 14
+    assert len(load_file(str(state.with_name("state.safetensors")))) > 0
+    assert len(json.loads(state.read_text())["rng"]) == WORLD
+    resumed = torchrun("-m", "minbert", "train", "--resume", str(tmp_path / "cut"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = load_file(str(tmp_path / "whole" / "last" / "state.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "last" / "state.safetensors"))
+    for name in (n for n in a if n.startswith(("model.", "optimizer."))):
+        torch.testing.assert_close(b[name], a[name], rtol=1e-6, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+    records = [[{k: v for k, v in json.loads(line).items() if k != "elapsed_s"}  # (wall-clock time differs)
+                for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in ("cut", "whole")]
+    assert records[0] == records[1] and len(records[0]) >= 3
