@@ -55,12 +55,12 @@ def header(s: dict[str, Any], meta: dict[str, str]) -> list[str]:
     lines.append(f"Command: `{s['command'] or 'minbert ablate ' + str(s['source'])}`  ")
     rec = s.get("records")
     if rec:
-        lines.append(f"Runs reported {rec['generated']} on {rec['machine']}; this report redrawn {meta['generated']} "
-                     f"on {meta['machine']} from the committed `{rec['file']}` (the run directories are not "
-                     "needed).  ")  # fmt: skip
+        lines.append(f"Runs reported {rec['generated']} on {rec['machine']}; this report redrawn "
+                     f"{meta['generated']} on {meta['machine']} from the committed `{rec['file']}`, not from run "
+                     "directories.  ")  # fmt: skip
         if inferred := rec.get("inferred_evaluations"):
-            which = "each run" if set(inferred) >= {v for v in s["variants"] if res[v]["n"]} else \
-                f"each run of {_names(inferred)}"  # fmt: skip
+            every = set(inferred) >= {v for v in s["variants"] if res[v]["n"]}
+            which = "each run" if every else f"each run of {_names(inferred)}"
             lines.append(f"The record predates per-run evaluations: {which} was evaluated once, at its best step, so "
                          "that evaluation is its `best_metrics`.  ")  # fmt: skip
     else:
@@ -149,9 +149,10 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, str], plots: dict[s
     lines += table(["variant", *COST_HEADERS.values()], rows)
     if plots and plots.get("cost"):
         lines += ["", f"![cost against effect](plots/{plots['cost']})", "",
-                  "Each variant's training time per run (mean over seeds) against its mean-score difference with "
-                  "the 95% interval; the baseline sits at 0. The legend gives the time as a multiple of the "
-                  "baseline's."]  # fmt: skip
+                  "Each variant's training time per run (mean over seeds; the axis starts at 0) against its "
+                  "mean-score difference with the 95% interval; the baseline sits at 0. Variants that take about "
+                  "the same time are drawn a little apart so that none hides another; the legend gives each "
+                  "one's time as a multiple of the baseline's."]  # fmt: skip
     lines += ["", "## Learning curves", "", *curve_text(s, plots)]
     lines += ["", f"## Config differences against `{s['baseline']}`", ""]
     rows = [[v, f"`{k}`", f"`{a}`", f"`{b}`"] for v in order for k, (a, b) in res[v]["config_diff"].items()]
