@@ -13,6 +13,7 @@ every drawn artist a ``gid`` (``point:<variant>``, ``interval:<variant>``, ``cur
 ``band:<variant>``) so that tests read the plotted values back from the figure. A figure is None
 when there is nothing to draw (no paired difference yet; fewer than two evaluation steps shared by
 a variant's runs). Sizes are chosen for GitHub's Markdown width (about 900 px): 9 inches wide.
+Figures are drawn on matplotlib's Agg canvas without pyplot (:func:`new_figure`).
 """
 
 from __future__ import annotations
@@ -22,21 +23,27 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+from matplotlib.transforms import ScaledTranslation
 
-matplotlib.use("Agg")  # files only, never a window; must come before pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from matplotlib.transforms import ScaledTranslation  # noqa: E402
-
-from minbert.files import write_file_atomically  # noqa: E402
+from minbert.files import write_file_atomically
 
 EXCLUDES_ZERO, INCLUDES_ZERO = "#1f5fa8", "#9a9a9a"  # interval colours: blue, grey
 WIDTH, DPI = 9.0, 150
 MARKERS = "osD^vPX*hp<>"
 FILES = {"effect": "effect.png", "curves": "curves.png", "cost": "cost.png"}
 BAND = "min-max over seeds"
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A figure on the Agg canvas, outside pyplot: no global figure state, no window, and the
+    caller's own matplotlib backend (a notebook's) is left alone."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def excludes_zero(delta: dict[str, Any]) -> bool:
@@ -56,7 +63,7 @@ def panels(summary: dict[str, Any]) -> list[tuple[str, str]]:
 
 def colours(summary: dict[str, Any]) -> dict[str, tuple[str, str]]:
     """One (colour, marker) per variant in grid order, the same in every picture."""
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    cycle = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     return {v: (cycle[i % len(cycle)], MARKERS[i % len(MARKERS)]) for i, v in enumerate(summary["variants"])}
 
 
@@ -78,8 +85,8 @@ def effect_figure(summary: dict[str, Any]) -> tuple[Figure | None, dict[str, Any
         return None, data
 
     k = len(order)
-    fig, axes = plt.subplots(1, len(data["panels"]), sharey=True, squeeze=False, layout="constrained",
-                             figsize=(WIDTH, 1.6 + 0.42 * k))  # fmt: skip
+    fig = new_figure(WIDTH, 1.6 + 0.42 * k)
+    axes = fig.subplots(1, len(data["panels"]), sharey=True, squeeze=False)
     y = {v: k - 1 - i for i, v in enumerate(order)}  # the largest effect on top
     hollow = False
     for ax, (key, panel) in zip(axes[0], data["panels"].items(), strict=True):
@@ -123,8 +130,8 @@ def curve_figure(summary: dict[str, Any]) -> tuple[Figure | None, dict[str, Any]
     if not drawn:
         return None, data
     style = colours(summary)
-    fig, axes = plt.subplots(1, len(data["panels"]), squeeze=False, sharex=True, layout="constrained",
-                             figsize=(WIDTH, 3.4))  # fmt: skip
+    fig = new_figure(WIDTH, 3.4)
+    axes = fig.subplots(1, len(data["panels"]), squeeze=False, sharex=True)
     for ax, panel in zip(axes[0], data["panels"].values(), strict=True):
         for v, points in panel["curves"].items():
             colour, marker = style[v]
@@ -180,7 +187,8 @@ def cost_figure(summary: dict[str, Any]) -> tuple[Figure | None, dict[str, Any]]
     if len(points) < 2:
         return None, data
     style = colours(summary)
-    fig, ax = plt.subplots(figsize=(WIDTH, 3.8), layout="constrained")
+    fig = new_figure(WIDTH, 3.8)
+    ax = fig.subplots()
     right = max(p["seconds"] for p in points) * 1.1  # from 0: time differences at their true proportion
     shift = dodge([p["seconds"] for p in points], span=right)
     for p, dx in zip(points, shift, strict=True):
@@ -225,10 +233,7 @@ def write_plots(summary: dict[str, Any], out_dir: Path) -> dict[str, dict[str, A
             path.unlink(missing_ok=True)
             out[name] = {"file": None, "data": data}
             continue
-        try:
-            write_file_atomically(path, lambda tmp, fig=fig: fig.savefig(tmp, dpi=DPI))
-        finally:
-            plt.close(fig)
+        write_file_atomically(path, lambda tmp, fig=fig: fig.savefig(tmp, dpi=DPI))
         out[name] = {"file": path.name, "data": data}
     for old in out_dir.glob("curve-*.png"):
         old.unlink()
