@@ -1,6 +1,7 @@
 """``minbert ablate``: run a grid's (variant, seed) runs and keep its report current.
 
     minbert ablate configs/ablations/pooling.yaml [--variant NAME] [--seeds 0 1] [--dry-run] [--report-only]
+    minbert ablate docs/results/pooling --report-only      # redraw a committed report from its report.json
 
 The grid file and how each run's config is made: ``minbert.lab.grid`` (and ``docs/ablations.md``).
 
@@ -150,10 +151,13 @@ def execute(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("grid", help="grid YAML (configs/ablations/*.yaml), or a grid directory with --report-only")
+    parser.add_argument("grid", help="grid YAML (configs/ablations/*.yaml), or with --report-only a grid directory "
+                        "or a directory holding a committed report.json (docs/results/<grid>)")  # fmt: skip
     parser.add_argument("--variant", action="append", metavar="NAME", help="run only this variant (repeatable)")
     parser.add_argument("--seeds", nargs="+", type=int, metavar="K", help="these seeds instead of the grid's")
-    parser.add_argument("--report-only", action="store_true", help="rebuild the report from the finished runs")
+    parser.add_argument("--report-only", action="store_true",
+                        help="redraw report.md, report.json and plots/ from the finished runs (or from report.json "
+                             "alone); trains nothing")  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="validate every variant and show the plan; no training")
     parser.add_argument("--output", help="grid directory (default: the grid's output, else runs/ablations/<name>)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -1,13 +1,15 @@
 """Ablation reports: per-variant dev metrics over seeds, paired deltas with 95% CIs, cost, curves, config diffs.
 
-    write_report(grid_dir)        -> grid_dir/report.md, report.json, plots/curve-<task>.png
+    write_report(grid_dir)        -> grid_dir/report.md, report.json, plots/{effect,cost,curves}.png
     summarize(grid_dir)           -> the numbers behind the report (no dates, no plots)
     paired_ci(values, baseline)   -> (mean difference, lo, hi), paired by position
     jsonl_to_tensorboard(run_dir) -> run_dir/tb/, TensorBoard events from metrics.jsonl
 
 A grid directory (written by ``minbert.lab.ablate``) holds ``grid.json`` and one run
-directory per finished or unfinished run, ``<variant>/seed<k>/``. Only finished runs
-(with ``summary.json``) enter the report. Per run and task the report takes the task's
+directory per finished or unfinished run, ``<variant>/seed<k>/``; a directory with only a
+committed ``report.json`` works too (``minbert.lab.records``). Only finished runs
+(with ``summary.json``) enter the report. The pictures: ``minbert.lab.plots``; the Markdown:
+``minbert.lab.markdown``. Per run and task the report takes the task's
 primary metric from ``summary.json``'s ``best_metrics``: the dev metrics at the step with
 the best *mean* score (the checkpoint that is kept), not each task's own best. The mean
 score is ``best_score``.
@@ -26,16 +28,15 @@ import math
 import os
 import platform
 import shutil
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from scipy import stats
 
-from minbert.files import write_file_atomically, write_text_atomically
+from minbert.files import write_text_atomically
+from minbert.lab.records import load_records, read_jsonl
 
 RUN_LABELS = ("name", "run_dir", "train.seed")  # differ between any two runs by construction
 ABSENT = "(absent)"
@@ -114,27 +115,7 @@ def config_diff(
     }
 
 
-# ------------------------------------------------------------------ reading runs
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def finished_runs(grid_dir: Path, variants: Sequence[str]) -> dict[str, dict[int, dict]]:
-    """``{variant: {seed: {"summary": ..., "dev": [dev records], "dir": ...}}}`` for runs with a summary.json."""
-    runs: dict[str, dict[int, dict]] = {}
-    for v in variants:
-        runs[v] = {}
-        for d in sorted((grid_dir / v).glob("seed*")):
-            if d.name[4:].isdigit() and (d / "summary.json").is_file():
-                dev = [r for r in read_jsonl(d / "metrics.jsonl") if r.get("split") == "dev"]
-                summary = json.loads((d / "summary.json").read_text())
-                runs[v][int(d.name[4:])] = {"summary": summary, "dev": dev, "dir": str(d)}
-        runs[v] = dict(sorted(runs[v].items()))
-    return runs
+# ------------------------------------------------------------------ summarizing runs
 
 
 def metric_names(runs: dict[int, dict], task: str) -> list[str]:
@@ -146,34 +127,38 @@ def metric_names(runs: dict[int, dict], task: str) -> list[str]:
     return []
 
 
-def learning_curve(runs: dict[int, dict], task: str | None, metric: str | None) -> list[dict[str, float]]:
-    """Mean over seeds of the dev metric at each evaluated step (``task=None``: the mean score)."""
-    by_step: dict[int, list[float]] = defaultdict(list)
+def learning_curve(runs: dict[int, dict], task: str | None, metric: str | None) -> list[dict[str, Any]]:
+    """The dev metric over seeds at each step that every run evaluated (``task=None``: the mean score).
+
+    Per step: mean, min, max, sample sd (None for one run) and n (the number of runs). Steps
+    only some runs reached (a time budget stops seeds at different steps) are left out, so
+    every point and band is over the same runs. Empty if any run's evaluations are unknown.
+    """
+    if not runs or any(run["dev"] is None for run in runs.values()):
+        return []
+    per_run = []
     for run in runs.values():
+        values = {}
         for r in run["dev"]:
             value = r["score"] if task is None else r["tasks"].get(task, {}).get(metric)
             if value is not None:
-                by_step[int(r["step"])].append(float(value))
-    return [{"step": s, "mean": float(np.mean(v)), "n": len(v)} for s, v in sorted(by_step.items())]
-
-
-def effective_budget(grid: dict, baseline: str) -> dict:
-    """The budget the runs really had: the baseline's resolved config, after any ``--set``."""
-    train = grid.get("configs", {}).get(baseline, {}).get("train")
-    if not train:
-        return grid.get("budget", {})
-    return {k: train[k] for k in ("max_steps", "max_minutes") if train.get(k) is not None}
+                values[int(r["step"])] = float(value)
+        per_run.append(values)
+    shared = sorted(set.intersection(*(set(v) for v in per_run)))
+    curve = []
+    for step in shared:
+        x = describe([v[step] for v in per_run])
+        curve.append({"step": step, "mean": x["mean"], "min": min(x["values"]), "max": max(x["values"]),
+                      "sd": x["std"], "n": x["n"]})  # fmt: skip
+    return curve
 
 
 def summarize(grid_dir: str | Path) -> dict[str, Any]:
-    """Every number of the report, from ``grid.json`` and the finished runs' own files."""
-    grid_dir = Path(grid_dir)
-    if not (grid_dir / "grid.json").is_file():
-        raise FileNotFoundError(f"{grid_dir / 'grid.json'} not found: is this a grid directory of `minbert ablate`?")
-    grid = json.loads((grid_dir / "grid.json").read_text())
+    """Every number of the report, from the grid's records (``minbert.lab.records``): no dates, no plots."""
+    rec = load_records(grid_dir)
+    grid, runs = rec.grid, rec.runs
     variants, baseline = list(grid["variants"]), grid["baseline"]
-    runs = finished_runs(grid_dir, variants)
-    primary: dict[str, str] = dict(grid.get("primary_metrics") or {})
+    primary: dict[str, str] = dict(grid["primary_metrics"])
     for per_seed in runs.values():  # tasks the grid file did not know about: first metric
         for run in per_seed.values():
             for task, metrics in (run["summary"].get("best_metrics") or {}).items():
@@ -190,14 +175,12 @@ def summarize(grid_dir: str | Path) -> dict[str, Any]:
     def score_values(v: str) -> dict[int, float]:
         return {s: float(run["summary"]["best_score"]) for s, run in runs[v].items()}
 
-    def resolved_config(v: str) -> dict[str, Any]:
-        """What the variant's first finished run was trained with; the grid's config if none finished."""
-        for run in runs[v].values():
-            if (Path(run["dir"]) / "config.yaml").is_file():
-                return flatten(yaml.safe_load((Path(run["dir"]) / "config.yaml").read_text()) or {})
-        return flatten(grid["configs"][v])
+    def diff(v: str) -> dict[str, list]:
+        if rec.config_diffs is not None:
+            return rec.config_diffs.get(v, {})
+        assert rec.configs is not None
+        return {k: list(ab) for k, ab in config_diff(flatten(rec.configs[baseline]), flatten(rec.configs[v])).items()}
 
-    base_cfg = resolved_config(baseline)
     results = {}
     for v in variants:
         results[v] = {
@@ -216,22 +199,24 @@ def summarize(grid_dir: str | Path) -> dict[str, Any]:
                 "score": paired_delta(score_values(v), score_values(baseline)),
                 **{t: paired_delta(task_values(v, t, m), task_values(baseline, t, m)) for t, m in primary.items()},
             },
-            "config_diff": {k: list(ab) for k, ab in config_diff(base_cfg, resolved_config(v)).items()},
+            "config_diff": diff(v),
         }
     expected = [(v, s) for v in variants for s in grid["seeds"]]
-    return {
+    summary = {
         "name": grid["name"],
-        "description": grid.get("description", ""),
+        "description": grid.get("description") or "",
         "source": grid.get("source"),
         "command": grid.get("command"),
         "baseline": baseline,
-        "budget": effective_budget(grid, baseline),
+        "budget": grid.get("budget") or {},
         "seeds": grid["seeds"],
         "variants": variants,
         "tasks": primary,
+        "records": rec.origin,
         "missing": [[v, s] for v, s in expected if s not in runs[v]],
         "runs": {
-            v: {str(s): {"dir": r["dir"], **r["summary"]} for s, r in per_seed.items()} for v, per_seed in runs.items()
+            v: {str(s): {"dir": r["dir"], **r["summary"], "evaluations": r["dev"]} for s, r in per_seed.items()}
+            for v, per_seed in runs.items()
         },
         "results": results,
         "curves": {
@@ -239,6 +224,35 @@ def summarize(grid_dir: str | Path) -> dict[str, Any]:
             for key, tm in [("score", (None, None)), *((t, (t, m)) for t, m in primary.items())]
         },
     }
+    return {**summary, "effect_order": effect_order(summary), "curve_variants": curve_variants(summary)}
+
+
+def effect_order(summary: dict[str, Any]) -> list[str]:
+    """The variants other than the baseline, largest mean-score difference first (the effect plot's
+    top to bottom); variants without a difference (no seed shared with the baseline, NaN) last."""
+
+    def key(v: str) -> float:
+        d = summary["results"][v]["delta"].get("score")
+        return -d["mean"] if d and d["mean"] is not None and math.isfinite(d["mean"]) else math.inf
+
+    return sorted((v for v in summary["variants"] if v != summary["baseline"]), key=key)
+
+
+def curve_variants(summary: dict[str, Any]) -> dict[str, list[str]]:
+    """Variants with finished runs, split for the learning curves: ``drawn`` (two or more steps that
+    all their runs evaluated), ``few`` (fewer such steps), ``unknown`` (evaluations not recorded)."""
+    drawn: list[str] = []
+    few: list[str] = []
+    unknown: list[str] = []
+    for v in summary["variants"]:
+        runs = summary["runs"].get(v) or {}
+        if not runs:
+            continue
+        if any(r.get("evaluations") is None for r in runs.values()):
+            unknown.append(v)
+        else:
+            (drawn if len(summary["curves"]["score"][v]) >= 2 else few).append(v)
+    return {"drawn": drawn, "few": few, "unknown": unknown}
 
 
 # ------------------------------------------------------------------ writing
@@ -262,130 +276,26 @@ def _clean(x: Any) -> Any:
     return x
 
 
-def plot_curves(summary: dict[str, Any], out_dir: Path) -> dict[str, str]:
-    """One PNG per task (and the mean score): dev metric against steps, one line per variant."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for key, per_variant in summary["curves"].items():
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for v, points in per_variant.items():
-            if points:
-                label = f"{v} (baseline)" if v == summary["baseline"] else v
-                ax.plot([p["step"] for p in points], [p["mean"] for p in points], marker="o", label=label)
-        metric = "mean score" if key == "score" else f"{key} {summary['tasks'][key]}"
-        ax.set(xlabel="optimizer step", ylabel=f"dev {metric}", title=f"{summary['name']}: dev {metric}")
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend()
-        path = out_dir / f"curve-{key}.png"
-        fig.tight_layout()
-        write_file_atomically(path, lambda tmp, fig=fig: fig.savefig(tmp, dpi=100))
-        plt.close(fig)
-        files[key] = path.name
-    return files
-
-
-def _f(x: float | None, signed: bool = False) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return f"{x:+.4f}" if signed else f"{x:.4f}"
-
-
-def _mean_sd(d: dict[str, Any]) -> str:
-    if not d or not d["n"]:
-        return "-"
-    return f"{_f(d['mean'])} ± {_f(d['std'])}"
-
-
-def _f1(d: dict[str, Any]) -> str:
-    return f"{d['mean']:.1f}" if d["n"] else "-"
-
-
-def _delta(d: dict[str, Any] | None) -> str:
-    if not d:
-        return "-"
-    ci = f"[{_f(d['lo'], True)}, {_f(d['hi'], True)}]" if d["lo"] is not None else "(CI n/a)"
-    return f"{_f(d['mean'], True)} {ci}"
-
-
-def table(header: list[str], rows: list[list[str]]) -> list[str]:
-    """Markdown table lines."""
-    return [f"| {' | '.join(header)} |", "|" + "---|" * len(header), *(f"| {' | '.join(r)} |" for r in rows)]
-
-
-def render_markdown(summary: dict[str, Any], meta: dict[str, str], plots: dict[str, str]) -> str:
-    s, tasks, res = summary, summary["tasks"], summary["results"]
-    cols = [f"{t} {m}" for t, m in tasks.items()] + ["mean score"]
-    others = [v for v in s["variants"] if v != s["baseline"]]
-
-    def name(v: str) -> str:
-        return f"{v} (baseline)" if v == s["baseline"] else v
-
-    missing = ", ".join(f"{v} seed {k}" for v, k in s["missing"])
-    lines = [f"# Ablation: {s['name']}", ""] + ([s["description"], ""] if s["description"] else [])
-    lines += [
-        f"Command: `{s['command'] or 'minbert ablate ' + str(s['source'])}`  ",
-        f"Generated {meta['generated']} on {meta['machine']}.  ",
-        f"Baseline `{s['baseline']}`; seeds {s['seeds']}; budget per run: "
-        + ", ".join(f"{k}={v}" for k, v in s["budget"].items())
-        + ".  ",
-        f"Finished runs: {sum(r['n'] for r in res.values())} of {len(s['variants']) * len(s['seeds'])}"
-        + (f" (missing: {missing})." if missing else "."),
-        "",
-        "## Dev results",
-        "",
-        "The dev metrics of each run's best checkpoint (by mean score): mean ± sd over seeds.",
-        "",
-    ]
-    rows = [
-        [name(v), str(res[v]["n"]), *(_mean_sd(res[v]["tasks"].get(t, {}).get(m, {})) for t, m in tasks.items()),
-         _mean_sd(res[v]["score"])]
-        for v in s["variants"]
-    ]  # fmt: skip
-    lines += table(["variant", "seeds", *cols], rows)
-    lines += ["", f"## Difference against `{s['baseline']}`", ""]
-    lines += ["Variant minus baseline, paired by seed: mean [95% CI], a t interval on the per-seed differences.", ""]
-    rows = [
-        [v, str((res[v]["delta"].get("score") or {}).get("n", 0)), *(_delta(res[v]["delta"].get(t)) for t in tasks),
-         _delta(res[v]["delta"].get("score"))]
-        for v in others
-    ]  # fmt: skip
-    lines += table(["variant", "pairs", *cols], rows)
-    lines += ["", "## Cost", "", "Means over seeds. Peak memory: the training process's maximum resident set size "
-              "(CPU) or allocated memory (CUDA).", ""]  # fmt: skip
-    rows = [[name(v), *(_f1(res[v]["cost"][f]) for f in COST_FIELDS)] for v in s["variants"]]
-    lines += table(["variant", "train time (s)", "examples/s", "peak memory (MB)", "steps"], rows)
-    lines += ["", "## Learning curves", "", "Dev metric against optimizer steps, mean over the seeds evaluated at each "
-              "step.", ""]  # fmt: skip
-    lines += [f"![{k}](plots/{f})" for k, f in plots.items()] or ["(no plots: matplotlib is not installed)"]
-    lines += ["", f"## Config differences against `{s['baseline']}`", ""]
-    rows = [[v, f"`{k}`", f"`{a}`", f"`{b}`"] for v in others for k, (a, b) in res[v]["config_diff"].items()]
-    lines += table(["variant", "field", "baseline", "variant"], rows)
-    lines += ["", "## Runs", ""]
-    rows = [
-        [v, seed, _f(r["best_score"]), str(r["best_step"]), str(r["steps"]), str(r["train_seconds"]), f"`{r['dir']}`"]
-        for v, per_seed in s["runs"].items()
-        for seed, r in per_seed.items()
-    ]
-    lines += table(["variant", "seed", "mean score", "best step", "steps", "train time (s)", "directory"], rows)
-    return "\n".join(lines) + "\n"
-
-
 def write_report(grid_dir: str | Path) -> Path:
-    """Write ``report.json``, ``report.md`` and ``plots/`` into the grid directory; return report.md's path."""
+    """Write ``report.json``, ``report.md`` and ``plots/`` into the grid directory; return report.md's path.
+
+    The grid directory is one of ``minbert ablate`` or a directory with a committed report.json
+    (``minbert.lab.records``); in the second case report.json is rewritten from its own records.
+    """
+    from minbert.lab.markdown import render_markdown
+
     grid_dir = Path(grid_dir)
     summary = summarize(grid_dir)
     meta = {"generated": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": machine()}
+    plots: dict[str, str | None] | None
     try:
-        plots = plot_curves(summary, grid_dir / "plots")
+        from minbert.lab.plots import write_plots
+
+        plots = {k: p["file"] for k, p in write_plots(summary, grid_dir / "plots").items()}
     except ImportError:
-        plots = {}
-    write_text_atomically(grid_dir / "report.json", json.dumps(_clean({**meta, **summary}), indent=2) + "\n")
+        plots = None
+    report = {**meta, **summary, "plots": {k: f and f"plots/{f}" for k, f in (plots or {}).items()}}
+    write_text_atomically(grid_dir / "report.json", json.dumps(_clean(report), indent=2) + "\n")
     path = grid_dir / "report.md"
     write_text_atomically(path, render_markdown(summary, meta, plots))
     return path

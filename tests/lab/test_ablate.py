@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import minbert.train as train_lib
+from minbert.lab import ablate
 from minbert.lab.ablate import add_arguments, execute, run
 from minbert.lab.grid import GridError, load_grid, plan, run_config
 from tests.lab.grids import SHIPPED, cli, needs_later_checkpoint, tiny_grid, write_grid
@@ -40,7 +41,7 @@ def count_fits(monkeypatch):
     return state
 
 
-def test_grid_report_numbers_equal_the_runs_files(tiny_model_dir, data_dir, tmp_path, count_fits):
+def test_grid_report_numbers_equal_the_runs_files(tiny_model_dir, data_dir, tmp_path, count_fits, monkeypatch):
     out = tmp_path / "grid"
     path = write_grid(tmp_path, tiny_grid(tiny_model_dir, data_dir, out))
     assert cli(str(path)) == 0
@@ -58,7 +59,7 @@ def test_grid_report_numbers_equal_the_runs_files(tiny_model_dir, data_dir, tmp_
             assert res["cost"][f]["values"] == [s[f] for s in summaries]
         acc = [s["best_metrics"]["sst"]["accuracy"] for s in summaries]
         assert res["tasks"]["sst"]["accuracy"]["mean"] == pytest.approx(sum(acc) / 2, abs=1e-15)
-        # the learning curve: the mean over seeds of each step's dev record
+        # the learning curve: the mean and the lowest and highest seed of each step's dev record
         records = [
             [json.loads(line) for line in (out / v / f"seed{s}" / "metrics.jsonl").read_text().splitlines()]
             for s in (0, 1)
@@ -67,7 +68,8 @@ def test_grid_report_numbers_equal_the_runs_files(tiny_model_dir, data_dir, tmp_
         assert [p["step"] for p in report["curves"]["sst"][v]] == [1, 2]
         for p in report["curves"]["sst"][v]:
             assert p["mean"] == pytest.approx((dev[0][p["step"]] + dev[1][p["step"]]) / 2, abs=1e-15)
-            assert p["n"] == 2
+            assert (p["min"], p["max"], p["n"]) == (min(dev[0][p["step"]], dev[1][p["step"]]),
+                                                    max(dev[0][p["step"]], dev[1][p["step"]]), 2)  # fmt: skip
     diffs = [
         report["results"]["mean"]["score"]["values"][i] - report["results"]["cls"]["score"]["values"][i] for i in (0, 1)
     ]
@@ -77,13 +79,30 @@ def test_grid_report_numbers_equal_the_runs_files(tiny_model_dir, data_dir, tmp_
     md = (out / "report.md").read_text()
     mean_acc = report["results"]["mean"]["tasks"]["sst"]["accuracy"]["mean"]
     assert f"{mean_acc:.4f}" in md and "`tasks.sst.pooling`" in md and "Finished runs: 4 of 4" in md
-    assert (out / "plots" / "curve-sst.png").stat().st_size > 0
+    assert (out / "plots" / "curves.png").stat().st_size > 0
     for run_dir in out.glob("*/seed*"):  # TensorBoard events: from the loop, else converted from metrics.jsonl
         assert list(run_dir.glob("events.out.tfevents.*")) or list(run_dir.glob("tb/events.out.tfevents.*"))
     assert json.loads((out / "grid.json").read_text())["command"].startswith("minbert ablate ")
     assert_tensorboard_conversion_matches_the_loop(out / "mean" / "seed1")
-    (out / "report.md").unlink()
-    assert cli(str(out), "--report-only") == 0 and (out / "report.md").read_text().startswith("# Ablation: tiny")
+    assert "![learning curves](plots/curves.png)" in md  # two evaluations per run: steps 1 and 2
+    assert md.index("![effect against cls](plots/effect.png)") == md.index("![")
+
+    # --report-only redraws the report and its pictures from what is on disk; nothing trains
+    def no_training(*args, **kwargs):
+        raise AssertionError("--report-only started a run")
+
+    monkeypatch.setattr(train_lib, "setup", no_training)
+    monkeypatch.setattr(ablate, "run_one", no_training)
+    calls = list(count_fits["calls"])
+    for source in (str(out), str(path)):  # the grid directory, the grid file
+        for f in [out / "report.md", *(out / "plots").glob("*.png")]:
+            f.unlink()
+        assert cli(source, "--report-only") == 0
+        assert (out / "report.md").read_text().startswith("# Ablation: tiny")
+        assert sorted(f.name for f in (out / "plots").glob("*.png")) == ["cost.png", "curves.png", "effect.png"]
+        again = json.loads((out / "report.json").read_text())
+        assert all(again[k] == report[k] for k in ("results", "curves", "runs"))
+    assert count_fits["calls"] == calls
 
 
 def assert_tensorboard_conversion_matches_the_loop(run_dir: Path) -> None:

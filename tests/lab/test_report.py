@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,9 +21,7 @@ from minbert.lab.report import (
     summarize,
     write_report,
 )
-
-VARIANT = [0.812, 0.795, 0.841, 0.803, 0.829]
-BASELINE = [0.781, 0.800, 0.792, 0.770, 0.815]
+from tests.lab.grids import BASELINE, VARIANT
 
 
 def test_paired_ci_matches_scipy():
@@ -81,56 +78,6 @@ def test_flatten_and_config_diff():
     }
 
 
-# ------------------------------------------------------------------ a hand-written grid directory
-
-
-def write_run(d: Path, score: float, sts: float, evals: list[tuple[int, float]], seconds: float = 10.0) -> None:
-    d.mkdir(parents=True)
-    records = [
-        {"step": s, "epoch": 0, "split": "dev", "score": v, "tasks": {"sst": {"accuracy": v, "macro_f1": v / 2},
-         "sts": {"pearson": 2 * v - 1, "spearman": 0.0}}, "elapsed_s": 1.0}
-        for s, v in evals
-    ]  # fmt: skip
-    records.insert(1, {"step": 50, "epoch": 0, "split": "train", "loss": {"sst": 1.2, "sts": 0.5}, "lr": 1e-4})
-    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    summary = {
-        "best_score": score,
-        "best_step": evals[-1][0],
-        "best_metrics": {"sst": {"accuracy": score, "macro_f1": score / 2}, "sts": {"pearson": sts, "spearman": 0.0}},
-        "steps": evals[-1][0],
-        "train_seconds": seconds,
-        "examples_per_second": 100.0 + seconds,
-        "peak_memory_mb": 900.0,
-    }
-    (d / "summary.json").write_text(json.dumps(summary))
-
-
-@pytest.fixture
-def grid_dir(tmp_path) -> Path:
-    g = tmp_path / "grid"
-    g.mkdir()
-    configs = {
-        "base": {"name": "g-base", "tasks": {"sst": {"pooling": "mean"}}, "train": {"seed": 0}},
-        "cls": {"name": "g-cls", "tasks": {"sst": {"pooling": "cls"}}, "train": {"seed": 0}},
-        "solo": {"name": "g-solo", "tasks": {"sst": {"pooling": "max"}}, "train": {"seed": 0}},
-    }
-    grid = {
-        "name": "g", "command": "minbert ablate g.yaml", "baseline": "base", "budget": {"max_minutes": 5},
-        "seeds": [0, 1, 2], "variants": {v: {} for v in configs}, "configs": configs,
-        "primary_metrics": {"sst": "accuracy", "sts": "pearson"},
-    }  # fmt: skip
-    (g / "grid.json").write_text(json.dumps(grid))
-    write_run(g / "base" / "seed0", BASELINE[0], 0.5, [(100, 0.6), (200, 0.7), (250, BASELINE[0])])
-    write_run(g / "base" / "seed1", BASELINE[1], 0.6, [(100, 0.5), (200, 0.6), (230, BASELINE[1])])
-    write_run(g / "base" / "seed2", BASELINE[2], float("nan"), [(100, 0.5)])
-    write_run(g / "cls" / "seed0", VARIANT[0], 0.4, [(100, 0.3)], seconds=20.0)
-    write_run(g / "cls" / "seed1", VARIANT[1], 0.5, [(100, 0.4)], seconds=30.0)
-    write_run(g / "solo" / "seed1", VARIANT[2], 0.5, [(100, 0.4)])
-    (g / "solo" / "seed0").mkdir()  # a killed run: no summary.json, left out
-    (g / "solo" / "seed0" / "metrics.jsonl").write_text("")
-    return g
-
-
 def test_summarize_takes_its_numbers_from_the_runs(grid_dir):
     s = summarize(grid_dir)
     assert s["tasks"] == {"sst": "accuracy", "sts": "pearson"}
@@ -150,17 +97,25 @@ def test_summarize_takes_its_numbers_from_the_runs(grid_dir):
     # a run's own config.yaml (what was trained) wins over grid.json (what the grid asks for now)
     (grid_dir / "cls" / "seed0" / "config.yaml").write_text("name: x\ntasks: {sst: {pooling: cls_raw}}\n")
     assert summarize(grid_dir)["results"]["cls"]["config_diff"] == {"tasks.sst.pooling": ["mean", "cls_raw"]}
-    # curve: mean over the seeds evaluated at each step
+    # curves: at the steps all of a variant's runs evaluated (base: 100 and 200, not 230 / 240 / 250)
     assert s["curves"]["sst"]["base"] == [
-        {"step": 100, "mean": pytest.approx((0.6 + 0.5 + 0.5) / 3), "n": 3},
-        {"step": 200, "mean": pytest.approx(0.65), "n": 2},
-        {"step": 230, "mean": BASELINE[1], "n": 1},
-        {"step": 250, "mean": BASELINE[0], "n": 1},
-    ]
-    assert s["curves"]["sts"]["cls"] == [{"step": 100, "mean": pytest.approx(-0.3), "n": 2}]
+        {"step": 100, "mean": pytest.approx((0.6 + 0.5 + 0.5) / 3), "min": 0.5, "max": 0.6,
+         "sd": pytest.approx(statistics.stdev([0.6, 0.5, 0.5])), "n": 3},
+        {"step": 200, "mean": pytest.approx((0.7 + 0.6 + 0.55) / 3), "min": 0.55, "max": 0.7,
+         "sd": pytest.approx(statistics.stdev([0.7, 0.6, 0.55])), "n": 3},
+    ]  # fmt: skip
+    assert s["curves"]["sts"]["cls"] == [
+        {"step": 100, "mean": pytest.approx(-0.3), "min": pytest.approx(-0.4), "max": pytest.approx(-0.2),
+         "sd": pytest.approx(statistics.stdev([-0.4, -0.2])), "n": 2}
+    ]  # fmt: skip
+    assert s["curves"]["score"]["solo"] == [{"step": 100, "mean": 0.4, "min": 0.4, "max": 0.4, "sd": None, "n": 1}]
+    # the runs' own dev records are kept (report.json is then enough to redraw the report)
+    assert [r["step"] for r in s["runs"]["base"]["1"]["evaluations"]] == [100, 200, 230]
 
 
 def test_write_report(grid_dir):
+    (grid_dir / "plots").mkdir()
+    (grid_dir / "plots" / "curve-sst.png").write_bytes(b"an older report's picture")
     md = write_report(grid_dir).read_text()
     report = json.loads((grid_dir / "report.json").read_text(), parse_constant=lambda c: pytest.fail(c))  # strict JSON
     assert report["results"]["base"]["tasks"]["sts"]["pearson"]["mean"] is None  # NaN -> null
@@ -170,8 +125,16 @@ def test_write_report(grid_dir):
     assert f"| cls | 2 | {d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]" in md
     assert "(CI n/a)" in md  # solo: one pair
     assert "| solo (baseline)" not in md and "| base (baseline) | 3 |" in md
-    for key in ("score", "sst", "sts"):
-        assert (grid_dir / "plots" / f"curve-{key}.png").stat().st_size > 0
+    # the effect plot is the first picture; the difference table is in its order (solo +0.041, cls +0.013)
+    assert report["effect_order"] == ["solo", "cls"]
+    assert md.index("![") == md.index("![effect against base](plots/effect.png)") < md.index("## Dev results")
+    differences = md[md.index("## Difference against") : md.index("## Cost")]
+    assert differences.index("| solo | 1 |") < differences.index("| cls | 2 |")
+    assert report["plots"] == {"effect": "plots/effect.png", "curves": "plots/curves.png", "cost": "plots/cost.png"}
+    for name in ("effect", "curves", "cost"):
+        assert (grid_dir / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (grid_dir / "plots" / "curve-sst.png").exists()  # the old per-task curves are gone
+    assert "Not drawn: every run of `cls`, `solo` was evaluated once (at step 100)." in md
 
 
 def test_jsonl_to_tensorboard(grid_dir):
