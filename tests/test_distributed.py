@@ -204,3 +204,15 @@ def test_sigterm_to_torchrun_saves_last_and_a_2_rank_resume_reproduces_the_unint
     records = [[{k: v for k, v in json.loads(line).items() if k != "elapsed_s"}  # (wall-clock time differs)
                 for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in ("cut", "whole")]
     assert records[0] == records[1] and len(records[0]) >= 3
+
+
+def test_ablate_under_torchrun_trains_each_run_on_both_ranks_and_rank_0_reports(tiny_model_dir, data_dir, tmp_path):
+    from tests.lab.grids import tiny_grid, write_grid
+
+    grid = tiny_grid(tiny_model_dir, data_dir, tmp_path / "out", seeds=[0])
+    done = torchrun("-m", "minbert", "ablate", str(write_grid(tmp_path, grid)))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("grid tiny: 2 runs") == 1  # rank 0 speaks
+    summaries = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*/*/summary.json")]
+    assert len(summaries) == 2 and all(s["world_size"] == WORLD and s["steps"] >= 1 for s in summaries)
+    assert (tmp_path / "out" / "report.md").is_file() and (tmp_path / "out" / "grid.json").is_file()
