@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -27,7 +28,7 @@ from minbert.config import load_config
 from minbert.data import Forever, make_loader
 from minbert.multitask import epoch_length
 from minbert.step import task_loss
-from minbert.train import setup
+from minbert.train import setup, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
@@ -40,6 +41,7 @@ VARIANTS = {
     # difference between averaging losses and all-reducing gradients is amplified past 1e-5
     "pcgrad": {"train": {"sampler": "mixed", "combiner": "pcgrad", "max_steps": 2}},
     "uncertainty": {"train": {"sampler": "mixed", "combiner": "uncertainty"}},
+    "child_tuning_f": {"optim": {"child_tuning": "F"}},  # the masks: one generator, the same draws everywhere
 }
 
 
@@ -131,6 +133,16 @@ def test_two_ranks_train_one_model_equal_to_averaging_the_ranks_gradients(tiny_m
         summary = json.loads((tmp_path / v / "summary.json").read_text())
         steps = load_config(tmp_path / f"{v}.yaml").train.max_steps
         assert summary["world_size"] == WORLD and summary["steps"] == steps
+    # the sharded and gathered dev evaluation equals one process evaluating the same weights alone
+    tr = setup(load_config(tmp_path / "sum.yaml"))
+    missing, _ = tr.model.load_state_dict(load_file(str(tmp_path / "sum" / "rank0.safetensors")), strict=False)
+    assert not [k for k in missing if k in dict(tr.model.named_parameters())]
+    last = [json.loads(line) for line in (tmp_path / "sum" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert last["split"] == "dev" and last["step"] == 6
+    alone = validate(tr)
+    assert alone.keys() == last["tasks"].keys()
+    for task, metrics in alone.items():
+        assert metrics == pytest.approx(last["tasks"][task], rel=1e-6), task
 
 
 def test_a_time_budget_stops_every_rank_and_rank_0_writes_each_file_once(tiny_model_dir, data_dir, tmp_path):
