@@ -230,8 +230,11 @@ class BucketBatchSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Select the shuffle of ``epoch`` (call before iterating, as with DistributedSampler).
 
-        ``start``: skip the epoch's first ``start`` batches of this rank, once (a resumed run
-        continues mid-epoch without collating the batches it already trained on)."""
+        ``start``: skip the epoch's first ``start`` batches of this rank (a resumed run continues
+        mid-epoch without collating the batches it already trained on). It holds for every
+        iteration until the next ``set_epoch``: a DataLoader with workers iterates its sampler
+        twice when it starts (torch 2.13: ``_BaseDataLoaderIter.__init__`` and ``_reset``), and a
+        skip used up by the first, discarded iteration trained the drawn batches again."""
         self.epoch = epoch
         self.start = start
 
@@ -264,8 +267,7 @@ class BucketBatchSampler(Sampler[list[int]]):
                 batches = batches[: len(batches) - len(batches) % r]
             else:
                 batches += [batches[i % len(batches)] for i in range(-len(batches) % r)]
-        start, self.start = self.start, 0
-        return iter(batches[self.rank :: r][start:])
+        return iter(batches[self.rank :: r][self.start :])
 
     def __len__(self) -> int:
         n = len(self.lengths)

@@ -222,10 +222,11 @@ def test_bucketing_on_real_sst_pads_far_less_than_random(data_dir, tok):
     assert sorted(i for b in ordered for i in b.indices.tolist()) == list(range(7543))
 
 
-def test_forever_cycles_with_a_new_order_each_pass_and_resumes_at_any_batch(tok):
+@pytest.mark.parametrize("num_workers", [0, 2])  # workers: the DataLoader iterates its sampler twice at start
+def test_forever_cycles_with_a_new_order_each_pass_and_resumes_at_any_batch(tok, num_workers):
     examples = [Example(str(i), (f"sentence number {i} " + "word " * (i % 5),), i % 3, i + 2) for i in range(20)]
-    loader = make_loader(EncodedDataset(examples, tok, "single"), 6, shuffle=True, seed=3)  # 4 batches a pass
-    ids = [next(it).ids for it in [Forever(loader)] for _ in range(11)]
+    loader = make_loader(EncodedDataset(examples, tok, "single"), 6, shuffle=True, seed=3, num_workers=num_workers)
+    ids = [next(it).ids for it in [Forever(loader)] for _ in range(11)]  # 4 batches a pass
     passes = [sorted(i for b in ids[k : k + 4] for i in b) for k in (0, 4)]
     assert passes[0] == passes[1] == sorted(ex.id for ex in examples)  # each pass: every example once
     assert ids[0:4] != ids[4:8]  # a new order each pass
