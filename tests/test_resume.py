@@ -137,18 +137,24 @@ def mtime(path: Path) -> int:
     return path.stat().st_mtime_ns if path.exists() else 0
 
 
-def kill_when_training(proc: subprocess.Popen, ready: Path, rng: random.Random, sig: int) -> bool:
-    """Send ``sig`` at a random moment once this process has (re)written ``ready``; False if the run
-    ended first. (A resumed process finds the killed one's file: it must write its own first.)"""
+def kill_when_training(
+    proc: subprocess.Popen, ready: Path, rng: random.Random, sig: int, max_delay: float = 1.0, group: bool = False
+) -> bool:
+    """Send ``sig`` at a random moment (up to ``max_delay`` s) once this process has (re)written
+    ``ready``; False if the run ended first. (A resumed process finds the killed one's file: it must
+    write its own first.) ``group``: to the whole process group, as a terminal's Ctrl-C does."""
     before = mtime(ready)
     while mtime(ready) == before:
         if proc.poll() is not None:
             return False
         time.sleep(0.005)
-    time.sleep(rng.uniform(0.0, 1.0))
+    time.sleep(rng.uniform(0.0, max_delay))
     if proc.poll() is not None:
         return False
-    proc.send_signal(sig)
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     return True
 
 
@@ -162,13 +168,41 @@ def dev_and_train_records(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in records]
 
 
+def assert_same_run(got: Path, ref: Path) -> None:
+    """The run in ``got`` ended as the uninterrupted ``ref``: every weight, optimizer moment, EMA and
+    combiner tensor within 1e-6, every metrics record but the wall times, the steps; no .tmp / .old."""
+    ref_state, got_state = final_state(ref), final_state(got)
+    assert set(got_state) == set(ref_state)
+    for k in ref_state:
+        torch.testing.assert_close(got_state[k], ref_state[k], rtol=0, atol=1e-6, msg=k)
+    assert dev_and_train_records(got) == dev_and_train_records(ref)
+    steps = [json.loads((d / "summary.json").read_text())["steps"] for d in (got, ref)]
+    assert steps[0] == steps[1]
+    assert not [p.name for p in got.iterdir() if p.name.endswith((".tmp", ".old"))]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir, data_dir, tmp_path_factory):
+    """``reference(variant)``: the run dir of an uninterrupted run of the variant, trained once on
+    first use and shared by the tests of this file."""
+    runs: dict[str, Path] = {}
+
+    def get(variant: str) -> Path:
+        if variant not in runs:
+            d = tmp_path_factory.mktemp(f"reference-{variant}")
+            config = write_config(d / "c.yaml", tiny_model_dir, data_dir, d / "run", variant)
+            code, err = finish(minbert("train", "--config", str(config)))
+            assert code == 0, err
+            runs[variant] = d / "run"
+        return runs[variant]
+
+    return get
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_a_killed_run_resumes_to_the_uninterrupted_result(variant, tiny_model_dir, data_dir, tmp_path):
-    ref_dir, cut_dir = tmp_path / "reference", tmp_path / "killed"
-    code, err = finish(minbert("train", "--config", str(write_config(tmp_path / "ref.yaml", tiny_model_dir,
-                                                                         data_dir, ref_dir, variant))))  # fmt: skip
-    assert code == 0, err
+def test_a_killed_run_resumes_to_the_uninterrupted_result(variant, reference, tiny_model_dir, data_dir, tmp_path):
+    cut_dir = tmp_path / "killed"
     rng = random.Random(f"{variant}-{os.getpid()}")
     config = write_config(tmp_path / "cut.yaml", tiny_model_dir, data_dir, cut_dir, variant)
     kills = 0
@@ -181,15 +215,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(variant, tiny_model_di
     code, err = finish(proc)
     assert code == 0, err
     assert kills >= 1  # else the random delay let the run finish: nothing was tested
-    ref, got = final_state(ref_dir), final_state(cut_dir)
-    assert set(got) == set(ref)
-    for k in ref:
-        torch.testing.assert_close(got[k], ref[k], rtol=0, atol=1e-6, msg=k)
-    assert dev_and_train_records(cut_dir) == dev_and_train_records(ref_dir)
-    assert json.loads((cut_dir / "summary.json").read_text())["steps"] == json.loads(
-        (ref_dir / "summary.json").read_text()
-    )["steps"]
-    assert not [p.name for p in cut_dir.iterdir() if p.name.endswith((".tmp", ".old"))]
+    assert_same_run(cut_dir, reference(variant))
 
 
 @pytest.mark.slow
@@ -213,3 +239,4 @@ def test_sigterm_and_sigint_save_last_and_say_how_to_resume(sig, code, tiny_mode
     returncode, err = finish(minbert("train", "--resume", str(run_dir)))  # the run's own config: 20 epochs
     assert returncode == 0, err
     assert (run_dir / "summary.json").is_file()
+
