@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -240,3 +241,45 @@ def test_sigterm_and_sigint_save_last_and_say_how_to_resume(sig, code, tiny_mode
     assert returncode == 0, err
     assert (run_dir / "summary.json").is_file()
 
+
+def session_processes(sid: int) -> list[str]:
+    """The live processes of the session ``sid``: a process started with ``start_new_session`` and
+    all it started (DataLoader workers), from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # gone meanwhile
+            continue
+        state, _ppid, _pgrp, session = text.rsplit(")", 1)[1].split()[:4]
+        if int(session) == sid and state != "Z":
+            found.append(f"{stat.parent.name} {text[text.index('(') : text.rindex(')') + 1]}")
+    return found
+
+
+@pytest.mark.slow
+def test_a_signal_to_the_process_group_with_dataloader_workers(reference, tiny_model_dir, data_dir, tmp_path):
+    """A terminal's Ctrl-C and a scheduler's SIGTERM reach every process of the group, DataLoader
+    workers included: the run still finishes its step, saves it, exits 130 / 143 with no traceback
+    and leaves no process behind; resumed, it ends as a run that was neither interrupted nor used
+    workers. The resumed process is signalled at once, while the workers its loaders started before
+    it installed its signal handlers (the partly drawn passes) are still serving it."""
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir, data_dir, run_dir, "sum")
+    first = ["--config", str(config), "--set", "train.num_workers=2"]
+    for argv, sig in [(first, signal.SIGINT), (["--resume", str(run_dir)], signal.SIGTERM)]:
+        proc = minbert("train", *argv, start_new_session=True)  # its own group, as a shell's job
+        ready = run_dir / "last" / "state.json"
+        assert kill_when_training(proc, ready, random.Random(0), sig, max_delay=0, group=True), "finished first"
+        code, err = finish(proc)
+        assert code == 128 + sig and "Traceback" not in err and "Exception" not in err, err
+        stopped = re.search(r"stopped after step (\d+), state saved in", err)
+        assert stopped and load_state(run_dir / "last")["progress"]["step"] == int(stopped[1])
+        deadline = time.time() + 5
+        while session_processes(proc.pid) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not session_processes(proc.pid)
+    code, err = finish(minbert("train", "--resume", str(run_dir)))
+    assert code == 0, err
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["num_workers"] == 2
+    assert_same_run(run_dir, reference("sum"))
