@@ -283,3 +283,57 @@ def test_a_signal_to_the_process_group_with_dataloader_workers(reference, tiny_m
     assert code == 0, err
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["num_workers"] == 2
     assert_same_run(run_dir, reference("sum"))
+
+
+# -- forced kill points (tests/crash.py) ----------------------------------------------------
+
+
+def crash(point: str, n: int, *argv: str) -> subprocess.Popen:
+    """``minbert *argv`` that SIGKILLs itself the n-th time it passes ``point`` (tests/crash.py)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "tests.crash", point, str(n), *argv], cwd=ROOT, env=env,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+
+
+def saved(directory: Path) -> tuple[int, int]:
+    """(optimizer step, micro-step) of a state directory, read without minbert's loader."""
+    progress = json.loads((directory / "state.json").read_text())["progress"]
+    return progress["step"], progress["micro"]
+
+
+# Each kill comes in a process resumed from the previous kill (the first one starts the run):
+# (point, n, names the run directory holds just after it, names it does not, (the state being
+# written, the one it replaces) for a last/ write).
+FORCED_KILLS = [
+    ("micro-step", 5, {"last"}, {"last.tmp"}, None),  # mid-accumulation: last/ is the step before
+    ("last:filled", 2, {"last", "last.tmp"}, {"last.old"}, ("last.tmp", "last")),  # the process's 2nd write
+    ("last:swapping", 1, {"last.old", "last.tmp"}, {"last"}, ("last.tmp", "last.old")),
+    ("best:swapping", 1, {"best.old", "best.tmp", "last"}, {"best"}, None),  # the first best/ that replaces one
+    ("last:swapped", 1, {"last", "last.old"}, {"last.tmp"}, ("last", "last.old")),
+]
+
+
+@pytest.mark.slow
+def test_kills_forced_mid_accumulation_and_inside_checkpoint_writes(reference, tiny_model_dir, data_dir, tmp_path):
+    """SIGKILL after an odd micro-step of ``grad_accum: 2`` and at each moment of a ``last/`` or
+    ``best/`` swap, one after the other on one run: it still ends as the uninterrupted run."""
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir, data_dir, run_dir, "grad_accum_2")
+    argv = ["train", "--config", str(config)]
+    for point, n, present, absent, states in FORCED_KILLS:
+        code, err = finish(crash(point, n, *argv))
+        assert code == -signal.SIGKILL and f"crash: SIGKILL at {point}" in err, err
+        names = {p.name for p in run_dir.iterdir()}
+        assert present <= names and not absent & names, (point, sorted(names))
+        if point == "micro-step":  # killed in optimizer step 3, after its first micro-step: last/ is step 2's
+            assert "after micro-step 5, optimizer step 2" in err and saved(run_dir / "last") == (2, 4)
+        if states:
+            new, old = (saved(run_dir / d) for d in states)
+            assert new[0] == old[0] + 1 and new[1] == old[1] + 2
+        argv = ["train", "--resume", str(run_dir)]
+    code, err = finish(minbert(*argv))
+    assert code == 0, err
+    ref = reference("grad_accum_2")
+    assert_same_run(run_dir, ref)  # weights, optimizer, metrics.jsonl; no .tmp / .old left
+    got, want = (load_file(str(d / "best" / "model.safetensors")) for d in (run_dir, ref))
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
