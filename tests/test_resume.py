@@ -288,11 +288,11 @@ def test_a_signal_to_the_process_group_with_dataloader_workers(reference, tiny_m
 # -- forced kill points (tests/crash.py) ----------------------------------------------------
 
 
-def crash(point: str, n: int, *argv: str) -> subprocess.Popen:
+def crash(point: str, n: int, *argv: str, **kw) -> subprocess.Popen:
     """``minbert *argv`` that SIGKILLs itself the n-th time it passes ``point`` (tests/crash.py)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-m", "tests.crash", point, str(n), *argv], cwd=ROOT, env=env,
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)  # fmt: skip
 
 
 def saved(directory: Path) -> tuple[int, int]:
