@@ -261,7 +261,10 @@ def test_workers_leave_sigint_and_sigterm_to_the_main_process(tok):
     next(it)
     (worker,) = set(children(os.getpid())) - others
     os.kill(worker, signal.SIGTERM)  # from the main process: Process.terminate(), how torch ends a stuck worker
-    status = os.waitid(os.P_PID, worker, os.WEXITED | os.WNOWAIT)  # (not reaped: multiprocessing does that)
+    deadline = time.time() + 10
+    while (status := os.waitid(os.P_PID, worker, os.WEXITED | os.WNOWAIT | os.WNOHANG)) is None:  # not reaped
+        assert time.time() < deadline, "the worker did not end on its parent's SIGTERM"
+        time.sleep(0.05)
     assert (status.si_code, status.si_status) == (os.CLD_EXITED, 0)
     del it
 
