@@ -18,7 +18,8 @@ killed up to ``--per-run`` times, each time by one of:
   a ``best/`` swap;
 
 resumed with ``minbert train --resume`` each time (a forced point past the end of the run just
-lets it finish), then finished and compared with an uninterrupted run of the variant as the
+lets it finish; a kill before the run's first state write must make ``--resume`` refuse in one
+line, and the run is started again), then finished and compared with an uninterrupted run of the variant as the
 tests compare: every state tensor within 1e-6, metrics.jsonl, the step count, no leftovers. After
 every kill no process of its session (DataLoader workers) may be left after 10 s. A run is lost
 if any of that fails. Prints and appends one JSON record to ``--out``.
@@ -107,10 +108,12 @@ def forced_point(rng: random.Random) -> tuple[str, int]:
 
 def stress_run(
     variant: str, config: Path, run_dir: Path, per_run: int, rng: random.Random, kinds: Counter
-) -> tuple[int, list[str]]:
-    """Kill one run up to ``per_run`` times, then let it finish. Returns (kills, problems)."""
-    argv = ["train", "--config", str(config)] + (["--set", "train.num_workers=2"] if variant == WORKERS else [])
-    kills, problems = 0, []
+) -> tuple[int, int, list[str]]:
+    """Kill one run up to ``per_run`` times, then let it finish. Returns (kills, restarts, problems):
+    a kill before the run's first state write leaves nothing to resume (``--resume`` must say so
+    in one line, exit code 2), and the run is started again, as ``minbert ablate`` does."""
+    start = ["train", "--config", str(config)] + (["--set", "train.num_workers=2"] if variant == WORKERS else [])
+    argv, kills, restarts, problems = start, 0, 0, []
     while True:
         if kills >= per_run:
             proc, kind = minbert(*argv, start_new_session=True), None
@@ -123,9 +126,9 @@ def stress_run(
             proc, kind = crash(point, n, *argv, start_new_session=True), f"forced: {point}"
         code, err = finish(proc)
         if code == 0:
-            return kills, problems
+            return kills, restarts, problems
         if code != -signal.SIGKILL:
-            return kills, problems + [f"exit code {code}: {err.strip()[-500:]}"]
+            return kills, restarts, problems + [f"exit code {code}: {err.strip()[-500:]}"]
         if kind == "random":
             kind = landed(run_dir)
         kinds[kind] += 1
@@ -133,6 +136,11 @@ def stress_run(
         if not no_process_left(proc.pid):
             problems.append(f"processes left after a kill: {session_processes(proc.pid)}")
         argv = ["train", "--resume", str(run_dir)]
+        if not any((run_dir / d / "state.json").is_file() for d in ("last", "last.old")):
+            code, err = finish(minbert(*argv))
+            if code != 2 or "no resumable state" not in err or err.count("\n") != 1:
+                problems.append(f"--resume before any state: exit code {code}: {err.strip()[-300:]}")
+            argv, restarts = start, restarts + 1
 
 
 def cpu_model() -> str:
@@ -155,7 +163,7 @@ def main() -> None:
         sys.exit("stress_resume: task data not found: set DATA_DIR")
     rng, started = random.Random(args.seed), time.time()
     variants = [*VARIANTS, WORKERS]
-    kinds, lost, runs, kills = Counter(), [], 0, 0
+    kinds, lost, runs, kills, restarts = Counter(), [], 0, 0, 0
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = save_tiny_bert(tmp / "tiny-bert")
@@ -172,11 +180,12 @@ def main() -> None:
             base = "sum" if variant == WORKERS else variant
             run_dir = tmp / f"run-{runs}"
             config = write_config(tmp / f"run-{runs}.yaml", model, data_dir, run_dir, base)
-            n, problems = stress_run(variant, config, run_dir, min(args.per_run, args.kills - kills), rng, kinds)
+            n, again, problems = stress_run(variant, config, run_dir, min(args.per_run, args.kills - kills), rng, kinds)
             problems += differences(run_dir, references[base]) if not problems else []
-            kills, runs = kills + n, runs + 1
-            status = "LOST: " + "; ".join(problems[:3]) if problems else "identical"
-            print(f"run {runs} ({variant}): {n} kills, {status}", flush=True)
+            kills, runs, restarts = kills + n, runs + 1, restarts + again
+            status = "LOST: " + "; ".join(problems[:3]) if problems else "equal to the uninterrupted run"
+            again = f" ({again} before its first state: started again)" if again else ""
+            print(f"run {runs} ({variant}): {n} kills{again}, {status}", flush=True)
             if problems:
                 lost.append({"run": runs, "variant": variant, "kills": n, "problems": problems[:5]})
     minutes = (time.time() - started) / 60
@@ -184,12 +193,13 @@ def main() -> None:
     print(f"{kills} kills over {runs} runs: {kills - lost_kills} survived, {lost_kills} lost ({len(lost)} runs)")
     for kind, count in sorted(kinds.items()):
         print(f"  {count:4d}  {kind}")
+    print(f"{restarts} kills came before the run's first state write: --resume refused in one line, run started again")
     record = {
         "date": date.today().isoformat(),
         "machine": f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "beside": args.beside,
         "command": "python benchmarks/stress_resume.py " + " ".join(sys.argv[1:]),
-        "kills": kills, "runs": runs, "lost_runs": len(lost), "lost_kills": lost_kills,
+        "kills": kills, "runs": runs, "lost_runs": len(lost), "lost_kills": lost_kills, "restarts": restarts,
         "kinds": dict(sorted(kinds.items())), "variants": variants, "minutes": round(minutes, 1), "lost": lost,
     }  # fmt: skip
     with open(args.out, "a") as f:
