@@ -5,6 +5,9 @@ name, flushed to disk and renamed over the old one (a rename is atomic on POSIX)
 filled as ``<name>.tmp``, flushed, and swapped in by two renames, the old one kept as
 ``<name>.old`` until the new one is in place (:func:`recover` puts it back after a crash
 between the two).
+
+:func:`crash_point` marks the moments in between where a crash is worth testing; it does
+nothing unless a test replaces it.
 """
 
 from __future__ import annotations
@@ -42,6 +45,12 @@ def write_file_atomically(path: str | Path, write: Callable[[Path], None]) -> No
     os.replace(tmp, path)
 
 
+def crash_point(name: str) -> None:
+    """Does nothing. ``tests/crash.py`` replaces it, in a training process it starts, with a
+    SIGKILL at the n-th pass through ``name`` (``last:filled``, ``last:swapping``,
+    ``best:swapping``, ...), to show that a crash exactly there loses nothing."""
+
+
 def write_dir_atomically(directory: str | Path, write: Callable[[Path], None]) -> None:
     """``write(tmp)`` fills a fresh ``<directory>.tmp``; its files are flushed to disk and it then
     replaces ``directory`` by two renames. Until the second rename the old directory is valid (as
@@ -56,12 +65,15 @@ def write_dir_atomically(directory: str | Path, write: Callable[[Path], None]) -
         if f.is_file():
             fsync(f)
     fsync(tmp)
+    crash_point(f"{directory.name}:filled")  # the new one whole in <name>.tmp, the old one untouched
     if directory.exists():
         if old.exists():
             shutil.rmtree(old)
         directory.rename(old)
+        crash_point(f"{directory.name}:swapping")  # only <name>.old and <name>.tmp: recover() puts the old back
     tmp.rename(directory)
     fsync(directory.parent)
+    crash_point(f"{directory.name}:swapped")  # the new one in place, <name>.old not yet removed
     if old.exists():
         shutil.rmtree(old)
 

@@ -41,20 +41,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     Real vocabulary so that the real tokenizer and real data work; tiny everything else so
     that training runs take a second.
     """
-    import shutil
+    from tests.tiny import save_tiny_bert
 
-    from minbert import BertConfig, BertModel, resolve_model_dir, save_pretrained
-
-    d = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    from tests.tiny import TINY
-
-    cfg = BertConfig(**{**TINY, "vocab_size": 30522, "max_position_embeddings": 512})
-    save_pretrained(BertModel(cfg), d)
-    src = resolve_model_dir(None)
-    for name in ("vocab.txt", "tokenizer_config.json"):
-        shutil.copy(src / name, d / name)
-    return d
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="session")

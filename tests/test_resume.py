@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -137,18 +138,24 @@ def mtime(path: Path) -> int:
     return path.stat().st_mtime_ns if path.exists() else 0
 
 
-def kill_when_training(proc: subprocess.Popen, ready: Path, rng: random.Random, sig: int) -> bool:
-    """Send ``sig`` at a random moment once this process has (re)written ``ready``; False if the run
-    ended first. (A resumed process finds the killed one's file: it must write its own first.)"""
+def kill_when_training(
+    proc: subprocess.Popen, ready: Path, rng: random.Random, sig: int, max_delay: float = 1.0, group: bool = False
+) -> bool:
+    """Send ``sig`` at a random moment (up to ``max_delay`` s) once this process has (re)written
+    ``ready``; False if the run ended first. (A resumed process finds the killed one's file: it must
+    write its own first.) ``group``: to the whole process group, as a terminal's Ctrl-C does."""
     before = mtime(ready)
     while mtime(ready) == before:
         if proc.poll() is not None:
             return False
         time.sleep(0.005)
-    time.sleep(rng.uniform(0.0, 1.0))
+    time.sleep(rng.uniform(0.0, max_delay))
     if proc.poll() is not None:
         return False
-    proc.send_signal(sig)
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     return True
 
 
@@ -162,13 +169,41 @@ def dev_and_train_records(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in records]
 
 
+def assert_same_run(got: Path, ref: Path) -> None:
+    """The run in ``got`` ended as the uninterrupted ``ref``: every weight, optimizer moment, EMA and
+    combiner tensor within 1e-6, every metrics record but the wall times, the steps; no .tmp / .old."""
+    ref_state, got_state = final_state(ref), final_state(got)
+    assert set(got_state) == set(ref_state)
+    for k in ref_state:
+        torch.testing.assert_close(got_state[k], ref_state[k], rtol=0, atol=1e-6, msg=k)
+    assert dev_and_train_records(got) == dev_and_train_records(ref)
+    steps = [json.loads((d / "summary.json").read_text())["steps"] for d in (got, ref)]
+    assert steps[0] == steps[1]
+    assert not [p.name for p in got.iterdir() if p.name.endswith((".tmp", ".old"))]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir, data_dir, tmp_path_factory):
+    """``reference(variant)``: the run dir of an uninterrupted run of the variant, trained once on
+    first use and shared by the tests of this file."""
+    runs: dict[str, Path] = {}
+
+    def get(variant: str) -> Path:
+        if variant not in runs:
+            d = tmp_path_factory.mktemp(f"reference-{variant}")
+            config = write_config(d / "c.yaml", tiny_model_dir, data_dir, d / "run", variant)
+            code, err = finish(minbert("train", "--config", str(config)))
+            assert code == 0, err
+            runs[variant] = d / "run"
+        return runs[variant]
+
+    return get
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_a_killed_run_resumes_to_the_uninterrupted_result(variant, tiny_model_dir, data_dir, tmp_path):
-    ref_dir, cut_dir = tmp_path / "reference", tmp_path / "killed"
-    code, err = finish(minbert("train", "--config", str(write_config(tmp_path / "ref.yaml", tiny_model_dir,
-                                                                         data_dir, ref_dir, variant))))  # fmt: skip
-    assert code == 0, err
+def test_a_killed_run_resumes_to_the_uninterrupted_result(variant, reference, tiny_model_dir, data_dir, tmp_path):
+    cut_dir = tmp_path / "killed"
     rng = random.Random(f"{variant}-{os.getpid()}")
     config = write_config(tmp_path / "cut.yaml", tiny_model_dir, data_dir, cut_dir, variant)
     kills = 0
@@ -181,15 +216,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(variant, tiny_model_di
     code, err = finish(proc)
     assert code == 0, err
     assert kills >= 1  # else the random delay let the run finish: nothing was tested
-    ref, got = final_state(ref_dir), final_state(cut_dir)
-    assert set(got) == set(ref)
-    for k in ref:
-        torch.testing.assert_close(got[k], ref[k], rtol=0, atol=1e-6, msg=k)
-    assert dev_and_train_records(cut_dir) == dev_and_train_records(ref_dir)
-    assert json.loads((cut_dir / "summary.json").read_text())["steps"] == json.loads(
-        (ref_dir / "summary.json").read_text()
-    )["steps"]
-    assert not [p.name for p in cut_dir.iterdir() if p.name.endswith((".tmp", ".old"))]
+    assert_same_run(cut_dir, reference(variant))
 
 
 @pytest.mark.slow
@@ -213,3 +240,100 @@ def test_sigterm_and_sigint_save_last_and_say_how_to_resume(sig, code, tiny_mode
     returncode, err = finish(minbert("train", "--resume", str(run_dir)))  # the run's own config: 20 epochs
     assert returncode == 0, err
     assert (run_dir / "summary.json").is_file()
+
+
+def session_processes(sid: int) -> list[str]:
+    """The live processes of the session ``sid``: a process started with ``start_new_session`` and
+    all it started (DataLoader workers), from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # gone meanwhile
+            continue
+        state, _ppid, _pgrp, session = text.rsplit(")", 1)[1].split()[:4]
+        if int(session) == sid and state != "Z":
+            found.append(f"{stat.parent.name} {text[text.index('(') : text.rindex(')') + 1]}")
+    return found
+
+
+@pytest.mark.slow
+def test_a_signal_to_the_process_group_with_dataloader_workers(reference, tiny_model_dir, data_dir, tmp_path):
+    """A terminal's Ctrl-C and a scheduler's SIGTERM reach every process of the group, DataLoader
+    workers included: the run still finishes its step, saves it, exits 130 / 143 with no traceback
+    and leaves no process behind; resumed, it ends as a run that was neither interrupted nor used
+    workers. The resumed process is signalled at once, while the workers its loaders started before
+    it installed its signal handlers (the partly drawn passes) are still serving it."""
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir, data_dir, run_dir, "sum")
+    first = ["--config", str(config), "--set", "train.num_workers=2"]
+    for argv, sig in [(first, signal.SIGINT), (["--resume", str(run_dir)], signal.SIGTERM)]:
+        proc = minbert("train", *argv, start_new_session=True)  # its own group, as a shell's job
+        ready = run_dir / "last" / "state.json"
+        assert kill_when_training(proc, ready, random.Random(0), sig, max_delay=0, group=True), "finished first"
+        code, err = finish(proc)
+        assert code == 128 + sig and "Traceback" not in err and "Exception" not in err, err
+        stopped = re.search(r"stopped after step (\d+), state saved in", err)
+        assert stopped and load_state(run_dir / "last")["progress"]["step"] == int(stopped[1])
+        deadline = time.time() + 5
+        while session_processes(proc.pid) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not session_processes(proc.pid)
+    code, err = finish(minbert("train", "--resume", str(run_dir)))
+    assert code == 0, err
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["num_workers"] == 2
+    assert_same_run(run_dir, reference("sum"))
+
+
+# -- forced kill points (tests/crash.py) ----------------------------------------------------
+
+
+def crash(point: str, n: int, *argv: str, **kw) -> subprocess.Popen:
+    """``minbert *argv`` that SIGKILLs itself the n-th time it passes ``point`` (tests/crash.py)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "tests.crash", point, str(n), *argv], cwd=ROOT, env=env,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)  # fmt: skip
+
+
+def saved(directory: Path) -> tuple[int, int]:
+    """(optimizer step, micro-step) of a state directory, read without minbert's loader."""
+    progress = json.loads((directory / "state.json").read_text())["progress"]
+    return progress["step"], progress["micro"]
+
+
+# Each kill comes in a process resumed from the previous kill (the first one starts the run):
+# (point, n, names the run directory holds just after it, names it does not, (the state being
+# written, the one it replaces) for a last/ write).
+FORCED_KILLS = [
+    ("micro-step", 5, {"last"}, {"last.tmp"}, None),  # mid-accumulation: last/ is the step before
+    ("last:filled", 2, {"last", "last.tmp"}, {"last.old"}, ("last.tmp", "last")),  # the process's 2nd write
+    ("last:swapping", 1, {"last.old", "last.tmp"}, {"last"}, ("last.tmp", "last.old")),
+    ("best:swapping", 1, {"best.old", "best.tmp", "last"}, {"best"}, None),  # the first best/ that replaces one
+    ("last:swapped", 1, {"last", "last.old"}, {"last.tmp"}, ("last", "last.old")),
+]
+
+
+@pytest.mark.slow
+def test_kills_forced_mid_accumulation_and_inside_checkpoint_writes(reference, tiny_model_dir, data_dir, tmp_path):
+    """SIGKILL after an odd micro-step of ``grad_accum: 2`` and at each moment of a ``last/`` or
+    ``best/`` swap, one after the other on one run: it still ends as the uninterrupted run."""
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir, data_dir, run_dir, "grad_accum_2")
+    argv = ["train", "--config", str(config)]
+    for point, n, present, absent, states in FORCED_KILLS:
+        code, err = finish(crash(point, n, *argv))
+        assert code == -signal.SIGKILL and f"crash: SIGKILL at {point}" in err, err
+        names = {p.name for p in run_dir.iterdir()}
+        assert present <= names and not absent & names, (point, sorted(names))
+        if point == "micro-step":  # killed in optimizer step 3, after its first micro-step: last/ is step 2's
+            assert "after micro-step 5, optimizer step 2" in err and saved(run_dir / "last") == (2, 4)
+        if states:
+            new, old = (saved(run_dir / d) for d in states)
+            assert new[0] == old[0] + 1 and new[1] == old[1] + 2
+        argv = ["train", "--resume", str(run_dir)]
+    code, err = finish(minbert(*argv))
+    assert code == 0, err
+    ref = reference("grad_accum_2")
+    assert_same_run(run_dir, ref)  # weights, optimizer, metrics.jsonl; no .tmp / .old left
+    got, want = (load_file(str(d / "best" / "model.safetensors")) for d in (run_dir, ref))
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)

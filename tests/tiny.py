@@ -1,5 +1,11 @@
-"""The tiny random BERT shape shared by the parity tests (2 layers, hidden 32, 120 tokens),
-the tiny training config the loop tests build on, and three sentence pairs for the pair-mode tests."""
+"""The tiny random BERT shape shared by the parity tests (2 layers, hidden 32, 120 tokens), the
+tiny checkpoint the training tests use, the tiny training config the loop tests build on, and
+three sentence pairs for the pair-mode tests."""
+
+import shutil
+from pathlib import Path
+
+import torch
 
 from minbert.config import load_config
 from minbert.data import Example
@@ -13,6 +19,19 @@ TINY = dict(
     max_position_embeddings=64,
     type_vocab_size=2,
 )
+
+
+def save_tiny_bert(directory: Path) -> Path:
+    """A tiny random BERT (the TINY shape, seeded) with the default checkpoint's real vocabulary,
+    written to ``directory``: real tokenizer and real data work, training runs take a second."""
+    from minbert import BertConfig, BertModel, resolve_model_dir, save_pretrained
+
+    torch.manual_seed(0)
+    save_pretrained(BertModel(BertConfig(**{**TINY, "vocab_size": 30522, "max_position_embeddings": 512})), directory)
+    src = resolve_model_dir(None)
+    for name in ("vocab.txt", "tokenizer_config.json"):
+        shutil.copy(src / name, directory / name)
+    return directory
 
 
 def tiny_config(tiny_model_dir, data_dir, tmp_path, tasks, **sections):

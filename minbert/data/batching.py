@@ -7,7 +7,11 @@ small; see docs/data.md for the figures (``benchmarks/padding.py`` measures them
 
 from __future__ import annotations
 
+import functools
 import math
+import os
+import signal
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -230,8 +234,11 @@ class BucketBatchSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Select the shuffle of ``epoch`` (call before iterating, as with DistributedSampler).
 
-        ``start``: skip the epoch's first ``start`` batches of this rank, once (a resumed run
-        continues mid-epoch without collating the batches it already trained on)."""
+        ``start``: skip the epoch's first ``start`` batches of this rank (a resumed run continues
+        mid-epoch without collating the batches it already trained on). It holds for every
+        iteration until the next ``set_epoch``: a DataLoader with workers iterates its sampler
+        twice when it starts (torch 2.13: ``_BaseDataLoaderIter.__init__`` and ``_reset``), and a
+        skip used up by the first, discarded iteration trained the drawn batches again."""
         self.epoch = epoch
         self.start = start
 
@@ -264,8 +271,7 @@ class BucketBatchSampler(Sampler[list[int]]):
                 batches = batches[: len(batches) - len(batches) % r]
             else:
                 batches += [batches[i % len(batches)] for i in range(-len(batches) % r)]
-        start, self.start = self.start, 0
-        return iter(batches[self.rank :: r][start:])
+        return iter(batches[self.rank :: r][self.start :])
 
     def __len__(self) -> int:
         n = len(self.lengths)
@@ -293,10 +299,13 @@ def make_loader(
     random (or sequential) batching, seeded. Without shuffling, bucketed batches come
     sorted by length: use ``batch.indices`` to restore the input order.
     ``num_replicas`` / ``rank`` shard the batches for data-parallel training (bucketed only).
+    Workers (``num_workers > 0``) leave SIGINT and SIGTERM to the main process
+    (:func:`leave_signals_to_main`).
     """
     if num_replicas > 1 and not bucket:
         raise ValueError("data-parallel sharding needs bucket=True")
     collate = Collator(dataset.tokenizer, dataset.label_kind)
+    workers = {"num_workers": num_workers, "worker_init_fn": functools.partial(leave_signals_to_main, os.getpid())}
     if bucket:
         sampler = BucketBatchSampler(
             dataset.lengths,
@@ -307,16 +316,43 @@ def make_loader(
             num_replicas=num_replicas,
             rank=rank,
         )
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, **workers)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
         generator=torch.Generator().manual_seed(seed),
         collate_fn=collate,
-        num_workers=num_workers,
         drop_last=drop_last,
+        **workers,
     )
+
+
+def leave_signals_to_main(main_pid: int, worker_id: int) -> None:
+    """Every loader's ``worker_init_fn``: SIGINT and SIGTERM are the main process's to handle.
+
+    A terminal's Ctrl-C and a scheduler's preemption (Slurm, systemd, ``kill -- -PGID``) signal
+    every process of the group, DataLoader workers included. Left as they are, the workers end
+    (SIGINT raises KeyboardInterrupt, torch's own handler ends on a SIGTERM from anyone but the
+    parent) while the main process is still finishing its optimizer step and writing ``last/``
+    (``minbert.runtime.StopSignals``), which then fails with "DataLoader worker ... is killed by
+    signal". So a worker ignores SIGINT, and a thread takes each SIGTERM with its sender: from the
+    main process (``Process.terminate()``, how torch and multiprocessing end a worker that does
+    not stop by itself) the worker exits at once, as torch's handler would; from anyone else it is
+    ignored, and the main process ends the workers when it stops.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):  # not on macOS / Windows: torch's handling of SIGTERM stays
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # inherited by every thread started after
+    parents = {main_pid, os.getppid()}  # the same process under fork; the forkserver under forkserver
+    threading.Thread(target=_exit_on_terminate, args=(parents,), daemon=True, name="sigterm").start()
+
+
+def _exit_on_terminate(parents: set[int]) -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid in parents:
+            os._exit(0)  # exit code 0: the main process's SIGCHLD check takes it as a normal end
 
 
 class Forever:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -222,13 +228,55 @@ def test_bucketing_on_real_sst_pads_far_less_than_random(data_dir, tok):
     assert sorted(i for b in ordered for i in b.indices.tolist()) == list(range(7543))
 
 
-def test_forever_cycles_with_a_new_order_each_pass_and_resumes_at_any_batch(tok):
+@pytest.mark.parametrize("num_workers", [0, 2])  # workers: the DataLoader iterates its sampler twice at start
+def test_forever_cycles_with_a_new_order_each_pass_and_resumes_at_any_batch(tok, num_workers):
     examples = [Example(str(i), (f"sentence number {i} " + "word " * (i % 5),), i % 3, i + 2) for i in range(20)]
-    loader = make_loader(EncodedDataset(examples, tok, "single"), 6, shuffle=True, seed=3)  # 4 batches a pass
-    ids = [next(it).ids for it in [Forever(loader)] for _ in range(11)]
+    loader = make_loader(EncodedDataset(examples, tok, "single"), 6, shuffle=True, seed=3, num_workers=num_workers)
+    ids = [next(it).ids for it in [Forever(loader)] for _ in range(11)]  # 4 batches a pass
     passes = [sorted(i for b in ids[k : k + 4] for i in b) for k in (0, 4)]
     assert passes[0] == passes[1] == sorted(ex.id for ex in examples)  # each pass: every example once
     assert ids[0:4] != ids[4:8]  # a new order each pass
     for start in (0, 3, 4, 9):  # a resumed run continues with exactly the batches the first run went on with
         resumed = Forever(loader, start)
         assert [next(resumed).ids for _ in range(11 - start)] == ids[start:]
+
+
+def test_workers_leave_sigint_and_sigterm_to_the_main_process(tok):
+    """A Ctrl-C or a scheduler's SIGTERM reaches every process of the group: the workers go on
+    serving the main process, which stops them itself; its own terminate() still ends one at once."""
+    examples = [Example(str(i), (f"sentence number {i}",), i % 3, i + 2) for i in range(12)]
+    loader = make_loader(EncodedDataset(examples, tok, "single"), 2, shuffle=False, num_workers=1)
+    others = set(children(os.getpid()))
+    it = iter(loader)
+    ids = next(it).ids
+    (worker,) = set(children(os.getpid())) - others
+    os.kill(worker, signal.SIGINT)  # the terminal's Ctrl-C
+    subprocess.run([sys.executable, "-c", f"import os, signal; os.kill({worker}, signal.SIGTERM)"], check=True)
+    time.sleep(0.5)  # (before the fix either signal ended the worker: KeyboardInterrupt, torch's handler)
+    assert worker in children(os.getpid())
+    ids += [i for b in it for i in b.ids]  # every batch still comes
+    assert sorted(ids, key=int) == [ex.id for ex in examples]
+
+    it = iter(loader)
+    next(it)
+    (worker,) = set(children(os.getpid())) - others
+    os.kill(worker, signal.SIGTERM)  # from the main process: Process.terminate(), how torch ends a stuck worker
+    deadline = time.time() + 10
+    while (status := os.waitid(os.P_PID, worker, os.WEXITED | os.WNOWAIT | os.WNOHANG)) is None:  # not reaped
+        assert time.time() < deadline, "the worker did not end on its parent's SIGTERM"
+        time.sleep(0.05)
+    assert (status.si_code, status.si_status) == (os.CLD_EXITED, 0)
+    del it
+
+
+def children(pid: int) -> list[int]:
+    """Live child processes of ``pid``, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
