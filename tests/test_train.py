@@ -73,8 +73,9 @@ def test_last_layer_mode_trains_heads_only(tiny_model_dir, data_dir, tmp_path):
         {"train": {"regularizer": "smart", "regularizer_kwargs": {"lambda_s": 1.0, "mu": 1.0}}},
         {"optim": {"child_tuning": "F", "child_tuning_kwargs": {"reserve_p": 0.3}}},
         {"optim": {"child_tuning": "D", "child_tuning_kwargs": {"reserve_p": 0.3}}},
+        {"optim": {"child_tuning": "D", "child_tuning_kwargs": {"reserve_p": 0.3, "mask": "random"}}},
     ],
-    ids=["smart", "child-tuning-F", "child-tuning-D"],
+    ids=["smart", "child-tuning-F", "child-tuning-D", "child-tuning-D-random"],
 )
 def test_regularisers_plug_into_the_loop(tiny_model_dir, data_dir, tmp_path, extra):
     train = {"max_steps": 2, **extra.pop("train", {})}
