@@ -2,11 +2,15 @@
 
     python benchmarks/bench_combiners.py                       # default model, sst+quora+sts, 20 steps
     python benchmarks/bench_combiners.py --combiners sum pcgrad --steps 30
+    python benchmarks/bench_combiners.py --combiners sum realtime_loss --kwargs primary=primary:sts
 
 Every combiner trains from the same initial weights on the same sequence of mixed
 batches (one batch of every task per step), the combiners' steps interleaved; the time
 of a step covers the task forwards, the combiner's backward pass(es) and the optimizer
 step. The first steps are warm-up and not timed. Prints ms/step and the ratio to ``sum``.
+The default list is ``sum`` and every gradient-side combiner (one backward per task plus the
+Gram matrix); the loss-side ones (``initial_loss``, ``realtime_loss``, ``generalised_mean``,
+``uncertainty``, ``dwa``) run one backward like ``sum`` and can be added by name.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import statistics
 import time
 
 import torch
+import yaml
 from bench_train import machine  # benchmarks/ is the script's directory, so on sys.path
 
 from minbert.config import load_config
@@ -29,7 +34,10 @@ from minbert.train import setup
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/default.yaml")
-    p.add_argument("--combiners", nargs="+", default=["sum", "pcgrad", "gradvac", "cagrad"])
+    p.add_argument("--combiners", nargs="+", default=["sum", "pcgrad", "gradvac", "cagrad", "normalised_gradients",
+                                                      "gradnorm", "mgda", "primary"])  # fmt: skip
+    p.add_argument("--kwargs", nargs="*", default=[], metavar="COMBINER=KEY:VALUE",
+                   help="a combiner keyword argument, e.g. primary=primary:sts (values read as YAML)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=16)
@@ -49,10 +57,15 @@ def main() -> None:
     # batches. The steps are interleaved (step 1 of every combiner, then step 2, ...) so that the
     # process's state (allocator, page cache, CPU clocks) affects all of them alike: measured one
     # after the other, whichever ran first looked up to 10% faster.
+    kwargs: dict[str, dict] = {}
+    for item in args.kwargs:
+        name, _, kv = item.partition("=")
+        key, _, value = kv.partition(":")
+        kwargs.setdefault(name, {})[key] = yaml.safe_load(value)
     runs = {}
     for name in args.combiners:
         model = copy.deepcopy(tr.model).train()
-        combiner = build_combiner(name, list(tr.tasks))
+        combiner = build_combiner(name, list(tr.tasks), **kwargs.get(name, {}))
         params = [p for p in model.parameters() if p.requires_grad] + list(combiner.parameters())
         runs[name] = (model, combiner, AdamW(params, lr=1e-5), model.shared_parameters(), [])
     for i, step in enumerate(batches):
@@ -71,7 +84,7 @@ def main() -> None:
     base = results.get("sum")
     for name, sec in results.items():
         ratio = f"{sec / base:.3f}x" if base else ""
-        print(f"{name:12s} {1000 * sec:8.1f} ms/step  {ratio}")
+        print(f"{name:20s} {1000 * sec:8.1f} ms/step  {ratio}")
 
 
 if __name__ == "__main__":
