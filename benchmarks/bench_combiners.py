@@ -8,7 +8,8 @@ Every combiner trains from the same initial weights on the same sequence of mixe
 batches (one batch of every task per step), the combiners' steps interleaved; the time
 of a step covers the task forwards, the combiner's backward pass(es) and the optimizer
 step. The first steps are warm-up and not timed. Prints ms/step and the ratio to ``sum``.
-The default list is ``sum`` and every gradient-side combiner (one backward per task plus the
+``--clock cpu --threads 1`` times the process's CPU time instead of the wall time, for a machine
+shared with other jobs. The default list is ``sum`` and every gradient-side combiner (one backward per task plus the
 Gram matrix); the loss-side ones (``initial_loss``, ``realtime_loss``, ``generalised_mean``,
 ``uncertainty``, ``dwa``) run one backward like ``sum`` and can be added by name.
 """
@@ -41,9 +42,15 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="wall time, or this process's CPU time (with --threads 1: the work done, which other "
+                        "processes on a shared machine inflate far less than the wall time)")
     args = p.parse_args()
 
     overrides = ["train.sampler=mixed", "train.progress=false"]
+    if args.threads:
+        overrides.append(f"train.threads={args.threads}")
     cfg = load_config(args.config, overrides)
     for t in cfg.tasks.values():
         t.batch_size = args.batch_size
@@ -68,19 +75,21 @@ def main() -> None:
         combiner = build_combiner(name, list(tr.tasks), **kwargs.get(name, {}))
         params = [p for p in model.parameters() if p.requires_grad] + list(combiner.parameters())
         runs[name] = (model, combiner, AdamW(params, lr=1e-5), model.shared_parameters(), [])
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     for i, step in enumerate(batches):
         for model, combiner, opt, shared, times in runs.values():
-            t0 = time.perf_counter()
+            t0 = clock()
             losses = {n: task_loss(model, tr.tasks[n], b, tr.autocast) for n, b in step.items()}
             combiner.backward(losses, shared)
             opt.step()
             opt.zero_grad(set_to_none=True)
             if i >= args.warmup:
-                times.append(time.perf_counter() - t0)
+                times.append(clock() - t0)
     results = {name: statistics.median(run[-1]) for name, run in runs.items()}
 
     print(f"machine: {machine()}, {torch.get_num_threads()} threads, precision {tr.precision}")
-    print(f"tasks: {', '.join(tr.tasks)}; batch {args.batch_size} per task; median of {args.steps} steps")
+    print(f"tasks: {', '.join(tr.tasks)}; batch {args.batch_size} per task; median of {args.steps} steps, "
+          f"{args.clock} clock")
     base = results.get("sum")
     for name, sec in results.items():
         ratio = f"{sec / base:.3f}x" if base else ""
