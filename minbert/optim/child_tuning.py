@@ -144,10 +144,11 @@ class ChildTuningD:
         cls, named_params: Iterable[tuple[str, Tensor]], reserve_p: float, generator: torch.Generator | None = None
     ) -> ChildTuningD:
         """A fixed mask keeping exactly ``round(reserve_p * N)`` of the N eligible weights, chosen
-        uniformly at random (the top entries of i.i.d. uniform scores drawn on the CPU with
-        ``generator``, the global generator when None): the sparsity of Child-Tuning-D without its Fisher."""
+        uniformly at random (the top entries of i.i.d. uniform scores drawn with ``generator`` on its
+        device, the global CPU generator when None): the sparsity of Child-Tuning-D without its Fisher."""
         named = list(named_params)
-        scores = [torch.rand(p.shape, generator=generator) for _, p in named]
+        device = generator.device if generator is not None else torch.device("cpu")
+        scores = [torch.rand(p.shape, generator=generator, device=device) for _, p in named]
         return cls._from_scores(named, scores, reserve_p)
 
     @classmethod
