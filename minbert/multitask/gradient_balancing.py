@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from minbert.distributed import mean_over_ranks
 from minbert.multitask.surgery import GradientSurgery
 from minbert.multitask.weighting import COMBINERS
 
@@ -110,7 +111,9 @@ class GradNorm(GradientSurgery):
         self._losses: dict[str, float] = {}
 
     def backward(self, losses, shared_params, scale=None):
-        self._losses = {t: float(loss.detach()) for t, loss in losses.items()}  # L_i(t), unscaled
+        # L_i(t), unscaled; under torchrun the ranks' mean, as the Gram matrix is of the mean gradients
+        values = mean_over_ranks([float(loss.detach()) for loss in losses.values()])
+        self._losses = dict(zip(losses, values, strict=True))
         return super().backward(losses, shared_params, scale)
 
     def combine(self, gram, idx):

@@ -14,7 +14,10 @@ sum lets the largest scale steer the shared encoder. Three remedies, each one
 
 The weights are computed from the loss values (floats), so the objective ``sum_i w_i L_i`` has the
 value and the gradient of the formula (for the generalised mean by Euler's theorem, below).
-``losses`` are the raw task losses; the loop's ``scale`` multiplies the whole objective.
+``losses`` are the raw task losses; the loop's ``scale`` multiplies the whole objective. Under
+torchrun the values are averaged over the ranks first (one small all-reduce per step), so every
+rank weighs alike and keeps the same state, and DDP's averaged gradient is that of the formula on
+the rank-mean losses.
 """
 
 from __future__ import annotations
@@ -24,13 +27,16 @@ import math
 import torch
 from torch import Tensor
 
+from minbert.distributed import mean_over_ranks
 from minbert.multitask.weighting import COMBINERS, LossWeighting
 
 EPS = 1e-12  # a loss at or below it counts as EPS, so that 1 / L stays finite
 
 
-def _value(loss: Tensor) -> float:
-    return max(float(loss.detach()), EPS)
+def loss_values(losses: dict[str, Tensor]) -> dict[str, float]:
+    """``{task: L_i}`` as floats, averaged over the ranks under torchrun, each at least ``EPS``."""
+    values = mean_over_ranks([float(loss.detach()) for loss in losses.values()])
+    return {t: max(v, EPS) for t, v in zip(losses, values, strict=True)}
 
 
 @COMBINERS.register("initial_loss")
@@ -61,16 +67,21 @@ class InitialLoss(LossWeighting):
         self.register_buffer("counts", torch.zeros(len(self.tasks), dtype=torch.long))  # (K,) losses averaged
 
     def weights(self, losses):
+        measuring = {t: loss for t, loss in losses.items() if t not in self.given and self._seen(t) < self.batches}
+        values = loss_values(measuring) if measuring else {}  # the same tasks on every rank: one collective
         w = {}
-        for t, loss in losses.items():
+        for t in losses:
             k = self.tasks.index(t)
-            n = int(self.counts[k])
-            if t not in self.given and n < self.batches:  # running mean of the first `batches` losses
+            if t in values:  # running mean of the first `batches` losses
+                n = self._seen(t)
                 prev = 0.0 if n == 0 else float(self.initial[k])
-                self.initial[k] = prev + (_value(loss) - prev) / (n + 1)
+                self.initial[k] = prev + (values[t] - prev) / (n + 1)
                 self.counts[k] = n + 1
             w[t] = 1.0 / max(float(self.initial[k]), EPS)
         return w
+
+    def _seen(self, task: str) -> int:
+        return int(self.counts[self.tasks.index(task)])
 
 
 @COMBINERS.register("realtime_loss")
@@ -83,7 +94,7 @@ class RealTimeLoss(LossWeighting):
     """
 
     def weights(self, losses):
-        return {t: 1.0 / _value(loss) for t, loss in losses.items()}
+        return {t: 1.0 / v for t, v in loss_values(losses).items()}
 
 
 @COMBINERS.register("generalised_mean")
@@ -116,6 +127,6 @@ class GeneralisedMean(LossWeighting):
         return float(m * ((x / m) ** self.gamma).mean() ** (1 / self.gamma))
 
     def weights(self, losses):
-        values = [_value(loss) for loss in losses.values()]
-        m, n = self.mean(values), len(values)
-        return {t: (v / m) ** (self.gamma - 1) / n for t, v in zip(losses, values, strict=True)}
+        values = loss_values(losses)
+        m, n = self.mean(list(values.values())), len(values)
+        return {t: (v / m) ** (self.gamma - 1) / n for t, v in values.items()}
