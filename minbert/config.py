@@ -91,9 +91,9 @@ class TrainConfig:
     epochs: int = 3
     steps_per_epoch: str | int = "max"  # max | sum | min (batches of the largest / all / smallest task) or N
     sampler: str = "round_robin"  # which task(s) a step trains: sequential | round_robin | proportional | annealed
-    sampler_kwargs: dict[str, Any] = field(default_factory=dict)  # ... | annealed_pals | mixed
-    combiner: str = "sum"  # sum | fixed | uncertainty | dwa | pcgrad | gradvac | cagrad
-    combiner_kwargs: dict[str, Any] = field(default_factory=dict)
+    sampler_kwargs: dict[str, Any] = field(default_factory=dict)  # ... | annealed_linear | annealed_pals | mixed
+    combiner: str = "sum"  # sum | fixed | uncertainty | dwa | initial_loss | realtime_loss | generalised_mean
+    combiner_kwargs: dict[str, Any] = field(default_factory=dict)  # ... | pcgrad | gradvac | cagrad | mgda | ...
     eval_every: int | None = None  # evaluate every N optimizer steps ...
     evals_per_epoch: int | None = None  # ... or N times an epoch, evenly spaced; neither: once per epoch
     early_stopping: int | None = None  # stop after this many evaluations without improvement

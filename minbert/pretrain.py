@@ -7,6 +7,10 @@ Pretraining"; Sun et al., 2019, "How to Fine-Tune BERT for Text Classification?"
     minbert pretrain --task sst --task quora --task sts --max-steps 200 --output runs/mlm-tapt
     minbert train --task sst --set model.pretrained=runs/mlm-tapt
 
+``--from-scratch`` trains a randomly initialised model instead (the ``--model`` directory gives only
+the vocabulary and the config, which ``--bert FIELD=VALUE`` edits), e.g. a deep narrow DeepNorm
+encoder: ``--from-scratch --bert num_hidden_layers=48 --bert hidden_size=64 --bert deepnorm=true``.
+
 Plain functions: :func:`setup` reads and splits the text and loads the model, :func:`fit` is the
 one training loop, :func:`evaluate_mlm` scores a fixed held-out slice before and after, and
 :func:`write_output` writes the Hugging Face checkpoint through a temporary directory and a rename,
@@ -21,15 +25,18 @@ import math
 import random
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from tqdm.auto import tqdm
 
+from minbert.bert.checkpoint import read_config
 from minbert.bert.hub import resolve_model_dir
 from minbert.bert.mlm import BertForMaskedLM, BertForPreTraining, MLMMasker, PreTrainingOutput, nsp_pairs
+from minbert.bert.model import BertConfig
 from minbert.bert.tokenizer import BertTokenizer, Encoding
 from minbert.config import ConfigError, resolve_data_dir
 from minbert.data import BucketBatchSampler, read_examples
@@ -50,6 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--eval-size", type=int, default=500, help="held-out sentences for the MLM loss (default 500)")
     m = parser.add_argument_group("model and objective")
     m.add_argument("--model", default=None, help="HF BERT directory to start from (default: all-MiniLM-L6-v2)")
+    m.add_argument("--from-scratch", action="store_true",
+                   help="random init: take only the vocabulary and config.json of --model")
+    m.add_argument("--bert", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a BertConfig field (repeatable), e.g. num_hidden_layers=48, deepnorm=true; "
+                        "deepnorm needs --from-scratch")  # fmt: skip
     m.add_argument("--output", required=True, help="directory for the HF checkpoint, log and summary")
     m.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     m.add_argument("--mlm-probability", type=float, default=0.15)
@@ -143,13 +155,33 @@ def setup(args: argparse.Namespace) -> Setup:
     train_docs, eval_sentences = hold_out(docs, args.eval_size, args.seed)
     model_dir = resolve_model_dir(args.model)
     tokenizer = BertTokenizer.from_pretrained(model_dir)
-    if args.nsp:
-        model = BertForPreTraining.from_pretrained(model_dir)
+    overrides = bert_overrides(args.bert)
+    if args.from_scratch:
+        try:
+            config = BertConfig.from_dict({**read_config(model_dir), **overrides})
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"--bert: {e}") from None
+        model = BertForPreTraining(config) if args.nsp else BertForMaskedLM(config, add_pooling_layer=True)
+    elif args.nsp:
+        model = BertForPreTraining.from_pretrained(model_dir, **overrides)
     else:  # keep the checkpoint's pooler: fine-tuning with pooling "cls" uses it
-        model = BertForMaskedLM.from_pretrained(model_dir, add_pooling_layer=True)
+        model = BertForMaskedLM.from_pretrained(model_dir, add_pooling_layer=True, **overrides)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     masker = MLMMasker(tokenizer, args.mlm_probability, whole_word=args.whole_word)
     return Setup(model.to(device), tokenizer, masker, train_docs, eval_sentences, torch.device(device))
+
+
+def bert_overrides(items: list[str]) -> dict[str, Any]:
+    """``["num_hidden_layers=48", "deepnorm=true"]`` -> ``{"num_hidden_layers": 48, "deepnorm": True}``
+    (values read as YAML scalars); an unknown field or a malformed item is a :class:`ConfigError`."""
+    names = {f.name for f in fields(BertConfig)}
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key.strip() not in names:
+            raise ConfigError(f"--bert {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(sorted(names))}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def encode_epoch(s: Setup, nsp: bool, max_length: int, rng: random.Random) -> tuple[list[Encoding], list[int]]:

@@ -41,6 +41,9 @@ VARIANTS = {
     # difference between averaging losses and all-reducing gradients is amplified past 1e-5
     "pcgrad": {"train": {"sampler": "mixed", "combiner": "pcgrad", "max_steps": 2}},
     "uncertainty": {"train": {"sampler": "mixed", "combiner": "uncertainty"}},
+    # weights from loss values: every rank must use the ranks' mean, as the reference's averaged losses
+    "realtime_loss": {"train": {"sampler": "mixed", "combiner": "realtime_loss"}},
+    "gradnorm": {"train": {"sampler": "mixed", "combiner": "gradnorm", "combiner_kwargs": {"lr": 0.1}}},
     "child_tuning_f": {"optim": {"child_tuning": "F"}},  # the masks: one generator, the same draws everywhere
 }
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 
 import pytest
 import torch
 
+from minbert.bert.checkpoint import CheckpointError
 from minbert.bert.mlm import BertForMaskedLM, BertForPreTraining
 from minbert.bert.pretrained import from_pretrained, load_pretrained
 from minbert.bert.tokenizer import BertTokenizer
@@ -120,3 +122,30 @@ def test_bad_arguments_are_config_errors(tiny_model_dir, tmp_path):
         run(parse(["--model", str(tiny_model_dir), "--task", "nope", "--output", str(tmp_path / "o")]))
     with pytest.raises(ConfigError, match="no text"):
         run(parse(["--model", str(tiny_model_dir), "--output", str(tmp_path / "o")]))
+
+
+def test_from_scratch_builds_a_random_deepnorm_model_from_the_edited_config(tiny_model_dir, data_dir, tmp_path):
+    out = tmp_path / "scratch"
+    args = parse(
+        ["--model", str(tiny_model_dir), "--task", "sts", "--output", str(out), "--max-steps", "3", "--from-scratch",
+         "--bert", "num_hidden_layers=3", "--bert", "deepnorm=true", "--bert", "hidden_dropout_prob=0.0",
+         "--batch-size", "8", "--eval-size", "50", "--no-progress"]
+    )  # fmt: skip
+    assert run(args) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["num_hidden_layers"] == 3 and cfg["deepnorm"] is True and cfg["hidden_dropout_prob"] == 0.0
+    model = BertForMaskedLM.from_pretrained(out)
+    assert model.bert.config.deepnorm and model.bert.encoder.layer[0].output.alpha == pytest.approx(6**0.25)
+    assert len(model.bert.encoder.layer) == 3  # built from the edited config (--model has 2 layers)
+    summary = json.loads((out / "pretrain_summary.json").read_text())
+    assert summary["before"]["mlm_loss"] == pytest.approx(math.log(30522), abs=0.3)  # a random model: uniform
+
+
+def test_deepnorm_on_a_pretrained_checkpoint_and_bad_overrides_are_user_errors(tiny_model_dir, tmp_path):
+    base = ["--model", str(tiny_model_dir), "--task", "sts", "--output", str(tmp_path / "o"), "--no-progress"]
+    with pytest.raises(CheckpointError, match="post-LN"):
+        run(parse([*base, "--bert", "deepnorm=true"]))
+    with pytest.raises(ConfigError, match="FIELD=VALUE"):
+        run(parse([*base, "--bert", "depth=48"]))
+    with pytest.raises(ConfigError, match="multiple of num_attention_heads"):
+        run(parse([*base, "--from-scratch", "--bert", "hidden_size=30"]))

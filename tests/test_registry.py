@@ -122,13 +122,14 @@ KINDS = {
     "pair_mode": (PAIR_MODES, ["bi", "cosine", "cross", "hybrid", "single"], "tasks.sst.pair_mode", "siamese"),
     "combiner": (
         COMBINERS,
-        ["cagrad", "dwa", "equal", "fixed", "gradvac", "pcgrad", "sum", "uncertainty"],
+        ["cagrad", "dwa", "equal", "fixed", "generalised_mean", "gradnorm", "gradvac", "initial_loss", "mgda",
+         "normalised_gradients", "pcgrad", "primary", "realtime_loss", "sum", "uncertainty"],
         "train.combiner",
         "magic",
     ),
     "sampler": (
         SAMPLERS,
-        ["annealed", "annealed_pals", "mixed", "proportional", "round_robin", "sequential"],
+        ["annealed", "annealed_linear", "annealed_pals", "mixed", "proportional", "round_robin", "sequential"],
         "train.sampler",
         "zigzag",
     ),

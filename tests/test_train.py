@@ -73,8 +73,9 @@ def test_last_layer_mode_trains_heads_only(tiny_model_dir, data_dir, tmp_path):
         {"train": {"regularizer": "smart", "regularizer_kwargs": {"lambda_s": 1.0, "mu": 1.0}}},
         {"optim": {"child_tuning": "F", "child_tuning_kwargs": {"reserve_p": 0.3}}},
         {"optim": {"child_tuning": "D", "child_tuning_kwargs": {"reserve_p": 0.3}}},
+        {"optim": {"child_tuning": "D", "child_tuning_kwargs": {"reserve_p": 0.3, "mask": "random"}}},
     ],
-    ids=["smart", "child-tuning-F", "child-tuning-D"],
+    ids=["smart", "child-tuning-F", "child-tuning-D", "child-tuning-D-random"],
 )
 def test_regularisers_plug_into_the_loop(tiny_model_dir, data_dir, tmp_path, extra):
     train = {"max_steps": 2, **extra.pop("train", {})}
@@ -136,8 +137,15 @@ def test_auto_precision_is_recorded_in_the_summary(tiny_model_dir, data_dir, tmp
 # ------------------------------------------------------------------ multitask: every sampler and combiner
 
 TASKS = ["sst", "quora", "sts"]
-SAMPLER_KWARGS = {"annealed": {"anneal_epochs": 2}, "annealed_pals": {"num_epochs": 2}}
-COMBINER_KWARGS = {"fixed": {"weights": {"sst": 1.0, "quora": 0.5, "sts": 2.0}}}
+SAMPLER_KWARGS = {"annealed": {"anneal_epochs": 2}, "annealed_linear": {"anneal_epochs": 2},
+                  "annealed_pals": {"num_epochs": 2}}  # fmt: skip
+COMBINER_KWARGS = {
+    "fixed": {"weights": {"sst": 1.0, "quora": 0.5, "sts": 2.0}},
+    "initial_loss": {"batches": 1, "initial": {"sst": 1.6094}},  # log 5 for the 5-class head, measured for the rest
+    "generalised_mean": {"gamma": 2.0},
+    "normalised_gradients": {"target": "mean"},
+    "primary": {"primary": "sts", "aux_weight": 0.5},
+}
 
 
 def run_two_steps(tiny_model_dir, data_dir, tmp_path, sampler="mixed", combiner="sum"):

@@ -7,6 +7,13 @@ so loading an HF checkpoint is a key-for-key copy (see ``minbert.bert.checkpoint
 and ``minbert.bert.pretrained``).
 
 Shapes: B = batch, T = sequence length, H = hidden size, nh = heads, hs = H / nh.
+
+``BertConfig(deepnorm=True)`` turns on DeepNorm (Wang et al., "DeepNet: Scaling Transformers to
+1,000 Layers", 2022) for a model trained from a random init: each add & norm becomes
+``LayerNorm(alpha * x + f(x))`` and the value, attention-output and feed-forward projections start
+from Xavier-normal weights scaled by ``beta`` (query and key: Xavier-normal, gain 1), with the
+paper's encoder-only constants ``alpha = (2N)^(1/4)``, ``beta = (8N)^(-1/4)`` for N layers. Off
+(the default), the model is BERT exactly and matches ``transformers``.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 0
     position_embedding_type: str = "absolute"
+    deepnorm: bool = False  # DeepNet's residual scale and init, for training from scratch (not HF's)
 
     def __post_init__(self):
         if self.hidden_size % self.num_attention_heads != 0:
@@ -59,6 +67,17 @@ class BertConfig:
                 f"position_embedding_type {self.position_embedding_type!r} not supported; only 'absolute'"
             )
 
+    @property
+    def deepnorm_alpha(self) -> float:
+        """DeepNet's encoder-only residual scale ``alpha = (2N)^(1/4)``, N = num_hidden_layers."""
+        return (2 * self.num_hidden_layers) ** 0.25
+
+    @property
+    def deepnorm_beta(self) -> float:
+        """DeepNet's encoder-only init gain ``beta = (8N)^(-1/4)`` of the value, attention-output
+        and feed-forward projections."""
+        return (8 * self.num_hidden_layers) ** -0.25
+
     @classmethod
     def from_dict(cls, d: dict) -> BertConfig:
         """Keep the fields BERT needs; HF extras (architectures, use_cache, ...) are ignored."""
@@ -71,7 +90,10 @@ class BertConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def to_hf_dict(self) -> dict:
-        return {"architectures": ["BertModel"], "model_type": "bert", **asdict(self)}
+        """``config.json`` fields; ``deepnorm`` only when on (``transformers`` ignores it: a DeepNorm
+        checkpoint runs correctly in minbert only)."""
+        fields_ = {k: v for k, v in asdict(self).items() if k != "deepnorm" or v}
+        return {"architectures": ["BertModel"], "model_type": "bert", **fields_}
 
 
 @dataclass
@@ -141,15 +163,18 @@ class BertSelfAttention(nn.Module):
 
 
 class BertSelfOutput(nn.Module):
-    """Project attention heads back, dropout, then add & norm."""
+    """Project attention heads back, dropout, then add & norm (DeepNorm: ``alpha * residual``)."""
 
     def __init__(self, config: BertConfig):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.alpha = config.deepnorm_alpha if config.deepnorm else None
 
     def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        if self.alpha is not None:
+            residual = residual * self.alpha
         return self.LayerNorm(self.dropout(self.dense(h)) + residual)
 
 
@@ -186,8 +211,11 @@ class BertOutputLayer(nn.Module):
         self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.alpha = config.deepnorm_alpha if config.deepnorm else None
 
     def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        if self.alpha is not None:
+            residual = residual * self.alpha
         return self.LayerNorm(self.dropout(self.dense(h)) + residual)
 
 
@@ -245,6 +273,8 @@ class BertModel(nn.Module):
         self.encoder = BertEncoder(config)
         self.pooler = BertPooler(config) if add_pooling_layer else None
         self.apply(self._init_weights)
+        if config.deepnorm:
+            self._init_deepnorm()
 
     def _init_weights(self, module: nn.Module) -> None:
         """BERT's initialisation: N(0, initializer_range) weights, zero biases, unit LayerNorm."""
@@ -260,6 +290,18 @@ class BertModel(nn.Module):
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+
+    def _init_deepnorm(self) -> None:
+        """DeepNet's init (its Figure 2): Xavier-normal with gain ``beta`` for the feed-forward
+        (``intermediate.dense``, ``output.dense``), value and attention-output projections, gain 1
+        for query and key; biases stay 0, embeddings and LayerNorms as in BERT."""
+        beta = self.config.deepnorm_beta
+        for layer in self.encoder.layer:
+            att = layer.attention
+            for linear in (layer.intermediate.dense, layer.output.dense, att.self.value, att.output.dense):
+                nn.init.xavier_normal_(linear.weight, gain=beta)
+            for linear in (att.self.query, att.self.key):
+                nn.init.xavier_normal_(linear.weight, gain=1.0)
 
     @staticmethod
     def attention_bias(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -290,5 +332,5 @@ class BertModel(nn.Module):
         c = self.config
         return (
             f"BertModel(layers={c.num_hidden_layers}, hidden={c.hidden_size}, heads={c.num_attention_heads}, "
-            f"params={self.num_parameters() / 1e6:.1f}M)"
+            f"params={self.num_parameters() / 1e6:.1f}M{', deepnorm' if c.deepnorm else ''})"
         )

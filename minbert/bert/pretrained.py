@@ -48,6 +48,14 @@ def load_pretrained(
         config = BertConfig.from_dict({**cfg_dict, **config_overrides})
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{directory / 'config.json'}: {e}") from e
+    trained_with = bool(cfg_dict.get("deepnorm", False))
+    if config.deepnorm != trained_with:  # the weights were trained for one residual scale
+        kind = "a DeepNorm" if trained_with else "a post-LN (no DeepNorm)"
+        raise CheckpointError(
+            f"{directory}: deepnorm={config.deepnorm} but this is {kind} checkpoint; DeepNorm changes "
+            "the function the weights compute and is for training from a random init "
+            "(minbert pretrain --from-scratch --bert deepnorm=true)"
+        )
     sd, weights_file = read_state_dict(directory)
     model = BertModel(config, add_pooling_layer=add_pooling_layer)
     report = load_state_into(model, normalize_keys(sd), str(weights_file))

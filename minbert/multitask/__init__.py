@@ -1,4 +1,4 @@
-"""Multitask strategies: task samplers, loss weighting and gradient surgery.
+"""Multitask strategies: task samplers, loss weighting and normalisation, gradient surgery and balancing.
 
 The training loop builds one of each from the config and never looks at their names::
 
@@ -8,6 +8,8 @@ The training loop builds one of each from the config and never looks at their na
 
 from __future__ import annotations
 
+from minbert.multitask.gradient_balancing import MGDA, GradNorm, NormalisedGradients, PrimaryAuxiliary
+from minbert.multitask.normalisation import GeneralisedMean, InitialLoss, RealTimeLoss
 from minbert.multitask.sampling import SAMPLERS, TaskSampler, build_sampler, epoch_length
 from minbert.multitask.surgery import CAGrad, GradientSurgery, GradVac, PCGrad
 from minbert.multitask.weighting import COMBINERS, DWA, Combiner, Equal, Fixed, LossWeighting, Uncertainty
@@ -19,7 +21,8 @@ def build_combiner(name: str, tasks: list[str], **kwargs) -> Combiner:
 
 
 __all__ = [
-    "CAGrad", "COMBINERS", "Combiner", "DWA", "Equal", "Fixed", "GradVac", "GradientSurgery",
-    "LossWeighting", "PCGrad", "SAMPLERS", "TaskSampler", "Uncertainty",
+    "CAGrad", "COMBINERS", "Combiner", "DWA", "Equal", "Fixed", "GeneralisedMean", "GradNorm", "GradVac",
+    "GradientSurgery", "InitialLoss", "LossWeighting", "MGDA", "NormalisedGradients", "PCGrad",
+    "PrimaryAuxiliary", "RealTimeLoss", "SAMPLERS", "TaskSampler", "Uncertainty",
     "build_combiner", "build_sampler", "epoch_length",
 ]  # fmt: skip

@@ -125,21 +125,55 @@ class Proportional(TemperatureSampling):
         return self._alpha
 
 
+def _check_anneal_epochs(anneal_epochs: float) -> None:
+    if anneal_epochs <= 0:
+        raise ValueError(f"anneal_epochs must be > 0, got {anneal_epochs}")
+
+
 @SAMPLERS.register("annealed")
 class Annealed(TemperatureSampling):
-    """Uniform -> size-proportional, the "min-anneal" rule ``alpha = min(1, epoch / T)``.
+    """Uniform -> size-proportional, exponent form: ``p_i ~ N_i^a`` with ``a = min(1, epoch / T)``.
 
     ``epoch`` counts from 0, so the first epoch is uniform and epochs ``>= T`` are
-    proportional. ``anneal_epochs`` = T > 0.
+    proportional. ``anneal_epochs`` = T > 0. The project log's "min-anneal" mixes the two
+    distributions linearly instead: that is :class:`AnnealedLinear` (``annealed_linear``). The two
+    agree at ``a = 0`` and ``a = 1`` and differ in between (sizes 90 and 10 at ``a = 0.5``: the
+    larger task gets 0.75 here, 0.70 in the linear form).
     """
 
     def __init__(self, anneal_epochs: float) -> None:
-        if anneal_epochs <= 0:
-            raise ValueError(f"anneal_epochs must be > 0, got {anneal_epochs}")
+        _check_anneal_epochs(anneal_epochs)
         self.anneal_epochs = anneal_epochs
 
     def alpha(self, epoch: int) -> float:
         return min(1.0, epoch / self.anneal_epochs)
+
+
+@SAMPLERS.register("annealed_linear")
+class AnnealedLinear(TaskSampler):
+    """Uniform -> size-proportional, linear form (the project log's "min-anneal"):
+
+    ``p_i = a * N_i / sum_j N_j + (1 - a) / n`` with ``a = min(1, epoch / T)``, ``n`` tasks,
+    ``epoch`` from 0, ``anneal_epochs`` = T > 0: a mixture of the size-proportional and the
+    uniform distribution, where ``annealed`` interpolates the exponent of ``N_i^a``.
+    """
+
+    def __init__(self, anneal_epochs: float) -> None:
+        _check_anneal_epochs(anneal_epochs)
+        self.anneal_epochs = anneal_epochs
+
+    def alpha(self, epoch: int) -> float:
+        return min(1.0, epoch / self.anneal_epochs)
+
+    def probabilities(self, epoch: int, sizes: dict[str, int]) -> dict[str, float]:
+        _check_sizes(sizes)
+        a, total, n = self.alpha(epoch), sum(sizes.values()), len(sizes)
+        return {t: a * size / total + (1 - a) / n for t, size in sizes.items()}
+
+    def steps(self, epoch, sizes, steps_per_epoch, rng):
+        p = self.probabilities(epoch, sizes)
+        for task in rng.choices(list(p), weights=list(p.values()), k=steps_per_epoch):
+            yield [task]
 
 
 @SAMPLERS.register("annealed_pals")

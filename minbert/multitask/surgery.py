@@ -189,11 +189,22 @@ class PCGrad(GradientSurgery):
     """Yu et al., "Gradient Surgery for Multi-Task Learning" (NeurIPS 2020), Algorithm 1.
 
     For each task i, over the other tasks j in random order: if ``g_i' . g_j < 0`` (``g_j``
-    the ORIGINAL gradient), ``g_i' -= (g_i' . g_j) / |g_j|^2 g_j``. Result: ``sum_i g_i'``.
+    the ORIGINAL gradient), ``g_i' -= (g_i' . g_j) / |g_j|^2 g_j``. Result: ``sum_i g_i'``
+    (``reduction="sum"``, as in the paper's Algorithm 1) or ``(1/K) sum_i g_i'`` (``"mean"``, the
+    project log's variant, on the scale of the average gradient), K = the tasks in the step.
     """
 
+    REDUCTIONS = ("sum", "mean")
+
+    def __init__(self, tasks: list[str], seed: int = 0, retain_graph: bool = False, reduction: str = "sum"):
+        super().__init__(tasks, seed=seed, retain_graph=retain_graph)
+        if reduction not in self.REDUCTIONS:
+            raise ValueError(f"reduction must be one of {self.REDUCTIONS}, got {reduction!r}")
+        self.reduction = reduction
+
     def combine(self, gram, idx):
-        return self.projections(gram).sum(0)
+        coef = self.projections(gram).sum(0)
+        return coef / gram.shape[0] if self.reduction == "mean" else coef
 
     def projections(self, gram: Tensor) -> Tensor:
         """``(K, K)`` matrix ``C`` with ``g_i' = C[i] @ G``, from the ``(K, K)`` Gram matrix."""

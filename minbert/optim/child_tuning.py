@@ -13,6 +13,12 @@ encoder layers, as in the paper; embeddings and task heads always update).
   ``reserve_p`` fraction of all eligible entries (one global threshold) forms a fixed mask, and
   gradients outside it are zeroed at every step. A masked weight's Adam moments stay 0, so it
   moves only by the decoupled weight decay.
+
+Two controls of Child-Tuning-D (option ``mask`` of the ``D`` variant), from the paper's question
+whether the Fisher information matters or only the sparsity: ``random``, a fixed mask of the same
+``reserve_p`` drawn uniformly at random (no Fisher pass), and ``lowest_fisher``, the
+``reserve_p`` fraction with the SMALLEST Fisher values. Both keep exactly the same number of
+weights as the default ``top_fisher``.
 """
 
 from __future__ import annotations
@@ -118,14 +124,36 @@ class ChildTuningD:
 
     @classmethod
     def from_fisher(
-        cls, named_params: Iterable[tuple[str, Tensor]], fisher: Mapping[str, Tensor], reserve_p: float
+        cls,
+        named_params: Iterable[tuple[str, Tensor]],
+        fisher: Mapping[str, Tensor],
+        reserve_p: float,
+        lowest: bool = False,
     ) -> ChildTuningD:
-        """Keep the top ``reserve_p`` fraction of the Fisher values of ``named_params``, globally."""
+        """Keep the top ``reserve_p`` fraction of the Fisher values of ``named_params``, globally
+        (``lowest=True``: the bottom fraction instead, the paper's control)."""
         named = list(named_params)
         missing = [n for n, _ in named if n not in fisher]
         if missing:
             raise KeyError(f"no Fisher information for {len(missing)} parameters, e.g. {missing[:3]}")
-        keep = top_fraction_mask([fisher[n] for n, _ in named], reserve_p)
+        sign = -1.0 if lowest else 1.0
+        return cls._from_scores(named, [sign * fisher[n].float() for n, _ in named], reserve_p)
+
+    @classmethod
+    def random(
+        cls, named_params: Iterable[tuple[str, Tensor]], reserve_p: float, generator: torch.Generator | None = None
+    ) -> ChildTuningD:
+        """A fixed mask keeping exactly ``round(reserve_p * N)`` of the N eligible weights, chosen
+        uniformly at random (the top entries of i.i.d. uniform scores drawn with ``generator`` on its
+        device, the global CPU generator when None): the sparsity of Child-Tuning-D without its Fisher."""
+        named = list(named_params)
+        device = generator.device if generator is not None else torch.device("cpu")
+        scores = [torch.rand(p.shape, generator=generator, device=device) for _, p in named]
+        return cls._from_scores(named, scores, reserve_p)
+
+    @classmethod
+    def _from_scores(cls, named: list[tuple[str, Tensor]], scores: list[Tensor], reserve_p: float) -> ChildTuningD:
+        keep = top_fraction_mask(scores, reserve_p)
         return cls({p: k.to(p.device) for (_, p), k in zip(named, keep, strict=True)}, {p: n for n, p in named})
 
     @classmethod
@@ -244,12 +272,38 @@ def child_tuning_f(named_params: Named, fisher: Fisher = None, reserve_p: float 
     return ChildTuningF(reserve_p, [p for _, p in named_params], generator)
 
 
-@CHILD_TUNING.register("D")
-def child_tuning_d(named_params: Named, fisher: Fisher = None, reserve_p: float = 0.3, generator: Gen = None):
-    """Child-Tuning-D over ``named_params`` from the Fisher information (or a callable computing it)."""
+D_MASKS: Registry[Callable[..., ChildTuningD]] = Registry("Child-Tuning D mask")
+
+
+def _fisher_of(fisher: Fisher, mask: str) -> Mapping[str, Tensor]:
     if fisher is None:
-        raise ValueError("Child-Tuning 'D' needs the Fisher information: pass fisher=compute_fisher(...)")
-    return ChildTuningD.from_fisher(named_params, fisher() if callable(fisher) else fisher, reserve_p)
+        raise ValueError(f"Child-Tuning 'D' with mask {mask!r} needs the Fisher information: pass fisher=...")
+    return fisher() if callable(fisher) else fisher
+
+
+@D_MASKS.register("top_fisher")
+def _top_fisher(named_params: Named, fisher: Fisher, reserve_p: float, generator: Gen) -> ChildTuningD:
+    return ChildTuningD.from_fisher(named_params, _fisher_of(fisher, "top_fisher"), reserve_p)
+
+
+@D_MASKS.register("lowest_fisher")
+def _lowest_fisher(named_params: Named, fisher: Fisher, reserve_p: float, generator: Gen) -> ChildTuningD:
+    return ChildTuningD.from_fisher(named_params, _fisher_of(fisher, "lowest_fisher"), reserve_p, lowest=True)
+
+
+@D_MASKS.register("random")
+def _random(named_params: Named, fisher: Fisher, reserve_p: float, generator: Gen) -> ChildTuningD:
+    return ChildTuningD.random(named_params, reserve_p, generator)  # the Fisher pass is never run
+
+
+@CHILD_TUNING.register("D")
+def child_tuning_d(
+    named_params: Named, fisher: Fisher = None, reserve_p: float = 0.3, generator: Gen = None, mask: str = "top_fisher"
+):
+    """Child-Tuning-D over ``named_params``: ``mask="top_fisher"`` (the paper's, from the Fisher
+    information or a callable computing it), or the controls ``"random"`` (same ``reserve_p``, no
+    Fisher) and ``"lowest_fisher"``."""
+    return D_MASKS.lookup(mask)(named_params, fisher, reserve_p, generator)
 
 
 def build_child_tuning(
@@ -258,14 +312,16 @@ def build_child_tuning(
     params_eligible: Iterable[tuple[str, Tensor]],
     fisher: FisherSource | None = None,
     generator: torch.Generator | None = None,
+    **options: Any,
 ) -> ChildTuningF | ChildTuningD | None:
     """The ``grad_mask`` for ``AdamW``: ``None`` (off), ``"F"`` or ``"D"`` (case-insensitive).
 
     ``params_eligible`` are ``(name, param)`` pairs, e.g. ``eligible_parameters(model)``; ``"D"``
     needs the ``fisher`` from :func:`compute_fisher`, or a callable returning it, called only by
-    the variants that use it (or restore with ``ChildTuningD.from_state_dict``).
+    the variants that use it (or restore with ``ChildTuningD.from_state_dict``). ``options`` go to
+    the variant (``mask="random"`` for D).
     """
     key = (mode or "none").strip().upper()
     if key == "NONE":
         return None
-    return CHILD_TUNING.build(key, params_eligible, fisher, reserve_p=reserve_p, generator=generator)
+    return CHILD_TUNING.build(key, params_eligible, fisher, reserve_p=reserve_p, generator=generator, **options)

@@ -84,6 +84,27 @@ def test_annealed_min_rule_probabilities():
     )
 
 
+def test_the_two_min_anneal_forms_give_their_formulas_frequencies():
+    # sizes 90 / 10, T = 4, epoch 2 -> a = 0.5
+    #   linear (annealed_linear): p = a * share + (1 - a) / n = 0.5 * 0.9 + 0.25 = 0.70 / 0.30
+    #   exponent (annealed):      p ~ N^a: sqrt(90) / (sqrt(90) + sqrt(10)) = 3 / (3 + 1) = 0.75 / 0.25
+    sizes = {"a": 90, "b": 10}
+    linear, exponent = build_sampler("annealed_linear", anneal_epochs=4), build_sampler("annealed", anneal_epochs=4)
+    assert linear.probabilities(2, sizes) == pytest.approx({"a": 0.70, "b": 0.30})
+    assert exponent.probabilities(2, sizes) == pytest.approx({"a": 0.75, "b": 0.25})
+    for sched, expected in [(linear, 0.70), (exponent, 0.75)]:
+        steps = run(sched, sizes=sizes, epoch=2)
+        # 20k draws: standard error 0.0032; the two forms are 0.05 (15 of them) apart
+        assert sum(s == ["a"] for s in steps) / len(steps) == pytest.approx(expected, abs=0.012)
+    # the ends agree: uniform at epoch 0, size-proportional from epoch T on
+    assert linear.probabilities(0, SIZES) == pytest.approx({t: 1 / 3 for t in SIZES})
+    assert linear.probabilities(7, SIZES) == pytest.approx({"a": 0.1, "b": 0.3, "c": 0.6})
+    # three tasks at a = 0.25: 0.25 * share + 0.75 / 3
+    assert linear.probabilities(1, SIZES) == pytest.approx({"a": 0.275, "b": 0.325, "c": 0.4})
+    with pytest.raises(ValueError, match="anneal_epochs"):
+        build_sampler("annealed_linear", anneal_epochs=0)
+
+
 def test_annealed_pals_probabilities():
     # Stickland & Murray 2019: alpha = 1 - 0.8 (e - 1) / (E - 1), e = epoch + 1, E = 5.
     sched = build_sampler("annealed_pals", num_epochs=5)
@@ -118,7 +139,7 @@ def test_epoch_length_rules():
 
 def test_build_sampler_rejects_unknown_names_and_kwargs():
     assert set(SAMPLERS) == {
-        "sequential", "round_robin", "proportional", "annealed", "annealed_pals", "mixed"
+        "sequential", "round_robin", "proportional", "annealed", "annealed_linear", "annealed_pals", "mixed"
     }
     with pytest.raises(ValueError, match="uniformish"):
         build_sampler("uniformish")

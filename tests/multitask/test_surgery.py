@@ -79,6 +79,17 @@ def test_pcgrad_random_order_matches_algorithm_1_for_some_order():
         surgery(PCGrad(tasks(3), seed=5), [g.tolist() for g in grads]))  # and seeded
 
 
+def test_pcgrad_mean_is_the_sum_over_the_number_of_tasks():
+    # the same projections (same seed, so the same orders), then sum / K (the project log's variant)
+    for k, grads in [(2, [[1, 0], [-1, 1]]), (3, [[1, 0, 0], [-1, 1, 0.5], [-0.5, -1, 1]])]:
+        summed = surgery(PCGrad(tasks(k), seed=3), grads)
+        assert surgery(PCGrad(tasks(k), seed=3, reduction="mean"), grads) == pytest.approx([v / k for v in summed])
+    assert surgery(build_combiner("pcgrad", tasks(2), reduction="mean"), [[1, 0], [-1, 1]]) == pytest.approx(
+        [0.25, 0.75])  # [0.5, 1.5] / 2, the hand-computed pair above
+    with pytest.raises(ValueError, match="reduction"):
+        PCGrad(tasks(2), reduction="max")
+
+
 vec = st.lists(st.floats(-10, 10, allow_nan=False), min_size=3, max_size=3).filter(
     lambda v: sum(x * x for x in v) > 1e-3)
 

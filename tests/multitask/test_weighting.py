@@ -56,7 +56,8 @@ def test_uncertainty_gradients_match_the_formula():
     assert "log_vars" in comb.state_dict()
 
 
-@pytest.mark.parametrize("name", ["sum", "uncertainty", "dwa", "pcgrad"])
+@pytest.mark.parametrize("name", ["sum", "uncertainty", "dwa", "pcgrad", "initial_loss", "realtime_loss",
+                                  "generalised_mean", "normalised_gradients", "gradnorm", "mgda", "primary"])
 def test_the_loop_scale_multiplies_the_whole_objective(name):
     # The loop passes scale(t) = scaler_factor * t / grad_accum. Whatever the combiner, the
     # gradients must be `factor / accum` times those of the unscaled objective, so that unscaling
@@ -139,9 +140,12 @@ def test_dwa_windows_of_steps():
 
 
 def test_registry_names_and_errors():
-    assert {"sum", "equal", "fixed", "uncertainty", "dwa", "pcgrad", "gradvac", "cagrad"} == set(COMBINERS)
-    with pytest.raises(ValueError, match="mgda"):
-        build_combiner("mgda", ["a"])
+    assert set(COMBINERS) == {
+        "sum", "equal", "fixed", "uncertainty", "dwa", "pcgrad", "gradvac", "cagrad", "initial_loss",
+        "realtime_loss", "generalised_mean", "normalised_gradients", "gradnorm", "mgda", "primary",
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="nash_mtl"):
+        build_combiner("nash_mtl", ["a"])
     with pytest.raises(ValueError, match="temp"):
         build_combiner("dwa", ["a", "b"], temp=2.0)
     with pytest.raises(ValueError):

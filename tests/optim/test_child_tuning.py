@@ -175,6 +175,48 @@ def test_d_with_reserve_p_1_is_plain_adamw(tiny_model, batches):
     assert_same_weights(plain, child)
 
 
+@pytest.mark.parametrize("reserve_p", [0.3, 0.05])
+def test_d_lowest_fisher_mask_keeps_exactly_the_bottom_fraction(tiny_model, batches, reserve_p):
+    model = tiny_model()
+    fisher = hand_fisher(model, batches)
+    eligible = eligible_parameters(model)
+    ct = build_child_tuning("D", reserve_p, eligible, fisher, mask="lowest_fisher")
+    entries = sorted((v, n, i) for n, _ in eligible for i, v in enumerate(fisher[n].flatten().tolist()))
+    k = round(reserve_p * len(entries))
+    # the k smallest, by hand; ties at the threshold (zero Fisher entries) may go either way
+    threshold = entries[k - 1][0]
+    below = {(n, i) for v, n, i in entries if v < threshold}
+    at = {(n, i) for v, n, i in entries if v == threshold}
+    got = {(n, i) for n, p in eligible for i in ct.masks[p].flatten().nonzero().flatten().tolist()}
+    assert len(got) == k and below <= got <= below | at
+    top = ChildTuningD.from_fisher(eligible, fisher, reserve_p)
+    assert not any((top.masks[p] & ct.masks[p]).any() for _, p in eligible)  # disjoint for reserve_p <= 0.5
+
+
+def test_d_random_mask_keeps_the_reserve_ratio_without_the_fisher(tiny_model):
+    model = tiny_model()
+    eligible = eligible_parameters(model)
+    n = sum(p.numel() for _, p in eligible)
+
+    def no_fisher():
+        raise AssertionError("the random mask must not run the Fisher pass")
+
+    masks = [build_child_tuning("D", 0.3, eligible, no_fisher, generator=torch.Generator().manual_seed(s),
+                                mask="random") for s in (0, 0, 1)]  # fmt: skip
+    for ct in masks:
+        assert sum(int(m.sum()) for m in ct.masks.values()) == round(0.3 * n)  # exactly the reserve ratio
+    same, other = masks[0].state_dict(), masks[2].state_dict()
+    assert all(torch.equal(m, masks[1].state_dict()[k]) for k, m in same.items())  # seeded
+    assert not all(torch.equal(m, other[k]) for k, m in same.items())
+    for name, p in eligible:  # uniform: every parameter keeps about 30% (binomial sd <= 0.03 here)
+        if p.numel() >= 1000:
+            assert abs(float(same[name].float().mean()) - 0.3) < 0.05, name
+    with pytest.raises(ValueError, match="mask"):
+        build_child_tuning("D", 0.3, eligible, no_fisher, mask="middle")
+    with pytest.raises(ValueError, match="mask"):
+        build_child_tuning("F", 0.3, eligible, mask="random")  # F has no such option
+
+
 def test_d_mask_saves_and_loads_with_safetensors(tiny_model, batches, tmp_path):
     model = tiny_model()
     ct = ChildTuningD.from_fisher(eligible_parameters(model), compute_fisher(model, batches, loss_fn), 0.3)
