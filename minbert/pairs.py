@@ -108,6 +108,7 @@ class PairMode(nn.Module):
     default_pooling: ClassVar[str] = "cls"
     joint_format: ClassVar[str | None] = None  # the joint segment's dataset format (single | cross), or None
     sentence_wise: ClassVar[bool] = False  # reads u, v of the two sentences encoded alone
+    compares_by_cosine: ClassVar[bool] = False  # its output includes cos(u, v)
     pooling: str
 
     def joint(self, encode: EncodeFn, segment: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -198,6 +199,7 @@ class CosineEncoder(PairMode):
 
     input_format = "bi"
     sentence_wise = True
+    compares_by_cosine = True
     losses = ("cosine_mse", "cosent")
     losses_reason = "scores cos(u, v)"
     default_pooling = "mean"
@@ -231,6 +233,7 @@ class HybridEncoder(PairMode):
     input_format = "hybrid"
     joint_format = "cross"
     sentence_wise = True
+    compares_by_cosine = True
     losses = ("bce", "mse")
     losses_reason = "blends a probability or a value with the cosine view"
 
