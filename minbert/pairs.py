@@ -23,7 +23,8 @@ sentence once (``minbert.predictor``): ``joint(encode, segment)`` is the part co
 one jointly encoded segment (a sentence, or ``[CLS] a [SEP] b [SEP]``), ``from_parts(joint, u,
 v)`` the output from that part and the sentence vectors u, v of a and b encoded alone. A mode
 declares which parts it has: ``joint_format`` (the dataset format of the joint segment, or
-None) and ``sentence_wise`` (True when it reads u and v). ``forward`` is exactly
+None) and ``sentence_wise`` (True when it reads u and v); ``compares_by_cosine`` says that its
+output includes cos(u, v) (cosine, hybrid). ``forward`` is exactly
 ``from_parts(joint(...), *encode_pair(...))`` over the parts it has.
 
 ``encode`` is a callable ``(input_ids, attention_mask, token_type_ids) -> BertOutput``;

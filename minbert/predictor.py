@@ -119,6 +119,8 @@ def check_task(run: LoadedRun, task: str) -> Task:
 def as_inputs(task: Task, inputs: Sequence) -> list[tuple[str, ...]]:
     """Strings (single-sentence tasks) or (a, b) pairs (pair tasks) -> tuples of texts, checked."""
     n = 2 if task.spec.is_pair else 1
+    if isinstance(inputs, str):
+        raise ValueError(f"task {task.name} takes a list of inputs; wrap a single one in a list: [{inputs!r}]")
     out = []
     for i, x in enumerate(inputs):
         texts = (x,) if n == 1 and isinstance(x, str) else tuple(x) if not isinstance(x, str) else ()

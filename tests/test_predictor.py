@@ -192,6 +192,8 @@ def test_bad_inputs_and_tasks_are_named(cls_run):
     with pytest.raises(ValueError, match=r"task quora takes a \(sentence1, sentence2\) pair of strings per input; "
                                          r"input 1 is 'lonely'"):  # fmt: skip
         p.paraphrase([("a", "b"), "lonely"])
+    with pytest.raises(ValueError, match=r"wrap a single one in a list: \['a film'\]"):
+        p.sentiment("a film")
     with pytest.raises(ConfigError, match="task quora is a cross-encoder"):
         p.embed(["a"], task="quora")
     with pytest.raises(ConfigError, match="precision must be auto, bf16 or fp32"):
