@@ -237,11 +237,13 @@ class Predictor:
             v = vectors[torch.tensor([row[b] for _, b in items])]
             cosines = torch.nn.functional.cosine_similarity(u, v, dim=-1).numpy() if module.compares_by_cosine else None
         outs = []
+        device = self.run.device  # the parts were gathered on the CPU; the task module lives on the run's device
+        on = lambda x: None if x is None else x.to(device)  # noqa: E731
         for k in range(len(views)):
             pair = (u, v) if k == 0 else (v, u)
             with self.autocast():
-                out = module.from_parts(None if joint is None else joint[k], *pair)
-            outs.append(out.float().numpy())
+                out = module.from_parts(on(None if joint is None else joint[k]), on(pair[0]), on(pair[1]))
+            outs.append(out.float().cpu().numpy())
         if t.output_kind == "classification":
             return outs[0], None
         return np.stack(outs), cosines
