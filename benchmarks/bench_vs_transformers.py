@@ -165,6 +165,7 @@ def finetune(args, precision: str, workdir: Path, out: dict) -> None:
     out["finetune"][precision] = {"minbert_s": round(ours, 1), "minbert_dev_accuracy": round(acc, 4),
                                   "transformers_s": round(theirs, 1), "transformers_dev_accuracy": round(their_acc, 4),
                                   "ratio": round(ratio, 3), "steps": summary["steps"],
+                                  "minbert_train_seconds": summary["train_seconds"],  # the loop alone
                                   "train_examples": args.sst_examples or "all"}  # fmt: skip
     print(f"  ratio transformers / minbert: {ratio:.2f}x", flush=True)
 
