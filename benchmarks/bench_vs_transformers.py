@@ -5,7 +5,8 @@
     python benchmarks/bench_vs_transformers.py --quick    # smoke run, about 10 minutes
     python benchmarks/bench_vs_transformers.py --sst-examples 2000 --finetune-precisions fp32 bf16
 
-1. Roofline: the best fp32 and bf16 matmul GFLOP/s of this CPU, measured here.
+1. Roofline: the best fp32 and bf16 matmul GFLOP/s of this CPU, measured here (at the start, again
+   right before each model-level section, whose percentages use that measurement, and at the end).
 2. Model level, rounds alternating (minbert, transformers, transformers, minbert, ...) so that noise
    from other processes hits both: a training step (forward, backward, AdamW step) of minbert's
    ``BertModel`` + ``minbert.optim.AdamW`` against ``transformers.BertModel`` (sdpa) +
@@ -55,6 +56,7 @@ from minbert.tasks import get_task
 from minbert.train import fit, setup
 
 PRECISIONS = ("fp32", "bf16")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def beside() -> dict:
@@ -111,6 +113,10 @@ def model_level(args, texts: list[str], out: dict) -> None:
 
     for precision in args.precisions:
         autocast = autocast_for(precision, torch.device("cpu"))
+        # measured again right before the section, under the load of the moment: a ceiling taken at a
+        # busier moment than the timings made them exceed 100% (the 2026-12-03 record)
+        peak = roofline(DTYPES[precision])
+        out["roofline_gflops"][precision] = round(max(out["roofline_gflops"][precision], peak), 1)
         jobs = {
             "train_step": {"minbert": lambda a=autocast: train_step(ours.train(), opt_ours, a),
                            "transformers": lambda a=autocast: train_step(theirs.train(), opt_theirs, a)},
@@ -132,7 +138,6 @@ def model_level(args, texts: list[str], out: dict) -> None:
             b = train_batch if what == "train_step" else infer_batch
             B, T = b["input_ids"].shape
             flops = encoder_flops(ours.config, B * T, T) * (3 if what == "train_step" else 1)
-            peak = out["roofline_gflops"][precision]
             rec = {f"{n}_ms": round(1e3 * s, 1) for n, s in med.items()}
             rec |= {"ratio": round(med["transformers"] / med["minbert"], 3), "batch": [B, T],
                     "minbert_roofline_pct": round(100 * flops / med["minbert"] / 1e9 / peak, 1),
@@ -234,7 +239,7 @@ def main() -> None:
            "roofline_gflops": {}, "model_level": {}, "finetune": {}, "predict": {}}  # fmt: skip
     print(f"machine: {out['machine']}, {out['threads']} threads, transformers {transformers.__version__}")
     print(f"beside: {out['beside_start']['uptime']}")
-    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    for precision, dtype in DTYPES.items():
         out["roofline_gflops"][precision] = round(roofline(dtype), 1)
     print(f"matmul roofline (1024^3): fp32 {out['roofline_gflops']['fp32']} GFLOP/s, "
           f"bf16 {out['roofline_gflops']['bf16']} GFLOP/s", flush=True)
@@ -252,6 +257,9 @@ def main() -> None:
             print(f"prediction, test-student files ({precision}, {args.predict_rounds} rounds, median):")
             prediction(args, precision, Path(tmp), out)
     out["beside_end"] = beside()
+    out["roofline_gflops_end"] = {p: round(roofline(dtype), 1) for p, dtype in DTYPES.items()}
+    print(f"matmul roofline at the end: {out['roofline_gflops_end']} GFLOP/s (the record's roofline_gflops: "
+          "the best of the start and the model-level sections)")
     print(f"beside at the end: {out['beside_end']['uptime']}")
     if args.out:
         with open(args.out, "a") as f:
