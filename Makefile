@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= $(if $(wildcard ../shared/data),../shared/data,./data)
 export DATA_DIR
 
-.PHONY: setup run test lint bench bench-speed bench-accuracy bench-single clean
+.PHONY: setup run test lint bench bench-speed bench-accuracy bench-single bench-vs-hf clean
 
 # The stamp depends on pyproject.toml, so a changed dependency list reinstalls.
 $(VENV)/.installed: pyproject.toml
@@ -44,6 +44,11 @@ bench-accuracy: setup
 # Single-task SST-5 (last-layer, finetune) and CFIMDB benchmarks (issue 4).
 bench-single: setup
 	$(PY) benchmarks/bench_train.py configs/sst-last-layer.yaml configs/sst-finetune.yaml configs/cfimdb-finetune.yaml
+
+# minbert against an ordinary transformers loop, side by side (docs/performance.md; 30-60 minutes on 2 cores).
+# `make bench-vs-hf BENCH_ARGS=--quick` for a smoke run of a few minutes.
+bench-vs-hf: setup
+	$(PY) benchmarks/bench_vs_transformers.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

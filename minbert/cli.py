@@ -26,9 +26,41 @@ EPILOG = """examples:
   minbert train --config configs/default.yaml --mode last-layer --name frozen   flags win over the YAML
   minbert eval --run runs/sst --split dev
   minbert predict --run runs/sst --task sst --input data/ids-sst-test-student.csv --output sst.csv
+  minbert predict --run runs/multitask --task sst --text "a gorgeous, witty film"      JSON lines on stdout
+  minbert predict --run runs/multitask --task sts --text "a man plays" --text2 "a man is playing"
+  minbert export --run runs/multitask --task sst --output sst-hf/        transformers pipeline loads it
   minbert run                                            the default multitask job (make run)
   minbert ablate configs/ablations/pooling.yaml         variants x seeds -> report.md
   minbert pretrain --task sst --task quora --max-steps 200 --output runs/mlm   MLM further pretraining
+"""
+
+
+PREDICT_HELP = """Three ways in, one model:
+
+  --input FILE --output OUT.csv    a file in the task's layout -> id,prediction CSV (as for the test files)
+  --text S [--text S ...]          sentences on the command line -> one JSON object per line on stdout
+  --text A --text2 B               a pair task: each --text with the --text2 at the same position
+  --input -                        JSON lines on stdin -> JSON lines on stdout, in input order:
+                                   {"id": 7, "text": "..."}  (or the task's column, {"sentence": "..."})
+                                   {"sentence1": "...", "sentence2": "..."}  (or "text" and "text2")
+                                   other keys (an id) are echoed; a bad line is <stdin>:LINE, exit 2
+
+Output objects: classification {"label", "name", "probabilities"}; binary {"label", "name",
+"probability", "threshold", "cosine"}; regression {"score", "cosine"} (cosine: cos(u, v) where the
+task compares sentence vectors, else null). Python: minbert.Predictor.from_run(RUN).
+"""
+
+EXPORT_HELP = """Formats:
+
+  hf                       the fine-tuned encoder (transformers.BertModel.from_pretrained loads it)
+  hf --task T              BertForSequenceClassification with id2label = the task's label names:
+                           transformers.pipeline("text-classification", model=OUT) gives minbert's
+                           labels and probabilities (tasks with pooling cls and a one-layer head)
+  sentence-transformers    SentenceTransformer(OUT): the encoder, the task's pooling, Normalize for a
+                           cosine task; default task: the run's first cosine / bi-encoder / single task
+
+An export the format cannot represent (e.g. a mean-pooled task as BertForSequenceClassification)
+exits 2 naming the reason.
 """
 
 
@@ -76,12 +108,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="dev", help="split to evaluate (needs labels; default dev)")
     p.add_argument("--data-dir")
 
-    p = sub.add_parser("predict", help="write id,prediction CSVs for unlabeled data")
+    p = sub.add_parser(
+        "predict",
+        help="predict with a trained run: CSV files, sentences (--text), JSON lines (--input -)",
+        description=PREDICT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--run", required=True)
     p.add_argument("--task", required=True)
-    p.add_argument("--input", required=True, help="a file in the task's CSV layout (labels not needed)")
-    p.add_argument("--output", required=True, help="CSV to write: header id,prediction")
+    p.add_argument("--input", help="a file in the task's CSV layout (labels not needed), or - for JSON lines on stdin")
+    p.add_argument("--output", help="CSV to write, header id,prediction (CSV --input only)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    p.add_argument("--text", action="append", help="a sentence to predict (repeatable); JSON lines on stdout")
+    p.add_argument("--text2", action="append", help="pair tasks: the second sentence of each --text, in order")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        help="--text / --input -: default auto (bf16 where the CPU has it); CSV: default the run's train.precision",
+    )
 
     p = sub.add_parser("run", help="the main job: multitask training, dev metrics, test predictions")
     add_config_args(p)
@@ -101,9 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="MLM (+NSP) further pretraining on task text; writes an HF checkpoint")
     pretrain.add_arguments(p)
 
-    p = sub.add_parser("export", help="write a run's encoder as a Hugging Face BERT directory")
+    p = sub.add_parser(
+        "export",
+        help="write a run for transformers (the encoder, or a task's classifier) or sentence-transformers",
+        description=EXPORT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--run", required=True)
-    p.add_argument("--output", required=True)
+    p.add_argument("--output", required=True, help="directory to write (replaced whole if it exists)")
+    p.add_argument("--format", default="hf", choices=["hf", "sentence-transformers"], dest="fmt")
+    p.add_argument("--task", help="hf: the task's head too; sentence-transformers: whose pooling (default: see above)")
     return parser
 
 
@@ -182,12 +233,47 @@ def cmd_predict(args) -> int:
     from minbert.predict import predict_file
     from minbert.runs import load_run
 
+    if (args.input is None) == (args.text is None):
+        raise ConfigError("give either --input (a CSV file, or - for JSON lines on stdin) or --text")
+    if args.text is not None or args.input == "-":
+        return predict_sentences(args)
+    if args.output is None:
+        raise ConfigError("--input FILE writes a CSV: give --output")
+    if args.text2:
+        raise ConfigError("--text2 goes with --text")
     if Path(args.output).resolve() == Path(args.input).resolve():
         raise ConfigError(f"--output {args.output} is the --input file: it would be overwritten")
     if Path(args.output).exists() and not args.overwrite:
         raise ConfigError(f"--output {args.output} exists; pass --overwrite to replace it")
-    n = predict_file(load_run(args.run), args.task, args.input, args.output)
+    run = load_run(args.run)
+    if args.precision:
+        from minbert.runtime import resolve_precision
+
+        run.cfg.train.precision = resolve_precision(args.precision, run.device)
+    n = predict_file(run, args.task, args.input, args.output)
     print(f"wrote {n} predictions to {args.output}")
+    return 0
+
+
+def predict_sentences(args) -> int:
+    """``--text`` / ``--input -``: JSON lines on stdout through ``minbert.Predictor``."""
+    from minbert.predict import jsonl_inputs, text_inputs, write_jsonl_predictions
+    from minbert.predictor import Predictor, check_task
+
+    if args.output is not None:
+        raise ConfigError("--text and --input - write JSON lines to stdout: drop --output (redirect instead)")
+    predictor = Predictor.from_run(args.run, args.precision or "auto")
+    spec = check_task(predictor.run, args.task).spec
+    if args.text is not None:
+        inputs = text_inputs(spec, args.text, args.text2)
+        records = [{"text": x} if isinstance(x, str) else {"text": x[0], "text2": x[1]} for x in inputs]
+    else:
+        if args.text2:
+            raise ConfigError("--text2 goes with --text; in JSON lines give sentence2 (or text2) per line")
+        inputs, records = jsonl_inputs(sys.stdin, spec)
+        names = {*spec.text_columns, "text", "text2"}
+        records = [{k: v for k, v in r.items() if k not in names} for r in records]
+    write_jsonl_predictions(sys.stdout, records, predictor.predict(args.task, inputs))
     return 0
 
 
@@ -228,14 +314,10 @@ def cmd_similarity(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from minbert.bert import save_pretrained
-    from minbert.files import write_dir_atomically
+    from minbert.export import export
     from minbert.runs import load_run
 
-    run = load_run(args.run)
-    # weights, config and vocabulary appear together or not at all
-    write_dir_atomically(args.output, lambda tmp: save_pretrained(run.model.bert, tmp, tokenizer=run.tokenizer))
-    print(f"encoder written to {args.output} (Hugging Face BERT format)")
+    print(export(load_run(args.run), args.output, args.fmt, args.task))
     return 0
 
 

@@ -18,6 +18,15 @@ how it builds its module from a task config (``create``):
 Both bi-encoders run the two sides through the encoder in one call: the two (B, T)
 batches are padded to a common width and stacked to (2B, T).
 
+Every mode's output is also available by parts, for inference that encodes each distinct
+sentence once (``minbert.predictor``): ``joint(encode, segment)`` is the part computed from
+one jointly encoded segment (a sentence, or ``[CLS] a [SEP] b [SEP]``), ``from_parts(joint, u,
+v)`` the output from that part and the sentence vectors u, v of a and b encoded alone. A mode
+declares which parts it has: ``joint_format`` (the dataset format of the joint segment, or
+None) and ``sentence_wise`` (True when it reads u and v); ``compares_by_cosine`` says that its
+output includes cos(u, v) (cosine, hybrid). ``forward`` is exactly
+``from_parts(joint(...), *encode_pair(...))`` over the parts it has.
+
 ``encode`` is a callable ``(input_ids, attention_mask, token_type_ids) -> BertOutput``;
 normally the shared ``BertModel``, but a regulariser may pass a wrapper that
 perturbs the embeddings (SMART).
@@ -98,6 +107,18 @@ class PairMode(nn.Module):
     losses: ClassVar[tuple[str, ...] | None] = None  # the losses it allows; None: any
     losses_reason: ClassVar[str] = ""  # why only those, for the error message
     default_pooling: ClassVar[str] = "cls"
+    joint_format: ClassVar[str | None] = None  # the joint segment's dataset format (single | cross), or None
+    sentence_wise: ClassVar[bool] = False  # reads u, v of the two sentences encoded alone
+    compares_by_cosine: ClassVar[bool] = False  # its output includes cos(u, v)
+    pooling: str
+
+    def joint(self, encode: EncodeFn, segment: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The part of the output computed from one jointly encoded segment (modes with ``joint_format``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no joint part")
+
+    def from_parts(self, joint: torch.Tensor | None, u: torch.Tensor | None, v: torch.Tensor | None) -> torch.Tensor:
+        """The raw output from the joint part (B, ...) and/or the sentence vectors u, v (B, H)."""
+        raise NotImplementedError
 
     @classmethod
     def output_kind(cls, loss: str) -> str:
@@ -119,6 +140,7 @@ class SingleEncoder(PairMode):
     """One segment (a sentence) -> pool -> head."""
 
     input_format = "single"
+    joint_format = "single"
     pair = False
 
     def __init__(self, head: nn.Module, pooling: str = "cls"):
@@ -126,9 +148,15 @@ class SingleEncoder(PairMode):
         self.head = head
         self.pooling = pooling
 
+    def joint(self, encode: EncodeFn, segment: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(encode_and_pool(encode, segment, self.pooling))
+
+    def from_parts(self, joint, u, v):
+        return joint
+
     def forward(self, encode: EncodeFn, segments: Segments) -> torch.Tensor:
         (seg,) = segments
-        return self.head(encode_and_pool(encode, seg, self.pooling))
+        return self.joint(encode, seg)
 
 
 @PAIR_MODES.register("cross")
@@ -136,6 +164,7 @@ class CrossEncoder(SingleEncoder):
     """A pair as one segment ``[CLS] a [SEP] b [SEP]`` -> pool -> head."""
 
     input_format = "cross"
+    joint_format = "cross"
     pair = True
 
 
@@ -144,6 +173,7 @@ class BiEncoder(PairMode):
     """Sentence-BERT pair features -> head. ``features`` is a subset of u, v, |u-v|, u*v."""
 
     input_format = "bi"
+    sentence_wise = True
     default_pooling = "mean"
 
     def __init__(self, head: nn.Module, pooling: str = "mean", features: Sequence[str] = ("u", "v", "|u-v|")):
@@ -157,9 +187,11 @@ class BiEncoder(PairMode):
         features = check_features(features)
         return cls(ClassifierHead(hidden_size * len(features), num_outputs, **head), pooling, features)
 
-    def forward(self, encode: EncodeFn, segments: Segments) -> torch.Tensor:
-        u, v = encode_pair(encode, segments, self.pooling)
+    def from_parts(self, joint, u, v):
         return self.head(pair_features(u, v, self.features))
+
+    def forward(self, encode: EncodeFn, segments: Segments) -> torch.Tensor:
+        return self.from_parts(None, *encode_pair(encode, segments, self.pooling))
 
 
 @PAIR_MODES.register("cosine")
@@ -167,6 +199,8 @@ class CosineEncoder(PairMode):
     """cos(u, v) in [-1, 1], shape (B,). Trained with a cosine loss (cosine_mse, CoSENT)."""
 
     input_format = "bi"
+    sentence_wise = True
+    compares_by_cosine = True
     losses = ("cosine_mse", "cosent")
     losses_reason = "scores cos(u, v)"
     default_pooling = "mean"
@@ -179,9 +213,11 @@ class CosineEncoder(PairMode):
     def create(cls, hidden_size, num_outputs, pooling, features, head):
         return cls(pooling)  # no head: nothing to initialise
 
-    def forward(self, encode: EncodeFn, segments: Segments) -> torch.Tensor:
-        u, v = encode_pair(encode, segments, self.pooling)
+    def from_parts(self, joint, u, v):
         return F.cosine_similarity(u, v, dim=-1)
+
+    def forward(self, encode: EncodeFn, segments: Segments) -> torch.Tensor:
+        return self.from_parts(None, *encode_pair(encode, segments, self.pooling))
 
 
 @PAIR_MODES.register("hybrid")
@@ -196,6 +232,9 @@ class HybridEncoder(PairMode):
     """
 
     input_format = "hybrid"
+    joint_format = "cross"
+    sentence_wise = True
+    compares_by_cosine = True
     losses = ("bce", "mse")
     losses_reason = "blends a probability or a value with the cosine view"
 
@@ -208,11 +247,15 @@ class HybridEncoder(PairMode):
     def output_kind(cls, loss: str) -> str:
         return "regression"  # (B, 2): a logit or value and a cosine, compared by squared difference
 
+    def joint(self, encode: EncodeFn, segment: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(encode_and_pool(encode, segment, self.pooling)).reshape(-1)  # (B,): one output
+
+    def from_parts(self, joint, u, v):
+        return torch.stack([joint, F.cosine_similarity(u, v, dim=-1).to(joint.dtype)], dim=-1)  # (B, 2)
+
     def forward(self, encode: EncodeFn, segments: Segments) -> torch.Tensor:
         cross, a, b = segments
-        z = self.head(encode_and_pool(encode, cross, self.pooling)).reshape(-1)  # (B,): one output
-        u, v = encode_pair(encode, (a, b), self.pooling)
-        return torch.stack([z, F.cosine_similarity(u, v, dim=-1).to(z.dtype)], dim=-1)  # (B, 2)
+        return self.from_parts(self.joint(encode, cross), *encode_pair(encode, (a, b), self.pooling))
 
 
 def build_task_encoder(

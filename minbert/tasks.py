@@ -54,6 +54,7 @@ class TaskSpec:
     label_kind: str  # "classification" | "binary" | "regression"
     num_classes: int | None = None  # k for classification, 2 for binary, None for regression
     label_range: tuple[float, float] | None = None  # regression only, e.g. (0.0, 5.0)
+    label_names: tuple[str, ...] = ()  # classification / binary: one name per class id (default "0", "1", ...)
     input_format: str = ""  # "single" | "cross" ([CLS] a [SEP] b [SEP]) | "bi" (two encodings)
     loss: str = ""
     metrics: tuple[str, ...] = ()
@@ -122,7 +123,10 @@ class TaskSpec:
         if self.label_kind != "regression":
             if self.label_range is not None:
                 self._fail("label_range", f"is for regression only ({self.label_kind} task)")
+            self._check_label_names()
             return
+        if self.label_names:
+            self._fail("label_names", "is for classification and binary tasks only (regression task)")
         r = self.label_range
         if r is None:
             self._fail("label_range", "is required for regression, e.g. [0.0, 5.0]")
@@ -136,6 +140,16 @@ class TaskSpec:
         if not r[0] < r[1]:
             self._fail("label_range", f"must have low < high, got {r!r}")
         self.label_range = (float(r[0]), float(r[1]))
+
+    def _check_label_names(self) -> None:
+        names = (self.label_names,) if isinstance(self.label_names, str) else tuple(self.label_names or ())
+        if not names:
+            names = tuple(str(i) for i in range(self.num_classes))
+        if len(names) != self.num_classes or not all(isinstance(n, str) and n for n in names):
+            self._fail("label_names", f"must be {self.num_classes} non-empty strings, one per class; got {names!r}")
+        if len(set(names)) != len(names):
+            self._fail("label_names", f"repeats a name: {names!r}")
+        self.label_names = names
 
     def _check_input_format(self) -> None:
         allowed = ("cross", "bi") if self.is_pair else ("single",)

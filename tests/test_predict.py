@@ -145,3 +145,89 @@ def test_predict_file_of_an_untrained_task_lists_the_run_tasks(loaded, data_dir,
     with pytest.raises(ConfigError, match=r"'sts' was not trained in this run; it has: sst, quora"):
         predict_file(loaded, "sts", data_dir / "sts-test-student.csv", tmp_path / "out.csv")
     assert not (tmp_path / "out.csv").exists()
+
+
+# -- sentences from the shell: --text and JSON lines (minbert.Predictor underneath) ------------
+
+
+def jsonl(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_text_mode_prints_one_json_object_per_sentence(tiny_run, data_dir, tmp_path, capsys):
+    header, rows = student_rows(data_dir, "ids-sst-test-student.csv", 3)
+    texts = [r[header.index("sentence")] for r in rows]
+    argv = ["predict", "--run", str(tiny_run.run_dir), "--task", "sst", "--precision", "fp32"]
+    assert cli([*argv, *[a for t in texts for a in ("--text", t)]]) == 0
+    out = jsonl(capsys.readouterr().out)
+    write_rows(tmp_path / "in.csv", header, rows)  # the same sentences through the CSV path
+    predict_file(load_run(tiny_run.run_dir), "sst", tmp_path / "in.csv", tmp_path / "out.csv")
+    assert [o["label"] for o in out] == [int(r["prediction"]) for r in read_predictions(tmp_path / "out.csv")]
+    names = ["negative", "somewhat negative", "neutral", "somewhat positive", "positive"]
+    assert [o["text"] for o in out] == texts and [o["name"] for o in out] == [names[o["label"]] for o in out]
+    assert all(abs(sum(o["probabilities"]) - 1) < 1e-6 and len(o["probabilities"]) == 5 for o in out)
+
+
+def test_json_lines_round_trip_through_a_real_process(tiny_run, data_dir):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    header, rows = student_rows(data_dir, "quora-test-student.csv", 5)
+    pairs = [(r[header.index("sentence1")], r[header.index("sentence2")]) for r in rows]
+    lines = [json.dumps({"id": f"q{i}", "sentence1": a, "sentence2": b}) for i, (a, b) in enumerate(pairs[:3])]
+    lines += ["", json.dumps({"text": pairs[3][0], "text2": pairs[3][1], "source": "x"})]  # blank line: skipped
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "minbert", "predict", "--run", str(tiny_run.run_dir), "--task", "quora",
+         "--input", "-", "--precision", "fp32"],  # fmt: skip
+        input="\n".join(lines) + "\n", capture_output=True, text=True, cwd=root, env=env, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = jsonl(proc.stdout)
+    assert [o.get("id") for o in out] == ["q0", "q1", "q2", None] and out[3]["source"] == "x"
+    from minbert import Predictor
+
+    expected = Predictor(load_run(tiny_run.run_dir), precision="fp32").paraphrase(pairs[:4])
+    for o, p in zip(out, expected, strict=True):
+        assert (o["label"], o["name"]) == (p.label, p.name)
+        assert o["probability"] == pytest.approx(p.probability, abs=1e-6) and o["threshold"] == p.threshold
+
+
+@pytest.mark.parametrize(
+    "stdin, message",
+    [
+        ('{"sentence1": "a", "sentence2": "b"}\n{"sentence1": "a", \n', r"<stdin>:2: not a JSON object: "),
+        ('\n{"sentence": "a"}\n', r'<stdin>:2: expected a JSON object with "sentence1" and "sentence2" \(or "text" '
+                                  r'and "text2"\) for task quora'),  # fmt: skip
+        ('{"text": "a", "text2": 3}\n', r"<stdin>:1: text and text2 must be strings"),
+        ("[1, 2]\n", r"<stdin>:1: expected a JSON object"),
+    ],
+)
+def test_a_bad_json_line_is_one_line_naming_it(tiny_run, monkeypatch, capsys, stdin, message):
+    import io
+    import re
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    assert cli(["predict", "--run", str(tiny_run.run_dir), "--task", "quora", "--input", "-"]) == 2
+    captured = capsys.readouterr()
+    assert re.search(message, captured.err), captured.err
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err and captured.out == ""
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--task", "quora", "--text", "a", "--text", "b", "--text2", "c"], "give one --text2 per --text"),
+        (["--task", "sst", "--text", "a", "--text2", "b"], "--text2 is for pair tasks"),
+        (["--task", "sst"], "give either --input"),
+        (["--task", "sst", "--input", "x.csv"], "--input FILE writes a CSV: give --output"),
+        (["--task", "sst", "--text", "a", "--output", "o.csv"], "drop --output"),
+    ],
+)
+def test_bad_sentence_arguments_exit_2(tiny_run, capsys, args, message):
+    assert cli(["predict", "--run", str(tiny_run.run_dir), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

@@ -34,7 +34,13 @@ def test_the_api_is_exported_from_minbert_and_minbert_bert():
     ]  # fmt: skip
     for name in names:
         assert getattr(minbert, name) is getattr(minbert.bert, name), name
-    assert sorted(minbert.__all__) == sorted(minbert.bert.__all__) == sorted(names)
+    assert sorted(minbert.bert.__all__) == sorted(names)
+    # plus the Predictor (minbert.predictor), imported on first use
+    predictor = ["BinaryPrediction", "ClassPrediction", "Predictor", "ScorePrediction"]
+    assert sorted(minbert.__all__) == sorted(names + predictor)
+    from minbert import predictor as module
+
+    assert all(getattr(minbert, name) is getattr(module, name) for name in predictor)
 
 
 def test_the_model_class_knows_nothing_of_files():
