@@ -86,7 +86,7 @@ def all_reduce_mean_(tensors: Iterable[torch.Tensor | None]) -> None:
     if enabled():
         for t in tensors:
             if t is not None:
-                dist.all_reduce(t, op=dist.ReduceOp.SUM)
+                all_reduce_sum_([t])
                 t.div_(dist.get_world_size())
 
 
@@ -108,15 +108,13 @@ def mean_over_ranks(values: list[float]) -> list[float]:
     if not enabled() or not values:
         return values
     t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return (t / dist.get_world_size()).tolist()
+    all_reduce_mean_([t])
+    return t.tolist()
 
 
 def sum_over_ranks(value: float) -> float:
-    if not enabled():
-        return value
     t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    all_reduce_sum_([t])  # (nothing without a process group)
     return float(t)
 
 

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from minbert.config import changed_fields, to_dict
-from minbert.distributed import barrier, gather_objects
+from minbert.distributed import gather_objects
 from minbert.files import recover, write_dir_atomically
 from minbert.runtime import (
     check_finite_weights,
@@ -170,8 +170,7 @@ def save_last(tr, progress, keeper, rng: random.Random, scaler) -> None:
     Under torchrun every rank calls it: the ranks' random states differ (dropout draws as many
     numbers as its batch has elements), so rank 0 writes all of them beside the shared state."""
     progress.saved_at = time.time()
-    rngs = gather_objects(rng_states())
-    barrier()
+    rngs = gather_objects(rng_states())  # a collective: every rank is here before rank 0 writes
     if not is_main_process():
         return
     check_finite_weights(tr.model, str(tr.run_dir / "last"))

@@ -37,7 +37,7 @@ from minbert.bert.hub import resolve_model_dir
 from minbert.build import Task, build_model, check, config_field, load_bert, make_tasks
 from minbert.config import Config, TrainConfig
 from minbert.data import Batch, Forever
-from minbert.distributed import agree, average_outside_ddp, barrier, broadcast_object, mean_over_ranks, no_sync, unwrap
+from minbert.distributed import agree, average_outside_ddp, broadcast_object, mean_over_ranks, no_sync, unwrap
 from minbert.evaluate import collect_outputs, compute_metrics, fit_threshold, mean_score
 from minbert.multitask import COMBINERS, SAMPLERS, Combiner, TaskSampler, epoch_length
 from minbert.optim import AdamW, WeightAverage, build_param_groups, combiner_group, get_schedule, with_head_lr
@@ -370,7 +370,7 @@ class BestKeeper:
         tr, started = self.tr, time.time()
         self.last_step = progress.step
         with tr.ema.swapped() if tr.ema else contextlib.nullcontext():  # evaluate (and keep) the average
-            metrics = validate(tr)
+            metrics = validate(tr)  # its broadcast is the barrier before rank 0 writes best/
             score = mean_score({n: t.spec for n, t in tr.tasks.items()}, metrics)
             record = {"step": progress.step, "epoch": progress.epoch, "split": "dev", "score": score, "tasks": metrics}
             record["elapsed_s"] = round(time.time() - progress.started, 2)
@@ -381,7 +381,6 @@ class BestKeeper:
                 tqdm.write(f"[step {progress.step}] dev score {score:.4f}  {line}")
             if score > self.score:
                 self.score, self.step, self.metrics, self.since_best = score, progress.step, metrics, 0
-                barrier()  # every rank is here with the same weights; rank 0 writes them
                 if is_main_process():
                     extra = {"step": progress.step, "score": score, "metrics": metrics}
                     thresholds = {n: t.threshold for n, t in tr.tasks.items()}
