@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 
 from minbert.lab.grid import GridError, check_runnable, grid_from_dict, load_grid, plan, run_config
+from minbert.tasks import load_task_specs
 from tests.lab.grids import SHIPPED, cli, needs_later_checkpoint, tiny_grid, write_grid
 
 
@@ -48,11 +50,27 @@ def test_run_config_applies_overrides_in_order(tiny_model_dir, data_dir, tmp_pat
     assert [(r.variant, r.seed) for r in runs] == [("b", 3), ("b", 4)]
 
 
+def lab_steps(cfg, data_dir: Path) -> int:
+    """The lab budget (docs/ablations.md) of a baseline config: one pass over every task's training
+    data, i.e. the sum of the tasks' batch counts for samplers that draw one task per step and the
+    largest task's batch count for mixed steps (every step takes a batch of each task)."""
+    specs = load_task_specs()
+    batches = []
+    for name, task in cfg.tasks.items():
+        with open(data_dir / specs[name].files["train"], encoding="utf-8") as f:
+            rows = sum(1 for line in f if line.strip()) - 1  # the header
+        batches.append(math.ceil(rows / task.batch_size))
+    return max(batches) if cfg.train.sampler == "mixed" else sum(batches)
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
-def test_shipped_grids_are_valid(path):
+def test_shipped_grids_are_valid(path, data_dir):
     grid = load_grid(path)
-    # the lab budget (docs/ablations.md) is one epoch of the default in steps; the older grids' is 5 minutes
-    budget = {"max_steps": 848} if path.stem.startswith("lab-") else {"max_minutes": 5}
+    # the lab budget is one pass over every task's data, in steps; the older grids' is 5 minutes
+    if path.stem.startswith("lab-"):
+        budget = {"max_steps": lab_steps(run_config(grid, grid.baseline, 0), data_dir)}
+    else:
+        budget = {"max_minutes": 5}
     assert grid.budget == budget and grid.seeds == [0, 1, 2] and len(grid.variants) >= 2
     runs = plan(grid, check=False)  # every variant's config passes load_config
     assert len(runs) == len(grid.variants) * len(grid.seeds)
