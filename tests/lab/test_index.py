@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from minbert.lab.index import END, START, main, verdict, write_index
+from minbert.lab.index import ANSWERS_END, ANSWERS_START, END, START, main, verdict, write_index
 from minbert.lab.report import write_report
 
 
@@ -53,3 +53,44 @@ def test_index_without_markers_is_one_line_and_exit_code_2(tmp_path, capsys):
         main([str(tmp_path)])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and "marker lines" in err
+
+
+def test_answers_table_has_a_line_per_variant_with_each_tasks_difference(grid_dir, tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    shutil.copytree(grid_dir, results / "alpha")
+    write_report(results / "alpha")
+    alpha = json.loads((results / "alpha" / "report.json").read_text())
+    # a second grid with another task: its column is added, and each grid shows "·" for the other's task
+    beta = json.loads(json.dumps(alpha))
+    beta["name"], beta["tasks"] = "b", {"quora": "accuracy"}
+    for res in beta["results"].values():
+        res["delta"] = {"quora": res["delta"].get("sst"), "score": res["delta"].get("score")}
+    (results / "beta").mkdir()
+    (results / "beta" / "report.json").write_text(json.dumps(beta))
+    readme = results / "README.md"
+    readme.write_text(f"# Results\n{ANSWERS_START}\nold\n{ANSWERS_END}\n\n{START}\n{END}\n")
+    write_index(results)
+    lines = readme.read_text().splitlines()
+    table = lines[lines.index(ANSWERS_START) + 1 : lines.index(ANSWERS_END)]
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    assert header[1:] == [f"{t} {m}" for t, m in alpha["tasks"].items()] + ["quora accuracy", "mean score",
+                                                                           "training time", "verdict"]  # fmt: skip
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
+    assert [r[0] for r in rows] == [f"[g](alpha/report.md): `{v}` (vs `base`)" for v in alpha["effect_order"]] + [
+        f"[b](beta/report.md): `{v}` (vs `base`)" for v in alpha["effect_order"]
+    ]
+    cls = alpha["results"]["cls"]["delta"]
+    by_name = {r[0]: r for r in rows}
+
+    def cell(d):
+        return f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]".replace("-", "−")
+
+    a = by_name["[g](alpha/report.md): `cls` (vs `base`)"]
+    n = len(alpha["tasks"])
+    assert a[1] == cell(cls["sst"]) and a[n + 1] == "·"  # alpha has no quora
+    assert a[n + 2 :] == [cell(cls["score"]), "2.50x", "no detectable effect"]
+    b = by_name["[b](beta/report.md): `cls` (vs `base`)"]
+    assert b[1 : n + 1] == ["·"] * n and b[n + 1] == cell(cls["sst"])
+    solo = by_name["[g](alpha/report.md): `solo` (vs `base`)"]
+    assert solo[1] == "+0.041" and solo[-1] == "one seed: no interval"  # one pair: no interval
