@@ -18,7 +18,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -27,6 +26,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+from minbert.runtime import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).with_name("results.jsonl")
@@ -78,8 +79,7 @@ def main() -> None:
                 precision = summary["precision"]
                 print(f"round {r + 1}: {kind:6s} {ranks} rank(s): {summary['examples_per_second']:.1f} examples/s")
     ddp, single = statistics.median(rates["ddp"]), statistics.median(rates["single"])
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())  # fmt: skip
+    cpu = cpu_model()
     print(f"{args.ranks} ranks x 1 thread: {ddp:.1f} examples/s; 1 rank x {os.cpu_count()} threads: {single:.1f}; "
           f"ratio {ddp / single:.2f} ({cpu}, {precision}, torch {torch.__version__})")  # fmt: skip
     if args.record:

@@ -15,25 +15,13 @@ import argparse
 import datetime
 import json
 import os
-import platform
 from pathlib import Path
 
 import torch
 
 from minbert.config import load_config
-from minbert.runtime import cpu_has_native_bf16
+from minbert.runtime import cpu_has_native_bf16, cpu_model
 from minbert.train import fit, setup
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else the architecture: timings differ by CPU, not only by core count."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine() -> str:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import signal
 import sys
@@ -45,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from minbert.runtime import cpu_model  # noqa: E402
 from tests.conftest import find_data_dir  # noqa: E402
 from tests.test_resume import (  # noqa: E402
     VARIANTS,
@@ -141,13 +141,6 @@ def stress_run(
             if code != 2 or "no resumable state" not in err or err.count("\n") != 1:
                 problems.append(f"--resume before any state: exit code {code}: {err.strip()[-300:]}")
             argv, restarts = start, restarts + 1
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
 
 
 def main() -> None:

@@ -36,7 +36,14 @@ from minbert.bert.checkpoint import write_hf_dir
 from minbert.build import Task, build_model, check, load_bert, make_tasks
 from minbert.config import Config, load_config, save_config
 from minbert.files import recover, write_dir_atomically, write_text_atomically
-from minbert.runtime import check_finite_weights, peak_memory_mb, pick_device, resolve_precision, world_size
+from minbert.runtime import (
+    check_finite_weights,
+    cpu_model,
+    peak_memory_mb,
+    pick_device,
+    resolve_precision,
+    world_size,
+)
 from minbert.taskmodel import MultitaskModel
 
 log = logging.getLogger(__name__)
@@ -146,6 +153,7 @@ def summarize(tr, keeper, progress) -> dict:
         "world_size": world_size(),
         "peak_memory_mb": peak_memory_mb(tr.device),
         "device": str(tr.device),
+        "cpu": cpu_model(),
         "precision": tr.precision,
         "trainable_parameters": sum(p.numel() for p in tr.model.parameters() if p.requires_grad),
         "skipped_nonfinite": progress.skipped,

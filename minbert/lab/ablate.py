@@ -32,7 +32,7 @@ import minbert.train as train_lib
 from minbert import distributed
 from minbert.config import Config, ConfigError, to_dict
 from minbert.lab.grid import Grid, Run, load_grid, plan, run_config, stale_fields, write_grid_json
-from minbert.lab.report import config_diff, flatten, jsonl_to_tensorboard, write_report
+from minbert.lab.report import NOTES, config_diff, flatten, jsonl_to_tensorboard, write_report
 from minbert.runtime import is_main_process, pick_device, world_size
 
 
@@ -92,6 +92,40 @@ def run_one(run: Run, isolate: bool = True) -> dict:
     return json.loads((run.run_dir / "summary.json").read_text())
 
 
+def drop_resume_state(run_dir: Path) -> None:
+    """A finished run is never resumed: remove its ``last/`` (weights, optimizer moments and RNG states,
+    about 350 MB for the default model, four times ``best/``), so that a grid of a hundred runs fits on
+    the disk. ``best/`` (the kept checkpoint) and the small records stay."""
+    shutil.rmtree(run_dir / "last", ignore_errors=True)
+
+
+PUBLISHED = ("summary.json", "metrics.jsonl", "config.yaml", "train.log")  # per run; no checkpoints
+
+
+def publish(grid_dir: Path, dest: Path) -> Path:
+    """Copy a grid's records into ``dest`` (e.g. ``docs/results/<grid>``, to be committed): ``grid.json``,
+    a ``notes.md`` if there is one, and each finished run's small files (:data:`PUBLISHED`) under
+    ``<variant>/seed<k>/``; then write the report there. ``dest`` is then a grid directory of its own:
+    its report's run table points at the committed records and ``minbert ablate DEST --report-only``
+    rebuilds it from them. Files of runs no longer in the grid are removed from ``dest``. Returns
+    report.md's path."""
+    grid = json.loads((grid_dir / "grid.json").read_text())
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(grid_dir / "grid.json", dest / "grid.json")
+    if (grid_dir / NOTES).is_file() and grid_dir.resolve() != dest.resolve():
+        shutil.copy2(grid_dir / NOTES, dest / NOTES)
+    for variant in grid["variants"]:
+        for run_dir in sorted((grid_dir / variant).glob("seed*")):
+            if not (run_dir / "summary.json").is_file():
+                continue  # unfinished: not a record
+            target = dest / variant / run_dir.name
+            target.mkdir(parents=True, exist_ok=True)
+            for name in PUBLISHED:
+                if (run_dir / name).is_file():
+                    shutil.copy2(run_dir / name, target / name)
+    return write_report(dest)
+
+
 def _fmt_duration(seconds: float) -> str:
     seconds = int(round(seconds))
     h, rem = divmod(seconds, 3600)
@@ -143,6 +177,7 @@ def execute(
         echo(f"[{k}/{len(runs)}] {r.variant} seed {r.seed} done in {_fmt_duration(fresh[-1])}: "
              f"score {summary['best_score']:.4f} at step {summary['best_step']}")  # fmt: skip
         if main:
+            drop_resume_state(r.run_dir)
             refresh_outputs(grid.output, r, echo)
     return todo
 
@@ -163,6 +198,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a field of every run, before the variants' overrides (repeatable)")  # fmt: skip
     parser.add_argument("--data-dir", help="task data directory (same as --set data_dir=DIR)")
+    parser.add_argument("--publish", metavar="DIR",
+                        help="after the runs (or with --report-only), copy grid.json, notes.md and each finished run's "
+                             "summary.json, metrics.jsonl, config.yaml and train.log into DIR and write the report "
+                             "there (docs/results/<grid>); no checkpoints")  # fmt: skip
     parser.add_argument("--in-process", action="store_true",
                         help="train in this process instead of one subprocess per run (peak memory is then "
                              "the whole grid's)")  # fmt: skip
@@ -196,6 +235,8 @@ def run(args: argparse.Namespace) -> int:
     """``minbert ablate``: returns the exit status (0 done, 1 a run failed, 130 interrupted)."""
     if args.report_only and Path(args.grid).is_dir():
         print(f"report written to {write_report(Path(args.grid))}")
+        if args.publish:
+            print(f"published: {publish(Path(args.grid), Path(args.publish))}")
         return 0
     grid = load_grid(args.grid)
     grid.output = Path(args.output) if args.output else grid.output
@@ -207,6 +248,8 @@ def run(args: argparse.Namespace) -> int:
     if args.report_only:
         write_grid_json(grid, runs, _command(args))
         print(f"report written to {write_report(grid.output)}")
+        if args.publish:
+            print(f"published: {publish(grid.output, Path(args.publish))}")
         return 0
     status = 0
     if world_size() > 1:  # under torchrun: every rank trains each run in-process, in one process group
@@ -223,6 +266,8 @@ def run(args: argparse.Namespace) -> int:
     if is_main_process():
         refresh_outputs(grid.output)
         print(f"report written to {grid.output / 'report.md'}")
+        if args.publish:
+            print(f"published: {publish(grid.output, Path(args.publish))}")
     return status
 
 

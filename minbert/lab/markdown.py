@@ -65,6 +65,13 @@ def header(s: dict[str, Any], meta: dict[str, str]) -> list[str]:
                          "that evaluation is its `best_metrics`.  ")  # fmt: skip
     else:
         lines.append(f"Generated {meta['generated']} on {meta['machine']}.  ")
+    where = [
+        f"{e['runs']} on {e['cpu'] or 'an unrecorded CPU'}, {e['precision']}"
+        + (f", {e['world_size']} processes" if (e.get("world_size") or 1) > 1 else "")
+        for e in s.get("ran_on") or []
+    ]
+    if where:
+        lines.append(f"Runs trained: {'; '.join(where)}.  ")
     budget = ", ".join(f"{k}={v}" for k, v in s["budget"].items())
     lines += [
         f"Baseline `{s['baseline']}`; seeds {s['seeds']}; budget per run: {budget}.  ",
@@ -115,6 +122,8 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, str], plots: dict[s
         return f"{v} (baseline)" if v == s["baseline"] else v
 
     lines = header(s, meta)
+    if meta.get("notes"):
+        lines += ["## Notes on these runs", "", meta["notes"], ""]
     lines += [f"## Effect against `{s['baseline']}`", ""]
     if plots is None:
         lines.append(NO_MATPLOTLIB)

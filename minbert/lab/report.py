@@ -213,6 +213,7 @@ def summarize(grid_dir: str | Path) -> dict[str, Any]:
         "variants": variants,
         "tasks": primary,
         "records": rec.origin,
+        "ran_on": ran_on(runs),
         "missing": [[v, s] for v, s in expected if s not in runs[v]],
         "runs": {
             v: {str(s): {"dir": r["dir"], **r["summary"], "evaluations": r["dev"]} for s, r in per_seed.items()}
@@ -225,6 +226,19 @@ def summarize(grid_dir: str | Path) -> dict[str, Any]:
         },
     }
     return {**summary, "effect_order": effect_order(summary), "curve_variants": curve_variants(summary)}
+
+
+def ran_on(runs: dict[str, dict[int, dict]]) -> list[dict[str, Any]]:
+    """Where the finished runs trained: ``[{"cpu", "precision", "world_size", "runs"}]``, one entry per
+    distinct combination, from each run's summary (``cpu`` is recorded since 2026-12-03: older runs
+    give None)."""
+    counts: dict[tuple, int] = {}
+    for per_seed in runs.values():
+        for run in per_seed.values():
+            s = run["summary"]
+            key = (s.get("cpu"), s.get("precision"), s.get("world_size", 1))
+            counts[key] = counts.get(key, 0) + 1
+    return [{"cpu": c, "precision": p, "world_size": w, "runs": n} for (c, p, w), n in counts.items()]
 
 
 def effect_order(summary: dict[str, Any]) -> list[str]:
@@ -261,7 +275,9 @@ def curve_variants(summary: dict[str, Any]) -> dict[str, list[str]]:
 def machine() -> str:
     import torch
 
-    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, "
+    from minbert.runtime import cpu_model
+
+    return (f"{platform.system()} {platform.machine()} ({cpu_model()}), {os.cpu_count()} CPU cores, "
             f"torch {torch.__version__}, python {platform.python_version()}")  # fmt: skip
 
 
@@ -276,8 +292,13 @@ def _clean(x: Any) -> Any:
     return x
 
 
+NOTES = "notes.md"
+
+
 def write_report(grid_dir: str | Path) -> Path:
     """Write ``report.json``, ``report.md`` and ``plots/`` into the grid directory; return report.md's path.
+    A ``notes.md`` in the grid directory (what else ran on the machine, anything a reader must know)
+    is quoted in report.md under its header.
 
     The grid directory is one of ``minbert ablate`` or a directory with a committed report.json
     (``minbert.lab.records``); in the second case report.json is rewritten from its own records.
@@ -287,6 +308,8 @@ def write_report(grid_dir: str | Path) -> Path:
     grid_dir = Path(grid_dir)
     summary = summarize(grid_dir)
     meta = {"generated": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": machine()}
+    if (grid_dir / NOTES).is_file():  # written by hand: what ran beside the grid, anything to know
+        meta["notes"] = (grid_dir / NOTES).read_text().strip()
     plots: dict[str, str | None] | None
     try:
         from minbert.lab.plots import write_plots

@@ -11,8 +11,9 @@ import torch
 
 import minbert.train as train_lib
 from minbert.lab import ablate
-from minbert.lab.ablate import add_arguments, execute, run
+from minbert.lab.ablate import PUBLISHED, add_arguments, execute, run
 from minbert.lab.grid import GridError, load_grid, plan, run_config
+from minbert.runtime import cpu_model
 from tests.lab.grids import SHIPPED, cli, needs_later_checkpoint, tiny_grid, write_grid
 
 
@@ -82,6 +83,8 @@ def test_grid_report_numbers_equal_the_runs_files(tiny_model_dir, data_dir, tmp_
     assert (out / "plots" / "curves.png").stat().st_size > 0
     for run_dir in out.glob("*/seed*"):  # TensorBoard events: from the loop, else converted from metrics.jsonl
         assert list(run_dir.glob("events.out.tfevents.*")) or list(run_dir.glob("tb/events.out.tfevents.*"))
+        # a finished run is never resumed: its last/ state is gone, its kept checkpoint stays
+        assert not (run_dir / "last").exists() and (run_dir / "best" / "model.safetensors").is_file()
     assert json.loads((out / "grid.json").read_text())["command"].startswith("minbert ablate ")
     assert_tensorboard_conversion_matches_the_loop(out / "mean" / "seed1")
     assert "![learning curves](plots/curves.png)" in md  # two evaluations per run: steps 1 and 2
@@ -154,7 +157,9 @@ def test_killed_grid_resumes_and_runs_only_what_is_missing(tiny_model_dir, data_
 def test_an_interrupted_run_with_a_last_state_is_resumed_not_restarted(tiny_model_dir, data_dir, tmp_path, count_fits):
     out = tmp_path / "grid"
     path = write_grid(tmp_path, tiny_grid(tiny_model_dir, data_dir, out, seeds=[0]))
-    assert cli(str(path)) == 0
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(ablate, "drop_resume_state", lambda run_dir: None)  # keep last/, to fake the kill below
+        assert cli(str(path)) == 0
     run = out / "mean" / "seed0"
     records = (run / "metrics.jsonl").read_text()
     (run / "summary.json").unlink()  # as if killed after its last state was written
@@ -219,3 +224,35 @@ def test_shipped_grids_train(path, tiny_model_dir, data_dir, tmp_path):
     assert execute(grid, runs, isolate=False, echo=lambda _: None) == runs
     assert all(r.finished for r in runs)
     assert json.loads((grid.output / "report.json").read_text())["results"][grid.baseline]["n"] == 1
+
+
+def test_publish_copies_the_records_and_the_report_rebuilds_from_them(tiny_model_dir, data_dir, tmp_path):
+    out, dest = tmp_path / "grid", tmp_path / "docs" / "results" / "tiny"
+    path = write_grid(tmp_path, tiny_grid(tiny_model_dir, data_dir, out))
+    assert cli(str(path)) == 0
+    (out / "notes.md").write_text("Beside it: a test suite, 12:00-12:08.\n")
+    assert cli(str(path), "--report-only", "--publish", str(dest)) == 0
+    files = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file() and "plots" not in p.parts)
+    runs = [f"{v}/seed{k}/{name}" for v in ("cls", "mean") for k in (0, 1) for name in PUBLISHED]
+    runs = [name for name in runs if (out / name).is_file()]  # in-process runs have no train.log
+    assert len(runs) == 4 * 3
+    assert files == sorted(["grid.json", "notes.md", "report.json", "report.md", *runs])  # no checkpoints
+    for name in runs:
+        assert (dest / name).read_bytes() == (out / name).read_bytes()
+    ours, theirs = (json.loads((d / "report.json").read_text()) for d in (out, dest))
+    assert ours["results"] == theirs["results"] and ours["curves"] == theirs["curves"]
+    assert {r["dir"] for per_seed in theirs["runs"].values() for r in per_seed.values()} == {
+        str(dest / v / f"seed{k}") for v in ("cls", "mean") for k in (0, 1)
+    }
+    md = (dest / "report.md").read_text()
+    assert "## Notes on these runs\n\nBeside it: a test suite, 12:00-12:08.\n" in md
+    assert f"Runs trained: 4 on {cpu_model()}, fp32.  " in md
+    assert theirs["ran_on"] == [{"cpu": cpu_model(), "precision": "fp32", "world_size": 1, "runs": 4}]
+    # the published directory is a grid directory of its own: its report rebuilds from the copies
+    (dest / "report.md").unlink()
+    assert cli(str(dest), "--report-only") == 0
+    assert json.loads((dest / "report.json").read_text())["results"] == ours["results"]
+    def undated(text: str) -> list[str]:
+        return [line for line in text.splitlines() if not line.startswith("Generated ")]
+
+    assert undated((dest / "report.md").read_text()) == undated(md)
