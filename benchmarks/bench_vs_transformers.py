@@ -16,7 +16,8 @@
    mean pooling, batch 32, lr 5e-5, linear schedule with 10% warm-up, length-bucketed batches,
    dev evaluation and checkpoints included) against an ordinary loop (the same model and head on
    ``transformers.BertModel``, a shuffled DataLoader tokenizing and padding each batch to its
-   longest, the same optimizer settings and schedule); wall time and dev accuracy of each.
+   longest, the same optimizer settings and schedule); wall time and dev accuracy of each, in
+   ``--finetune-rounds`` alternating rounds (medians compared). ``--threads N`` sets both sides' threads.
 4. End to end, prediction: ``minbert.Predictor`` on the Quora and STS test-student files with the
    default config's pair modes (quora cosine, sts hybrid with symmetric_eval; heads untrained: speed
    does not depend on them) against an ordinary loop (batches of 128 in file order, each sentence
@@ -149,30 +150,48 @@ def model_level(args, texts: list[str], out: dict) -> None:
 
 
 def finetune(args, precision: str, workdir: Path, out: dict) -> None:
-    """One epoch of SST-5: minbert's pipeline, then the ordinary transformers loop."""
+    """SST-5 fine-tuning, minbert's pipeline against the ordinary transformers loop, in
+    ``--finetune-rounds`` alternating rounds (minbert first in even rounds, transformers first in odd
+    ones); the medians are compared."""
     sets = ["train.epochs=1", "train.progress=false", f"train.precision={precision}", "train.device=cpu"]
     if args.sst_examples:
         sets.append(f"tasks.sst.train_limit={args.sst_examples}")
     if args.quick:
         sets.append("tasks.sst.dev_limit=128")
-    cfg = load_config("configs/sst-finetune.yaml", sets)
-    cfg.run_dir = str(workdir / f"sst-{precision}")
-    t0 = time.perf_counter()
-    summary = fit(setup(cfg))
-    ours = time.perf_counter() - t0
-    acc = summary["best_metrics"]["sst"]["accuracy"]
-    print(f"  minbert      {precision}: {ours:7.1f} s (setup, training, dev eval, checkpoints), dev accuracy {acc:.4f}",
-          flush=True)  # fmt: skip
     dev_limit = 128 if args.quick else None
-    theirs, their_acc = hf_finetune_sst(resolve_data_dir(None), precision, args.sst_examples, dev_limit)
-    print(f"  transformers {precision}: {theirs:7.1f} s (loading, training, dev eval), dev accuracy {their_acc:.4f}")
-    ratio = theirs / ours
-    out["finetune"][precision] = {"minbert_s": round(ours, 1), "minbert_dev_accuracy": round(acc, 4),
-                                  "transformers_s": round(theirs, 1), "transformers_dev_accuracy": round(their_acc, 4),
-                                  "ratio": round(ratio, 3), "steps": summary["steps"],
-                                  "minbert_train_seconds": summary["train_seconds"],  # the loop alone
+    ours, theirs, loop = [], [], []
+
+    def minbert_side(k: int) -> None:
+        cfg = load_config("configs/sst-finetune.yaml", sets)
+        cfg.run_dir = str(workdir / f"sst-{precision}-{k}")
+        t0 = time.perf_counter()
+        summary = fit(setup(cfg))
+        ours.append(time.perf_counter() - t0)
+        loop.append(summary["train_seconds"])
+        acc[0] = summary["best_metrics"]["sst"]["accuracy"]
+        print(f"  minbert      {precision}: {ours[-1]:7.1f} s (setup, training, dev eval, checkpoints; the loop alone "
+              f"{loop[-1]:.1f} s), dev accuracy {acc[0]:.4f}", flush=True)  # fmt: skip
+
+    def transformers_side(k: int) -> None:
+        seconds, acc[1] = hf_finetune_sst(resolve_data_dir(None), precision, args.sst_examples, dev_limit)
+        theirs.append(seconds)
+        print(f"  transformers {precision}: {seconds:7.1f} s (loading, training, dev eval), dev accuracy {acc[1]:.4f}",
+              flush=True)  # fmt: skip
+
+    acc = [0.0, 0.0]
+    for k in range(args.finetune_rounds):
+        for side in (minbert_side, transformers_side) if k % 2 == 0 else (transformers_side, minbert_side):
+            side(k)
+    ratio = statistics.median(theirs) / statistics.median(ours)
+    out["finetune"][precision] = {"minbert_s": round(statistics.median(ours), 1),
+                                  "minbert_dev_accuracy": round(acc[0], 4),
+                                  "transformers_s": round(statistics.median(theirs), 1),
+                                  "transformers_dev_accuracy": round(acc[1], 4), "ratio": round(ratio, 3),
+                                  "rounds": args.finetune_rounds, "minbert_all_s": [round(t, 1) for t in ours],
+                                  "transformers_all_s": [round(t, 1) for t in theirs],
+                                  "minbert_train_seconds": round(statistics.median(loop), 1),  # the loop alone
                                   "train_examples": args.sst_examples or "all"}  # fmt: skip
-    print(f"  ratio transformers / minbert: {ratio:.2f}x", flush=True)
+    print(f"  ratio transformers / minbert (medians of {args.finetune_rounds}): {ratio:.2f}x", flush=True)
 
 
 def prediction(args, precision: str, workdir: Path, out: dict) -> None:
@@ -216,6 +235,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, help="alternating model-level rounds (default 3, quick 1)")
     p.add_argument("--steps", type=int, help="model-level steps per round (default 2, quick 1)")
     p.add_argument("--predict-rounds", type=int, default=1, help="alternating rounds of the prediction loops")
+    p.add_argument("--finetune-rounds", type=int, default=1, help="alternating rounds of the fine-tuning runs")
+    p.add_argument("--threads", type=int, help="torch threads for both sides (default: torch's, one per core)")
     p.add_argument("--precisions", nargs="+", choices=PRECISIONS, help="model level; default fp32 bf16")
     p.add_argument("--finetune-precisions", nargs="+", choices=PRECISIONS, help="default: auto (bf16 if native)")
     p.add_argument("--predict-precisions", nargs="+", choices=PRECISIONS, help="default: auto (bf16 if native)")
@@ -231,6 +252,8 @@ def main() -> None:
     args.predict_precisions = args.predict_precisions or auto
     if args.quick:
         args.sst_examples = args.sst_examples or 256
+    if args.threads:
+        torch.set_num_threads(args.threads)  # minbert's runs leave train.threads unset: they inherit it
     torch.manual_seed(0)
 
     out = {"date": datetime.date.today().isoformat(), "benchmark": "bench_vs_transformers",
