@@ -1,7 +1,7 @@
 """``minbert ablate``: run a grid's (variant, seed) runs and keep its report current.
 
     minbert ablate configs/ablations/pooling.yaml [--variant NAME] [--seeds 0 1] [--dry-run] [--report-only]
-    minbert ablate docs/results/pooling --report-only      # redraw a committed report from its report.json
+    minbert ablate docs/results/short-budget/pooling --report-only   # redraw a committed report from its report.json
 
 The grid file and how each run's config is made: ``minbert.lab.grid`` (and ``docs/ablations.md``).
 

@@ -17,7 +17,7 @@ from minbert.lab.plots import EXCLUDES_ZERO, INCLUDES_ZERO, cost_figure, curve_f
 from minbert.lab.report import summarize, write_report
 from tests.lab.grids import BASELINE, ROOT, VARIANT, write_run
 
-COMMITTED = sorted((ROOT / "docs" / "results").glob("*/report.json"))
+COMMITTED = sorted((ROOT / "docs" / "results").glob("**/report.json"))
 
 
 def drawn(ax, kind: str) -> dict:
