@@ -35,7 +35,7 @@ from minbert import distributed
 from minbert.bert import BertTokenizer
 from minbert.bert.hub import resolve_model_dir
 from minbert.build import Task, build_model, check, config_field, load_bert, make_tasks
-from minbert.config import Config, TrainConfig
+from minbert.config import Config, ConfigError, TrainConfig
 from minbert.data import Batch, Forever
 from minbert.distributed import agree, average_outside_ddp, broadcast_object, mean_over_ranks, no_sync, unwrap
 from minbert.evaluate import collect_outputs, compute_metrics, fit_threshold, mean_score
@@ -90,6 +90,7 @@ class Trainer:
     run_dir: Path
     steps_per_epoch: int  # micro-steps (forward/backward passes) per epoch
     total_steps: int  # optimizer steps of the whole run, for the LR schedule
+    sizes: dict[str, int]  # batches per epoch of each task that trains (the sampler's tasks; see trained_sizes)
     child_tuning: ChildTuningF | ChildTuningD | None = None
     regularizer: Regularizer | None = None
     ema: WeightAverage | None = None  # train.ema_decay: the averaged weights are evaluated and kept
@@ -148,6 +149,7 @@ def setup(cfg: Config, run_dir: Path | None = None) -> Trainer:
     model = build_model(tasks, bert).to(device)  # heads initialised here, in task order
 
     frozen = cfg.train.mode == "last-layer"
+    sizes = trained_sizes(model, tasks, frozen)  # the tasks that train, and their batches per epoch
     optim, train = cfg.optim, cfg.train
     groups = build_param_groups(
         model, lr=optim.lr, weight_decay=optim.weight_decay, layer_decay=optim.layer_decay, freeze_encoder=frozen
@@ -158,7 +160,6 @@ def setup(cfg: Config, run_dir: Path | None = None) -> Trainer:
         combiner = COMBINERS.build(train.combiner, list(tasks), **train.combiner_kwargs).to(device)
     if any(True for _ in combiner.parameters()):  # learned task weights (uncertainty) train with the heads
         groups.append(combiner_group(combiner, optim.head_lr or optim.lr, with_names="param_names" in groups[0]))
-    sizes = {n: len(t.train) for n, t in tasks.items()}
     with config_field("train.sampler"):
         sampler = SAMPLERS.build(train.sampler, **train.sampler_kwargs)
         steps_per_epoch = sampler.num_steps(sizes, epoch_length(train.steps_per_epoch, sizes))
@@ -187,8 +188,26 @@ def setup(cfg: Config, run_dir: Path | None = None) -> Trainer:
     net = distributed.wrap(TaskLosses(model, tasks, autocast, regularizer), device)
     return Trainer(
         cfg, model, net, tokenizer, tasks, optimizer, scheduler, sampler, combiner, device, precision,
-        autocast, run_dir or cfg.resolved_run_dir(), steps_per_epoch, total_steps, child, regularizer, ema,
+        autocast, run_dir or cfg.resolved_run_dir(), steps_per_epoch, total_steps, sizes, child, regularizer, ema,
     )  # fmt: skip
+
+
+def trained_sizes(model: MultitaskModel, tasks: dict[str, Task], frozen: bool) -> dict[str, int]:
+    """Batches per epoch of each task the sampler draws. With a frozen encoder (``train.mode:
+    last-layer``) a task whose module has no parameters of its own (a cosine pair task: cos(u, v)
+    of the frozen encoder's sentence vectors) has nothing to train: it is evaluated (its threshold
+    tuned on dev) but never drawn, so no step is spent on it. Refuses a run where no task trains."""
+    idle = [n for n in tasks if frozen and not model.task_parameters(n)]
+    if idle:
+        log.warning("train.mode last-layer: %s %s no trainable parameters (a frozen encoder and a parameter-free "
+                    "head): evaluated, not trained", ", ".join(idle), "has" if len(idle) == 1 else "have")  # fmt: skip
+    sizes = {n: len(t.train) for n, t in tasks.items() if n not in idle}
+    if not sizes:
+        raise ConfigError(
+            "config field 'train.mode' is 'last-layer' but no task has trainable parameters of its own "
+            f"({', '.join(idle)}): use a head with parameters (e.g. pair_mode bi or cross) or train.mode finetune"
+        )
+    return sizes
 
 
 # ------------------------------------------------------------------ fit / validate
@@ -223,7 +242,7 @@ def fit(tr: Trainer, resume: bool = False) -> dict:
     iters = {n: Forever(t.train, progress.drawn.get(n, 0)) for n, t in tr.tasks.items()}
     if state:
         set_rng_states(state["rng"])  # after the loaders' iterators, whose creation draws from it
-    sizes = {n: len(t.train) for n, t in tr.tasks.items()}
+    sizes = tr.sizes
     step_rule = epoch_length(cfg.train.steps_per_epoch, sizes)
     every = eval_interval(cfg.train, cfg.optim.grad_accum, tr.steps_per_epoch)
     set_train_mode(tr)

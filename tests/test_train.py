@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from minbert.config import ConfigError
 from minbert.evaluate import TaskOutputs, write_predictions
 from minbert.multitask import COMBINERS, SAMPLERS
 from minbert.runs import save_run_checkpoint
@@ -65,6 +66,34 @@ def test_last_layer_mode_trains_heads_only(tiny_model_dir, data_dir, tmp_path):
     for k, v in tr.model.bert.state_dict().items():
         assert torch.equal(v, bert_before[k]), k
     assert any(not torch.equal(v, head_before[k]) for k, v in tr.model.tasks.state_dict().items())
+
+
+def test_last_layer_mode_evaluates_a_task_with_nothing_to_train_and_never_draws_it(
+    tiny_model_dir, data_dir, tmp_path, caplog
+):
+    # quora as a cosine of the frozen encoder's sentence vectors has no parameters: it is scored on
+    # dev (threshold tuned) but no step is spent on it; sst's head trains on every step
+    cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst", "quora"], train={"mode": "last-layer",
+                      "sampler": "proportional", "steps_per_epoch": "sum"})  # fmt: skip
+    cfg.tasks["quora"].pair_mode, cfg.tasks["quora"].loss = "cosine", "cosent"
+    with caplog.at_level("WARNING", logger="minbert.train"):
+        tr = setup(cfg)
+    assert tr.sizes == {"sst": 4} and tr.steps_per_epoch == 4  # 64 sst examples / 16; quora's 4 batches left out
+    assert "quora has no trainable parameters" in caplog.text
+    bert_before = {k: v.clone() for k, v in tr.model.bert.state_dict().items()}
+    summary = fit(tr)
+    assert summary["steps"] == 4 and set(summary["best_metrics"]) == {"sst", "quora"}
+    assert 0.0 < summary["best_metrics"]["quora"]["accuracy"] <= 1.0
+    assert all(torch.equal(v, bert_before[k]) for k, v in tr.model.bert.state_dict().items())
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(set(r["loss"]) == {"sst"} for r in records if r["split"] == "train")
+
+
+def test_last_layer_mode_with_no_task_to_train_is_a_config_error(tiny_model_dir, data_dir, tmp_path):
+    cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["quora"], train={"mode": "last-layer"})
+    cfg.tasks["quora"].pair_mode, cfg.tasks["quora"].loss = "cosine", "cosent"
+    with pytest.raises(ConfigError, match="'train.mode' is 'last-layer' but no task has trainable parameters"):
+        setup(cfg)
 
 
 @pytest.mark.parametrize(
