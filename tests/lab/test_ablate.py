@@ -211,11 +211,18 @@ def test_a_run_in_its_own_process(tiny_model_dir, data_dir, tmp_path):
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
 def test_shipped_grids_train(path, tiny_model_dir, data_dir, tmp_path):
-    """Every variant of every shipped grid trains two steps on a tiny model (SMART, Child-Tuning D, PCGrad, ...)."""
+    """Every variant of every shipped grid trains on a tiny model (SMART, Child-Tuning D, PCGrad, ...), each
+    task drawn at least once: two batches per task, round robin unless the variant has its own sampler
+    (a task's first step is where, e.g., a frozen encoder's parameter-free head would fail)."""
     grid = load_grid(path)
-    grid.output, grid.budget = tmp_path / "grid", {"max_steps": 2}
+    base = run_config(grid, grid.baseline, 0)
+    mixed = base.train.sampler == "mixed"  # every step draws every task already
+    grid.output, grid.budget = tmp_path / "grid", {"max_steps": 2 if mixed else 2 * len(base.tasks)}
     shrink = [f"model.pretrained={tiny_model_dir}", f"data_dir={data_dir}", "train.threads=1", "train.epochs=1"]
-    for task in run_config(grid, grid.baseline, 0).tasks:
+    if not mixed:
+        shrink += ["train.sampler=round_robin", "train.steps_per_epoch=sum"]
+    tasks = base.tasks
+    for task in tasks:
         shrink += [f"tasks.{task}.{k}={n}" for k, n in (("train_limit", 16), ("dev_limit", 16), ("batch_size", 8))]
         shrink += [f"tasks.{task}.max_length=32"]
     variants = [v for v in grid.variants if not needs_later_checkpoint(run_config(grid, v, 0))]
