@@ -232,3 +232,21 @@ def check(cfg: Config, pretrained: bool = True) -> dict[str, Task]:
     if pretrained:
         resolve_model_dir(cfg.model.pretrained)
     return tasks
+
+
+def trained_sizes(model: MultitaskModel, tasks: dict[str, Task], frozen: bool) -> dict[str, int]:
+    """Batches per epoch of each task the sampler draws. With a frozen encoder (``train.mode:
+    last-layer``) a task whose module has no parameters of its own (a cosine pair task: cos(u, v)
+    of the frozen encoder's sentence vectors) has nothing to train: it is evaluated (its threshold
+    tuned on dev) but never drawn, so no step is spent on it. Refuses a run where no task trains."""
+    idle = [n for n in tasks if frozen and not model.task_parameters(n)]
+    if idle:
+        log.warning("train.mode last-layer: %s %s no trainable parameters (a frozen encoder and a parameter-free "
+                    "head): evaluated, not trained", ", ".join(idle), "has" if len(idle) == 1 else "have")  # fmt: skip
+    sizes = {n: len(t.train) for n, t in tasks.items() if n not in idle}
+    if not sizes:
+        raise ConfigError(
+            "config field 'train.mode' is 'last-layer' but no task has trainable parameters of its own "
+            f"({', '.join(idle)}): use a head with parameters (e.g. pair_mode bi or cross) or train.mode finetune"
+        )
+    return sizes

@@ -34,8 +34,8 @@ from tqdm.auto import tqdm
 from minbert import distributed
 from minbert.bert import BertTokenizer
 from minbert.bert.hub import resolve_model_dir
-from minbert.build import Task, build_model, check, config_field, load_bert, make_tasks
-from minbert.config import Config, ConfigError, TrainConfig
+from minbert.build import Task, build_model, check, config_field, load_bert, make_tasks, trained_sizes
+from minbert.config import Config, TrainConfig
 from minbert.data import Batch, Forever
 from minbert.distributed import agree, average_outside_ddp, broadcast_object, mean_over_ranks, no_sync, unwrap
 from minbert.evaluate import collect_outputs, compute_metrics, fit_threshold, mean_score
@@ -191,23 +191,6 @@ def setup(cfg: Config, run_dir: Path | None = None) -> Trainer:
         autocast, run_dir or cfg.resolved_run_dir(), steps_per_epoch, total_steps, sizes, child, regularizer, ema,
     )  # fmt: skip
 
-
-def trained_sizes(model: MultitaskModel, tasks: dict[str, Task], frozen: bool) -> dict[str, int]:
-    """Batches per epoch of each task the sampler draws. With a frozen encoder (``train.mode:
-    last-layer``) a task whose module has no parameters of its own (a cosine pair task: cos(u, v)
-    of the frozen encoder's sentence vectors) has nothing to train: it is evaluated (its threshold
-    tuned on dev) but never drawn, so no step is spent on it. Refuses a run where no task trains."""
-    idle = [n for n in tasks if frozen and not model.task_parameters(n)]
-    if idle:
-        log.warning("train.mode last-layer: %s %s no trainable parameters (a frozen encoder and a parameter-free "
-                    "head): evaluated, not trained", ", ".join(idle), "has" if len(idle) == 1 else "have")  # fmt: skip
-    sizes = {n: len(t.train) for n, t in tasks.items() if n not in idle}
-    if not sizes:
-        raise ConfigError(
-            "config field 'train.mode' is 'last-layer' but no task has trainable parameters of its own "
-            f"({', '.join(idle)}): use a head with parameters (e.g. pair_mode bi or cross) or train.mode finetune"
-        )
-    return sizes
 
 
 # ------------------------------------------------------------------ fit / validate

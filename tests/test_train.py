@@ -76,7 +76,7 @@ def test_last_layer_mode_evaluates_a_task_with_nothing_to_train_and_never_draws_
     cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst", "quora"], train={"mode": "last-layer",
                       "sampler": "proportional", "steps_per_epoch": "sum"})  # fmt: skip
     cfg.tasks["quora"].pair_mode, cfg.tasks["quora"].loss = "cosine", "cosent"
-    with caplog.at_level("WARNING", logger="minbert.train"):
+    with caplog.at_level("WARNING", logger="minbert.build"):
         tr = setup(cfg)
     assert tr.sizes == {"sst": 4} and tr.steps_per_epoch == 4  # 64 sst examples / 16; quora's 4 batches left out
     assert "quora has no trainable parameters" in caplog.text
