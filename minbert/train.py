@@ -192,7 +192,6 @@ def setup(cfg: Config, run_dir: Path | None = None) -> Trainer:
     )  # fmt: skip
 
 
-
 # ------------------------------------------------------------------ fit / validate
 
 

@@ -107,12 +107,14 @@ def publish(grid_dir: Path, dest: Path) -> Path:
     a ``notes.md`` if there is one, and each finished run's small files (:data:`PUBLISHED`) under
     ``<variant>/seed<k>/``; then write the report there. ``dest`` is then a grid directory of its own:
     its report's run table points at the committed records and ``minbert ablate DEST --report-only``
-    rebuilds it from them. Files of runs no longer in the grid are removed from ``dest``. Returns
-    report.md's path."""
+    rebuilds it from them. Files already in ``dest`` that the grid no longer has are left alone.
+    Returns report.md's path."""
     grid = json.loads((grid_dir / "grid.json").read_text())
     dest.mkdir(parents=True, exist_ok=True)
+    if grid_dir.resolve() == dest.resolve():
+        return write_report(dest)  # already there
     shutil.copy2(grid_dir / "grid.json", dest / "grid.json")
-    if (grid_dir / NOTES).is_file() and grid_dir.resolve() != dest.resolve():
+    if (grid_dir / NOTES).is_file():
         shutil.copy2(grid_dir / NOTES, dest / NOTES)
     for variant in grid["variants"]:
         for run_dir in sorted((grid_dir / variant).glob("seed*")):
