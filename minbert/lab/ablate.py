@@ -32,6 +32,7 @@ import minbert.train as train_lib
 from minbert import distributed
 from minbert.config import Config, ConfigError, to_dict
 from minbert.lab.grid import Grid, Run, load_grid, plan, run_config, stale_fields, write_grid_json
+from minbert.lab.records import finished_runs
 from minbert.lab.report import NOTES, config_diff, flatten, jsonl_to_tensorboard, write_report
 from minbert.runtime import is_main_process, pick_device, world_size
 
@@ -116,10 +117,9 @@ def publish(grid_dir: Path, dest: Path) -> Path:
     shutil.copy2(grid_dir / "grid.json", dest / "grid.json")
     if (grid_dir / NOTES).is_file():
         shutil.copy2(grid_dir / NOTES, dest / NOTES)
-    for variant in grid["variants"]:
-        for run_dir in sorted((grid_dir / variant).glob("seed*")):
-            if not (run_dir / "summary.json").is_file():
-                continue  # unfinished: not a record
+    for variant, per_seed in finished_runs(grid_dir, grid["variants"]).items():  # unfinished runs are no records
+        for run in per_seed.values():
+            run_dir = Path(run["dir"])
             target = dest / variant / run_dir.name
             target.mkdir(parents=True, exist_ok=True)
             for name in PUBLISHED:
