@@ -51,6 +51,12 @@ def _signed(x: float) -> str:
     return f"{x:+.3f}".replace("-", "−")
 
 
+def time_ratio(res: dict[str, Any], variant: str, baseline: str) -> str | None:
+    """The variant's mean training time as a multiple of the baseline's (``"2.50x"``); None if unknown."""
+    t, base = (res[v]["cost"]["train_seconds"]["mean"] for v in (variant, baseline))
+    return f"{t / base:.2f}x" if t and base else None
+
+
 def row(grid_dir: Path, report: dict[str, Any], base: Path) -> str:
     """A grid's table row; links relative to ``base`` (the README's directory)."""
     rel = grid_dir.relative_to(base).as_posix()
@@ -58,7 +64,6 @@ def row(grid_dir: Path, report: dict[str, Any], base: Path) -> str:
     budget = ", ".join(f"{k}={v}" for k, v in report["budget"].items())
     first = f"[{report['name']}]({rel}/report.md)<br>baseline `{baseline}`<br>{len(report['seeds'])} seeds"
     first += f", {budget}" if budget else ""
-    base_time = res[baseline]["cost"]["train_seconds"]["mean"]
     answers = []
     for v in report.get("effect_order") or [v for v in report["variants"] if v != baseline]:
         d = res[v]["delta"].get("score")
@@ -66,8 +71,8 @@ def row(grid_dir: Path, report: dict[str, Any], base: Path) -> str:
             answers.append(f"`{v}`: {verdict(d)}")
             continue
         ci = f" [{_signed(d['lo'])}, {_signed(d['hi'])}]" if d.get("lo") is not None else ""
-        t = res[v]["cost"]["train_seconds"]["mean"]
-        cost = f"; {t / base_time:.2f}x time" if t and base_time else ""
+        ratio = time_ratio(res, v, baseline)
+        cost = f"; {ratio} time" if ratio else ""
         answers.append(f"`{v}`: {_signed(d['mean'])}{ci}, {verdict(d)}{cost}")
     effect = (report.get("plots") or {}).get("effect")
     picture = f'<a href="{rel}/{effect}"><img src="{rel}/{effect}" width="{IMAGE_WIDTH}"></a>' if effect else "-"
@@ -118,11 +123,9 @@ def answers_table(results_dir: Path) -> list[str]:
     for grid_dir, report in reports:
         res, baseline = report["results"], report["baseline"]
         rel = grid_dir.relative_to(results_dir).as_posix()
-        base_time = res[baseline]["cost"]["train_seconds"]["mean"]
         for v in report.get("effect_order") or [v for v in report["variants"] if v != baseline]:
             delta = res[v]["delta"]
-            t = res[v]["cost"]["train_seconds"]["mean"]
-            time = f"{t / base_time:.2f}x" if t and base_time else "·"
+            time = time_ratio(res, v, baseline) or "·"
             cells = [_difference(delta.get(task)) for task in tasks]
             first = f"[{report['name']}]({rel}/report.md): `{v}` (vs `{baseline}`)"
             lines.append(f"| {first} | " + " | ".join(cells) + f" | {_difference(delta.get('score'))} | {time} | "
