@@ -135,7 +135,12 @@ def finish(proc: subprocess.Popen) -> tuple[int, str]:
 
 
 def mtime(path: Path) -> int:
-    return path.stat().st_mtime_ns if path.exists() else 0
+    """0 while the file is absent, including the instant between the old ``last/`` moved aside and
+    the new one renamed into place (checking ``exists()`` first would race with that rename)."""
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return 0
 
 
 def kill_when_training(
