@@ -200,8 +200,11 @@ def test_sigterm_to_torchrun_saves_last_and_a_2_rank_resume_reproduces_the_unint
     state = tmp_path / "cut" / "last" / "state.json"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        if state.is_file() and json.loads(state.read_text())["progress"]["step"] >= 4:
-            break
+        try:  # (last/ may be between its two renames: absent for an instant)
+            if json.loads(state.read_text())["progress"]["step"] >= 4:
+                break
+        except FileNotFoundError:
+            pass
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)  # to torchrun, which passes it to both ranks
     _, err = proc.communicate(timeout=120)
