@@ -1,0 +1,150 @@
+"""Training cost of each variant of an ablation grid, measured side by side in one process.
+
+    python benchmarks/bench_grid_cost.py configs/ablations/lab-regularizers.yaml --data-dir ../shared/data
+    python benchmarks/bench_grid_cost.py configs/ablations/lab-sampler.yaml --variant proportional --variant mixed
+    python benchmarks/bench_grid_cost.py GRID --clock cpu --threads 1     # on a machine shared with other jobs
+
+A grid's own cost table (`minbert ablate`) times each run alone, hours apart, so whatever else ran
+on the machine meanwhile is in its figures. This benchmark builds every variant's run (seed 0,
+`minbert.train.setup`, the same code the grid runs) in one process and trains them in turns: a
+block of ``--block`` steps of one variant, then of the next, the order rotating every round, so
+that the machine's state hits all variants alike. Each variant's steps are drawn at random from
+its whole run's step plan (every epoch of its sampler, up to the grid's step budget), so a sampled
+step trains the task mix the run would, on the tasks' own (shuffled, length-bucketed) batches.
+
+It prints, for each variant: the mean time of an optimizer step (the forward passes, the
+combiner's backward pass(es), regulariser passes, Child-Tuning mask, optimizer, EMA), the optimizer
+steps of a grid run, their product (the run's predicted training time, evaluations excluded as in
+the grid's cost table), its ratio to the baseline's (± a standard error from the two means'
+standard errors: a step's time varies with its batch's length), and the time of ``setup`` (model,
+data, and one-off work before the first step: Child-Tuning D's Fisher pass over the training data,
+which the grid's ``train_seconds`` leaves out). Each variant's first step is a warm-up and not
+timed. Peak memory is not measured here (one process holds every variant): the grid's cost table
+has it. ``--clock cpu --threads 1`` times the process's CPU time, which other jobs on the machine
+inflate far less than the wall time.
+A JSON record is appended to ``benchmarks/results.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from bench_train import machine  # benchmarks/ is the script's directory, so on sys.path
+
+from minbert.data import Forever
+from minbert.lab.grid import load_grid, run_config
+from minbert.multitask import epoch_length
+from minbert.train import Progress, set_train_mode, setup, train_step
+
+
+class Variant:
+    """One grid variant's run, built and ready to step, with the steps it will time."""
+
+    def __init__(self, grid, name: str, threads: int | None, run_dir: Path, sample: int, seed: int, clock):
+        cfg = run_config(grid, name, seed=0)
+        if threads:
+            cfg.train.threads = threads
+        t0 = clock()
+        self.name, self.tr = name, setup(cfg, run_dir=run_dir)
+        self.setup_s = clock() - t0
+        tr = self.tr
+        self.steps = tr.total_steps  # optimizer steps of a grid run
+        accum = cfg.optim.grad_accum
+        rule, rng = epoch_length(cfg.train.steps_per_epoch, tr.sizes), random.Random(cfg.train.seed)
+        plan = [n for e in range(cfg.train.epochs) for n in tr.sampler.steps(e, tr.sizes, rule, rng)]
+        plan = plan[: self.steps * accum]
+        groups = [plan[i : i + accum] for i in range(0, len(plan), accum)]  # one optimizer step each
+        self.todo = random.Random(seed).choices(groups, k=sample + 1)  # +1: the untimed first step
+        self.iters = {n: Forever(t.train) for n, t in tr.tasks.items()}
+        self.progress = Progress()
+        self.scaler = torch.amp.GradScaler(tr.device.type, enabled=tr.precision == "fp16")
+        self.warm = False
+        self.times: list[float] = []
+        set_train_mode(tr)
+
+    def run(self, n: int, clock) -> None:
+        for _ in range(min(n, len(self.todo))):
+            group = self.todo.pop(0)
+            t0 = clock()
+            for names in group:
+                train_step(self.tr, names, self.iters, self.scaler, self.progress)
+            if self.warm:
+                self.times.append(clock() - t0)
+            self.warm = True
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("grid", help="a grid file (configs/ablations/*.yaml)")
+    p.add_argument("--variant", action="append", default=None, help="only this variant (repeatable; the "
+                   "baseline is always measured)")  # fmt: skip
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--set", action="append", default=[], help="KEY=VALUE for every variant, as in minbert ablate")
+    p.add_argument("--steps", type=int, default=48, help="timed optimizer steps per variant (after the first)")
+    p.add_argument("--block", type=int, default=8, help="steps of one variant before the next one's turn")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the grid's config)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    p.add_argument("--seed", type=int, default=0, help="which of the run's steps are sampled")
+    p.add_argument("--out", default="benchmarks/results.jsonl")
+    args = p.parse_args()
+
+    grid = load_grid(args.grid)
+    grid.extra = [*([f"data_dir={args.data_dir}"] if args.data_dir else []), *args.set]
+    unknown = [v for v in args.variant or [] if v not in grid.variants]
+    if unknown:
+        p.error(f"grid {grid.name} has no variant {', '.join(unknown)}; it has {', '.join(grid.variants)}")
+    names = [grid.baseline] + [v for v in args.variant or grid.variants if v != grid.baseline]
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    with tempfile.TemporaryDirectory() as tmp:
+        variants = []
+        for name in names:
+            print(f"building {name} ...", flush=True)
+            variants.append(Variant(grid, name, args.threads, Path(tmp) / name, args.steps, args.seed, clock))
+        rounds = math.ceil(args.steps / args.block)
+        for r in range(rounds):
+            order = variants[r % len(variants) :] + variants[: r % len(variants)]
+            for v in order:
+                v.run(args.block + (1 if r == 0 else 0), clock)
+            print(f"round {r + 1}/{rounds} done", flush=True)
+
+    base = next(v for v in variants if v.name == grid.baseline)
+    base_mean = statistics.fmean(base.times)
+    base_rel = statistics.stdev(base.times) / math.sqrt(len(base.times)) / base_mean
+    rows = []
+    for v in variants:
+        mean, se = statistics.fmean(v.times), statistics.stdev(v.times) / math.sqrt(len(v.times))
+        ratio = mean * v.steps / (base_mean * base.steps)
+        rows.append({
+            "variant": v.name, "step_s": mean, "step_s_se": se, "timed_steps": len(v.times),
+            "run_steps": v.steps, "run_s": mean * v.steps, "ratio": ratio,
+            "ratio_se": 0.0 if v is base else ratio * math.hypot(se / mean, base_rel), "setup_s": v.setup_s,
+        })  # fmt: skip
+    precision = base.tr.precision
+    print(f"\nmachine: {machine()}, {torch.get_num_threads()} threads, precision {precision}, {args.clock} clock")
+    print(f"grid {grid.name}: {args.steps} sampled steps per variant, blocks of {args.block}, rotating order")
+    print(f"{'variant':22s} {'s/step':>14s} {'run steps':>9s} {'run train s':>11s} {'vs ' + grid.baseline:>16s} "
+          f"{'setup s':>8s}")  # fmt: skip
+    for r in rows:
+        print(f"{r['variant']:22s} {r['step_s']:7.3f} ± {r['step_s_se']:.3f} {r['run_steps']:9d} {r['run_s']:11.0f} "
+              f"{r['ratio']:9.2f}x ± {r['ratio_se']:.2f} {r['setup_s']:8.1f}")  # fmt: skip
+    record = {
+        "benchmark": "grid_cost", "date": datetime.date.today().isoformat(), "machine": machine(),
+        "threads": torch.get_num_threads(), "precision": precision, "clock": args.clock, "grid": args.grid,
+        "set": grid.extra, "steps": args.steps, "block": args.block, "baseline": grid.baseline, "rows": rows,
+    }  # fmt: skip
+    with open(args.out, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    print(f"record appended to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
