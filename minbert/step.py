@@ -50,16 +50,21 @@ class TaskLosses(nn.Module):
         return {n: task_loss(self.model, self.tasks[n], b, self.autocast, self.regularizer) for n, b in batches.items()}
 
 
-def run_fisher_pass(model: MultitaskModel, tasks: Mapping, device: torch.device) -> dict[str, torch.Tensor]:
+def run_fisher_pass(
+    model: MultitaskModel, tasks: Mapping, device: torch.device, progress: bool = True
+) -> dict[str, torch.Tensor]:
     """Child-Tuning D: one pass over every task's training data, each batch's own task loss.
     Under torchrun each rank passes over its share of the batches and the ranks average the result
-    (equal shares: the mean of the ranks' means is the mean over all batches)."""
-    batches = [(name, b) for name, t in tasks.items() for b in t.train]
+    (equal shares: the mean of the ranks' means is the mean over all batches). ``progress``: a
+    progress bar (on rank 0), as ``train.progress`` asks."""
+    batches = ((name, b) for name, t in tasks.items() for b in t.train)  # collated one at a time
+    total = sum(len(t.train) for t in tasks.values())
 
     def loss_fn(m, item):
         name, batch = item
         return task_loss(m, tasks[name], batch.to(device), contextlib.nullcontext)
 
-    fisher = compute_fisher(model, tqdm(batches, desc="fisher", leave=False, disable=not is_main_process()), loss_fn)
+    bar = tqdm(batches, total=total, desc="fisher", leave=False, disable=not (progress and is_main_process()))
+    fisher = compute_fisher(model, bar, loss_fn)
     all_reduce_mean_(fisher.values())
     return fisher

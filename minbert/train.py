@@ -169,7 +169,7 @@ def setup(cfg: Config, run_dir: Path | None = None) -> Trainer:
 
     child = None
     if optim.child_tuning and not frozen:
-        fisher = lambda: run_fisher_pass(model, tasks, device)  # noqa: E731 - only the variants that need it call it
+        fisher = lambda: run_fisher_pass(model, tasks, device, train.progress)  # noqa: E731 - only D's masks need it
         with config_field("optim.child_tuning"):  # F's masks: one seed, the same draws on every rank
             kwargs = {"generator": torch.Generator(device).manual_seed(train.seed), **optim.child_tuning_kwargs}
             child = CHILD_TUNING.build(optim.child_tuning, eligible_parameters(model), fisher, **kwargs)

@@ -106,7 +106,7 @@ def test_last_layer_mode_with_no_task_to_train_is_a_config_error(tiny_model_dir,
     ],
     ids=["smart", "child-tuning-F", "child-tuning-D", "child-tuning-D-random"],
 )
-def test_regularisers_plug_into_the_loop(tiny_model_dir, data_dir, tmp_path, extra):
+def test_regularisers_plug_into_the_loop(tiny_model_dir, data_dir, tmp_path, extra, capsys):
     train = {"max_steps": 2, **extra.pop("train", {})}
     cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst", "sts"], train=train, **extra)
     tr = setup(cfg)
@@ -116,6 +116,7 @@ def test_regularisers_plug_into_the_loop(tiny_model_dir, data_dir, tmp_path, ext
         masks = tr.child_tuning.state_dict()
         assert masks and all(k.startswith("bert.encoder.layer.") for k in masks)
         assert (tmp_path / "run" / "best" / "child_tuning.safetensors").is_file()
+    assert "fisher" not in capsys.readouterr().err  # train.progress: false (a grid's train.log) has no bars
 
 
 @pytest.mark.parametrize("task,loss", [("quora", "bce"), ("sts", "mse")])
