@@ -8,20 +8,22 @@ A grid's own cost table (`minbert ablate`) times each run alone, hours apart, so
 on the machine meanwhile is in its figures. This benchmark builds every variant's run (seed 0,
 `minbert.train.setup`, the same code the grid runs) in one process and trains them in turns: a
 block of ``--block`` steps of one variant, then of the next, the order rotating every round, so
-that the machine's state hits all variants alike. Each variant's steps are drawn at random from
-its whole run's step plan (every epoch of its sampler, up to the grid's step budget), so a sampled
-step trains the task mix the run would, on the tasks' own (shuffled, length-bucketed) batches.
+that the machine's state hits all variants alike. Each variant's steps come from its whole run's
+step plan (every epoch of its sampler, up to the grid's step budget), counted by kind (the tasks a
+step trains: one task, or all for `mixed`); each kind is timed on a share of the ``--steps``
+samples in proportion to its count (at least 4), on the tasks' own (shuffled, length-bucketed)
+batches, and the run's training time is predicted as the sum over kinds of count x mean time, so
+the task mix adds no sampling error, only the batches' varying lengths do.
 
 It prints, for each variant: the mean time of an optimizer step (the forward passes, the
-combiner's backward pass(es), regulariser passes, Child-Tuning mask, optimizer, EMA), the optimizer
-steps of a grid run, their product (the run's predicted training time, evaluations excluded as in
-the grid's cost table), its ratio to the baseline's (± a standard error from the two means'
-standard errors: a step's time varies with its batch's length), and the time of ``setup`` (model,
-data, and one-off work before the first step: Child-Tuning D's Fisher pass over the training data,
-which the grid's ``train_seconds`` leaves out). Each variant's first step is a warm-up and not
-timed. Peak memory is not measured here (one process holds every variant): the grid's cost table
-has it. ``--clock cpu --threads 1`` times the process's CPU time, which other jobs on the machine
-inflate far less than the wall time.
+combiner's backward pass(es), regulariser passes, Child-Tuning mask, optimizer, EMA) over the
+whole run, the optimizer steps of a grid run, the run's predicted training time (evaluations
+excluded, as in the grid's cost table), its ratio to the baseline's (± a standard error), and the
+time of ``setup`` (model, data, and one-off work before the first step: Child-Tuning D's Fisher
+pass over the training data, which the grid's ``train_seconds`` leaves out). Each variant's first
+step is a warm-up and not timed. Peak memory is not measured here (one process holds every
+variant): the grid's cost table has it. ``--clock cpu --threads 1`` times the process's CPU time,
+which other jobs on the machine inflate far less than the wall time.
 A JSON record is appended to ``benchmarks/results.jsonl``.
 """
 
@@ -35,6 +37,7 @@ import random
 import statistics
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -62,24 +65,42 @@ class Variant:
         rule, rng = epoch_length(cfg.train.steps_per_epoch, tr.sizes), random.Random(cfg.train.seed)
         plan = [n for e in range(cfg.train.epochs) for n in tr.sampler.steps(e, tr.sizes, rule, rng)]
         plan = plan[: self.steps * accum]
-        groups = [plan[i : i + accum] for i in range(0, len(plan), accum)]  # one optimizer step each
-        self.todo = random.Random(seed).choices(groups, k=sample + 1)  # +1: the untimed first step
+        steps = [tuple(tuple(names) for names in plan[i : i + accum]) for i in range(0, len(plan), accum)]
+        # A step's cost depends on its tasks: the run's steps are counted by kind (the tasks they train),
+        # each kind timed on a share of the samples (in proportion, at least 4), and the run's time
+        # predicted as the sum over kinds of count x mean time, so the task mix adds no sampling error.
+        self.counts = Counter(steps)
+        share = {k: max(4, round(sample * n / len(steps))) for k, n in self.counts.items()}
+        rng = random.Random(seed)
+        self.todo = [k for k, n in share.items() for _ in range(n)]
+        rng.shuffle(self.todo)
+        self.todo.insert(0, rng.choice(steps))  # the untimed first step
         self.iters = {n: Forever(t.train) for n, t in tr.tasks.items()}
         self.progress = Progress()
         self.scaler = torch.amp.GradScaler(tr.device.type, enabled=tr.precision == "fp16")
         self.warm = False
-        self.times: list[float] = []
+        self.times: dict[tuple, list[float]] = {k: [] for k in self.counts}
         set_train_mode(tr)
 
     def run(self, n: int, clock) -> None:
         for _ in range(min(n, len(self.todo))):
-            group = self.todo.pop(0)
+            step = self.todo.pop(0)
             t0 = clock()
-            for names in group:
-                train_step(self.tr, names, self.iters, self.scaler, self.progress)
+            for names in step:
+                train_step(self.tr, list(names), self.iters, self.scaler, self.progress)
             if self.warm:
-                self.times.append(clock() - t0)
+                self.times[step].append(clock() - t0)
             self.warm = True
+
+    def estimate(self) -> tuple[float, float]:
+        """The predicted training time of a run and its standard error (stratified by kind of step)."""
+        total = sum(n * statistics.fmean(self.times[k]) for k, n in self.counts.items())
+        var = sum(n * n * statistics.variance(self.times[k]) / len(self.times[k]) for k, n in self.counts.items())
+        return total, math.sqrt(var)
+
+    @property
+    def timed(self) -> int:
+        return sum(len(t) for t in self.times.values())
 
 
 def main() -> None:
@@ -89,7 +110,8 @@ def main() -> None:
                    "baseline is always measured)")  # fmt: skip
     p.add_argument("--data-dir", default=None)
     p.add_argument("--set", action="append", default=[], help="KEY=VALUE for every variant, as in minbert ablate")
-    p.add_argument("--steps", type=int, default=48, help="timed optimizer steps per variant (after the first)")
+    p.add_argument("--steps", type=int, default=48, help="timed optimizer steps per variant (after the first; at "
+                   "least 4 of each kind of step)")  # fmt: skip
     p.add_argument("--block", type=int, default=8, help="steps of one variant before the next one's turn")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the grid's config)")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall")
@@ -109,7 +131,7 @@ def main() -> None:
         for name in names:
             print(f"building {name} ...", flush=True)
             variants.append(Variant(grid, name, args.threads, Path(tmp) / name, args.steps, args.seed, clock))
-        rounds = math.ceil(args.steps / args.block)
+        rounds = math.ceil(max(len(v.todo) - 1 for v in variants) / args.block)
         for r in range(rounds):
             order = variants[r % len(variants) :] + variants[: r % len(variants)]
             for v in order:
@@ -117,20 +139,20 @@ def main() -> None:
             print(f"round {r + 1}/{rounds} done", flush=True)
 
     base = next(v for v in variants if v.name == grid.baseline)
-    base_mean = statistics.fmean(base.times)
-    base_rel = statistics.stdev(base.times) / math.sqrt(len(base.times)) / base_mean
+    base_s, base_se = base.estimate()
     rows = []
     for v in variants:
-        mean, se = statistics.fmean(v.times), statistics.stdev(v.times) / math.sqrt(len(v.times))
-        ratio = mean * v.steps / (base_mean * base.steps)
+        run_s, se = v.estimate()
+        ratio = run_s / base_s
         rows.append({
-            "variant": v.name, "step_s": mean, "step_s_se": se, "timed_steps": len(v.times),
-            "run_steps": v.steps, "run_s": mean * v.steps, "ratio": ratio,
-            "ratio_se": 0.0 if v is base else ratio * math.hypot(se / mean, base_rel), "setup_s": v.setup_s,
+            "variant": v.name, "step_s": run_s / v.steps, "step_s_se": se / v.steps, "timed_steps": v.timed,
+            "run_steps": v.steps, "run_s": run_s, "ratio": ratio,
+            "ratio_se": 0.0 if v is base else ratio * math.hypot(se / run_s, base_se / base_s), "setup_s": v.setup_s,
         })  # fmt: skip
     precision = base.tr.precision
     print(f"\nmachine: {machine()}, {torch.get_num_threads()} threads, precision {precision}, {args.clock} clock")
-    print(f"grid {grid.name}: {args.steps} sampled steps per variant, blocks of {args.block}, rotating order")
+    print(f"grid {grid.name}: about {args.steps} sampled steps per variant (by kind), blocks of {args.block}, "
+          "rotating order")  # fmt: skip
     print(f"{'variant':22s} {'s/step':>14s} {'run steps':>9s} {'run train s':>11s} {'vs ' + grid.baseline:>16s} "
           f"{'setup s':>8s}")  # fmt: skip
     for r in rows:
