@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from minbert import distributed
 from minbert.data import Batch
@@ -40,6 +41,22 @@ class TaskOutputs:
     ids: list[str]
     scores: np.ndarray  # (N,) class id, binary score in [0, 1], or regression value
     labels: np.ndarray | None
+
+
+def own_batches(loader: DataLoader) -> DataLoader:
+    """Under torchrun, this rank's share of ``loader``: every ``world_size``-th of its batches.
+
+    Sharded at the batch sampler (lists of indices), so that a rank only collates the batches it
+    runs; without torchrun, ``loader`` itself."""
+    if not distributed.enabled():
+        return loader
+    return DataLoader(
+        loader.dataset,
+        batch_sampler=list(shard(loader.batch_sampler)),
+        collate_fn=loader.collate_fn,
+        num_workers=loader.num_workers,
+        worker_init_fn=loader.worker_init_fn,
+    )
 
 
 @torch.no_grad()
@@ -65,7 +82,7 @@ def collect_outputs(
     labels = np.zeros(n, dtype=np.float64)
     ids: list[str | None] = [None] * n
     has_labels = True
-    for batch in shard(loader) if sharded else loader:
+    for batch in own_batches(loader) if sharded else loader:
         batch: Batch = batch.to(device)
         with autocast():
             out = model(task, batch.inputs)

@@ -180,6 +180,22 @@ def test_without_torchrun_nothing_is_initialised_and_the_helpers_are_identities(
     assert distributed.wrap(module, torch.device("cpu")) is module and distributed.unwrap(module) is module
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_sharded_evaluation_collates_only_the_batches_its_rank_runs(monkeypatch, rank):
+    from torch.utils.data import DataLoader
+
+    from minbert.evaluate import own_batches
+
+    monkeypatch.setattr(distributed, "enabled", lambda: True)
+    monkeypatch.setattr(distributed.dist, "get_rank", lambda: rank)
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: WORLD)
+    collated = []
+    loader = DataLoader(list(range(10)), batch_size=3, collate_fn=lambda items: collated.append(items) or items)
+    batches = list(own_batches(loader))
+    expected = [[0, 1, 2], [6, 7, 8]] if rank == 0 else [[3, 4, 5], [9]]  # batches 0, 2 / 1, 3 of four
+    assert batches == expected and collated == expected
+
+
 def test_sigterm_to_torchrun_saves_last_and_a_2_rank_resume_reproduces_the_uninterrupted_run(
     tiny_model_dir, data_dir, tmp_path
 ):
