@@ -27,10 +27,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import yaml
 
 import minbert.train as train_lib
 from minbert import distributed
-from minbert.config import Config, ConfigError, to_dict
+from minbert.config import Config, ConfigError, save_config, to_dict
+from minbert.files import write_text_atomically
 from minbert.lab.grid import Grid, Run, load_grid, plan, run_config, stale_fields, write_grid_json
 from minbert.lab.records import finished_runs
 from minbert.lab.report import NOTES, config_diff, flatten, jsonl_to_tensorboard, write_report
@@ -100,6 +102,43 @@ def drop_resume_state(run_dir: Path) -> None:
     shutil.rmtree(run_dir / "last", ignore_errors=True)
 
 
+def find_reusable(run: Run, roots: list[Path]) -> Path | None:
+    """A finished run under ``roots`` trained with exactly ``run``'s config (its name and run
+    directory aside; the seed included), or None. Training is deterministic on one machine and
+    thread count (tests/test_resume.py), so its records are what ``run`` would produce."""
+    want = flatten(to_dict(run.config))
+    for root in roots:
+        for summary in sorted(root.glob("**/summary.json")):
+            src, saved = summary.parent, summary.parent / "config.yaml"
+            if src.resolve() == run.run_dir.resolve() or not saved.is_file():
+                continue
+            if not config_diff(flatten(yaml.safe_load(saved.read_text()) or {}), want, ignore=("name", "run_dir")):
+                return src
+    return None
+
+
+def reuse_run(src: Path, run: Run) -> dict:
+    """Make ``run`` a copy of the finished run ``src``: its records and ``best/`` (hard links where the
+    file system allows), no resume state; ``config.yaml`` gets ``run``'s name and directory and
+    ``summary.json`` a ``reused_from`` field. Returns the summary."""
+    shutil.rmtree(run.run_dir, ignore_errors=True)
+
+    def link_or_copy(a: str, b: str) -> None:  # checkpoints linked; logs copied (a log may be appended to)
+        try:
+            if os.path.getsize(a) < 2**20:
+                raise OSError("small: copied")
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    skip = shutil.ignore_patterns("last", "last.old", "last.tmp", "previous", "summary.json", "config.yaml")
+    shutil.copytree(src, run.run_dir, ignore=skip, copy_function=link_or_copy)
+    save_config(run.config, run.run_dir / "config.yaml")  # new files: the source's stay untouched
+    summary = {**json.loads((src / "summary.json").read_text()), "name": run.config.name, "reused_from": str(src)}
+    write_text_atomically(run.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
 PUBLISHED = ("summary.json", "metrics.jsonl", "config.yaml", "train.log")  # per run; no checkpoints
 
 
@@ -152,9 +191,15 @@ def refresh_outputs(grid_dir: Path, run: Run | None = None, echo: Callable[[str]
 
 
 def execute(
-    grid: Grid, runs: list[Run], isolate: bool = True, echo: Callable[[str], None] = print, command: str | None = None
+    grid: Grid,
+    runs: list[Run],
+    isolate: bool = True,
+    echo: Callable[[str], None] = print,
+    command: str | None = None,
+    reuse: list[Path] = (),
 ) -> list[Run]:
     """Write ``grid.json``, run the unfinished runs in order refreshing the report after each; return those run.
+    A run whose config a finished run under ``reuse`` already trained is copied instead (:func:`reuse_run`).
     Under torchrun every rank runs this (in-process) and rank 0 writes and speaks."""
     main = is_main_process()
     echo = echo if main else (lambda _: None)
@@ -168,6 +213,16 @@ def execute(
     echo(f"grid {grid.name}: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run")
     durations = [json.loads((r.run_dir / "summary.json").read_text())["train_seconds"] for r in runs if r.finished]
     fresh: list[float] = []
+    for r in list(todo):
+        if reuse and (src := find_reusable(r, reuse)) is not None:
+            distributed.barrier()  # every rank has looked before rank 0 copies
+            if main:
+                summary = reuse_run(src, r)
+                echo(f"[{runs.index(r) + 1}/{len(runs)}] {r.variant} seed {r.seed}: reused {src} "
+                     f"(the same config and seed), score {summary['best_score']:.4f}")  # fmt: skip
+                refresh_outputs(grid.output, r, echo)
+            distributed.barrier()
+            todo.remove(r)
     for r in todo:
         k = runs.index(r) + 1
         times = fresh or durations  # this session's run times (setup included) when there are any
@@ -204,6 +259,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="after the runs (or with --report-only), copy grid.json, notes.md and each finished run's "
                              "summary.json, metrics.jsonl, config.yaml and train.log into DIR and write the report "
                              "there (docs/results/<grid>); no checkpoints")  # fmt: skip
+    parser.add_argument("--reuse", action="append", type=Path, default=[], metavar="DIR",
+                        help="before training a run, look under DIR (e.g. runs/ablations, or another grid's directory) "
+                             "for a finished run with the same config and seed, and copy it instead (its summary "
+                             "says reused_from); repeatable")  # fmt: skip
     parser.add_argument("--in-process", action="store_true",
                         help="train in this process instead of one subprocess per run (peak memory is then "
                              "the whole grid's)")  # fmt: skip
@@ -211,7 +270,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _command(args: argparse.Namespace) -> str:
     parts = ["minbert", "ablate", args.grid]
-    for flag, values in (("--set", args.set), ("--output", [args.output] if args.output else [])):
+    outputs = [args.output] if args.output else []
+    for flag, values in (("--set", args.set), ("--output", outputs), ("--reuse", [str(d) for d in args.reuse])):
         for v in values:
             parts += [flag, v]
     if args.data_dir:
@@ -258,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
         args.in_process = True
         distributed.init(pick_device(runs[0].config.train.device) if runs else torch.device("cpu"))
     try:
-        execute(grid, runs, isolate=not args.in_process, command=_command(args))
+        execute(grid, runs, isolate=not args.in_process, command=_command(args), reuse=args.reuse)
     except KeyboardInterrupt:
         print("\ninterrupted: finished runs are kept; rerun the same command to resume", file=sys.stderr)
         status = 130

@@ -154,6 +154,42 @@ def test_killed_grid_resumes_and_runs_only_what_is_missing(tiny_model_dir, data_
     assert count_fits["calls"] == ["cls/seed1"]
 
 
+def test_a_run_another_grid_already_trained_is_reused_and_equals_training_it_again(
+    tiny_model_dir, data_dir, tmp_path, count_fits
+):
+    from safetensors.torch import load_file
+
+    from minbert.config import load_config
+
+    first = tmp_path / "first"
+    assert cli(str(write_grid(tmp_path, tiny_grid(tiny_model_dir, data_dir, first, seeds=[0])))) == 0
+    (tmp_path / "b").mkdir()
+    variants = {"mean": {"tasks.sst.pooling": "mean"}, "slow": {"tasks.sst.pooling": "mean", "optim.lr": 5e-4}}
+    grid = tiny_grid(tiny_model_dir, data_dir, tmp_path / "second", name="other", baseline="mean", variants=variants)
+    path = write_grid(tmp_path / "b", grid)
+    count_fits["calls"] = []
+    assert cli(str(path), "--reuse", str(first)) == 0
+    assert count_fits["calls"] == ["mean/seed1", "slow/seed0", "slow/seed1"]  # seed 1 and another lr: no match
+    src, copy = first / "mean" / "seed0", tmp_path / "second" / "mean" / "seed0"
+    summary, original = (json.loads((d / "summary.json").read_text()) for d in (copy, src))
+    assert summary == {**original, "name": "other-mean-seed0", "reused_from": str(src)}
+    assert (copy / "metrics.jsonl").read_text() == (src / "metrics.jsonl").read_text()
+    assert load_config(copy / "config.yaml").run_dir == str(copy) and load_config(src / "config.yaml").name == "tiny-mean-seed0"
+    assert not (copy / "last").exists()
+    report = json.loads((tmp_path / "second" / "report.json").read_text())
+    assert report["missing"] == [] and report["results"]["mean"]["score"]["values"][0] == original["best_score"]
+
+    # what reuse stands on: training that config again gives the same model and figures
+    weights = load_file(str(copy / "best" / "model.safetensors"))
+    ablate.shutil.rmtree(copy)
+    count_fits["calls"] = []
+    assert cli(str(path)) == 0 and count_fits["calls"] == ["mean/seed0"]
+    again = json.loads((copy / "summary.json").read_text())
+    assert "reused_from" not in again and again["best_metrics"] == original["best_metrics"]
+    for name, w in load_file(str(copy / "best" / "model.safetensors")).items():
+        assert torch.equal(w, weights[name]), name
+
+
 def test_an_interrupted_run_with_a_last_state_is_resumed_not_restarted(tiny_model_dir, data_dir, tmp_path, count_fits):
     out = tmp_path / "grid"
     path = write_grid(tmp_path, tiny_grid(tiny_model_dir, data_dir, out, seeds=[0]))
