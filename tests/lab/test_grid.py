@@ -81,6 +81,8 @@ def test_shipped_grids_are_valid(path, data_dir):
             assert steps and cfg.train.max_steps < steps and cfg.train.epochs == 1
             assert cfg.train.steps_per_epoch == cfg.train.max_steps
             steps = cfg.train.max_steps
+        elif cfg.train.sampler == "mixed" and cfg.train.max_steps != steps:  # mixed steps in a sampled grid
+            steps = lab_steps(cfg, data_dir)
         assert (cfg.train.max_minutes, cfg.train.max_steps) == (budget.get("max_minutes"), steps)
         if not needs_later_checkpoint(cfg):
             check_runnable(cfg)
