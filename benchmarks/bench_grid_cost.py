@@ -45,6 +45,7 @@ from bench_train import machine  # benchmarks/ is the script's directory, so on 
 
 from minbert.data import Forever
 from minbert.lab.grid import load_grid, run_config
+from minbert.lab.report import COST_BENCH
 from minbert.multitask import epoch_length
 from minbert.train import Progress, set_train_mode, setup, train_step
 
@@ -117,6 +118,9 @@ def main() -> None:
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     p.add_argument("--seed", type=int, default=0, help="which of the run's steps are sampled")
     p.add_argument("--out", default="benchmarks/results.jsonl")
+    p.add_argument("--save", metavar="GRID_DIR", type=Path, help="also write the record to GRID_DIR/cost.json (e.g. "
+                   "runs/ablations/<grid> or docs/results/<grid>): the grid's report then shows it and the results "
+                   "index takes its time ratios")  # fmt: skip
     args = p.parse_args()
 
     grid = load_grid(args.grid)
@@ -166,6 +170,10 @@ def main() -> None:
     with open(args.out, "a") as f:
         f.write(json.dumps(record) + "\n")
     print(f"record appended to {args.out}")
+    if args.save:
+        args.save.mkdir(parents=True, exist_ok=True)
+        (args.save / COST_BENCH).write_text(json.dumps(record, indent=2) + "\n")
+        print(f"and written to {args.save / COST_BENCH}")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from minbert.config import Config, ConfigError, save_config, to_dict
 from minbert.files import write_text_atomically
 from minbert.lab.grid import Grid, Run, load_grid, plan, run_config, stale_fields, write_grid_json
 from minbert.lab.records import finished_runs
-from minbert.lab.report import NOTES, config_diff, flatten, jsonl_to_tensorboard, write_report
+from minbert.lab.report import COST_BENCH, NOTES, config_diff, flatten, jsonl_to_tensorboard, write_report
 from minbert.runtime import is_main_process, pick_device, world_size
 
 
@@ -144,7 +144,7 @@ PUBLISHED = ("summary.json", "metrics.jsonl", "config.yaml", "train.log")  # per
 
 def publish(grid_dir: Path, dest: Path) -> Path:
     """Copy a grid's records into ``dest`` (e.g. ``docs/results/<grid>``, to be committed): ``grid.json``,
-    a ``notes.md`` if there is one, and each finished run's small files (:data:`PUBLISHED`) under
+    a ``notes.md`` and a ``cost.json`` if there are, and each finished run's small files (:data:`PUBLISHED`) under
     ``<variant>/seed<k>/``; then write the report there. ``dest`` is then a grid directory of its own:
     its report's run table points at the committed records and ``minbert ablate DEST --report-only``
     rebuilds it from them. Files already in ``dest`` that the grid no longer has are left alone.
@@ -154,8 +154,9 @@ def publish(grid_dir: Path, dest: Path) -> Path:
     if grid_dir.resolve() == dest.resolve():
         return write_report(dest)  # already there
     shutil.copy2(grid_dir / "grid.json", dest / "grid.json")
-    if (grid_dir / NOTES).is_file():
-        shutil.copy2(grid_dir / NOTES, dest / NOTES)
+    for extra in (NOTES, COST_BENCH):
+        if (grid_dir / extra).is_file():
+            shutil.copy2(grid_dir / extra, dest / extra)
     for variant, per_seed in finished_runs(grid_dir, grid["variants"]).items():  # unfinished runs are no records
         for run in per_seed.values():
             run_dir = Path(run["dir"])
@@ -256,9 +257,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a field of every run, before the variants' overrides (repeatable)")  # fmt: skip
     parser.add_argument("--data-dir", help="task data directory (same as --set data_dir=DIR)")
     parser.add_argument("--publish", metavar="DIR",
-                        help="after the runs (or with --report-only), copy grid.json, notes.md and each finished run's "
-                             "summary.json, metrics.jsonl, config.yaml and train.log into DIR and write the report "
-                             "there (docs/results/<grid>); no checkpoints")  # fmt: skip
+                        help="after the runs (or with --report-only), copy grid.json, notes.md, cost.json and each "
+                             "finished run's summary.json, metrics.jsonl, config.yaml and train.log into DIR and write "
+                             "the report there (docs/results/<grid>); no checkpoints")  # fmt: skip
     parser.add_argument("--reuse", action="append", type=Path, default=[], metavar="DIR",
                         help="before training a run, look under DIR (e.g. runs/ablations, or another grid's directory) "
                              "for a finished run with the same config and seed, and copy it instead (its summary "

@@ -6,7 +6,8 @@ and an answers table with one row per technique.
 Each ``<results>/<grid>/report.json`` gives a row: the grid (a link to its report.md), baseline,
 seeds and budget; per variant the mean-score difference against the baseline with its 95%
 interval, a verdict read off the interval, and the training time as a multiple of the
-baseline's; and the grid's effect plot. The table replaces what stands between the two
+baseline's (measured side by side where the report has ``cost_bench``, :func:`time_ratio`); and
+the grid's effect plot. The table replaces what stands between the two
 marker lines of README.md (:data:`START`, :data:`END`); the rest of the file is left as it is.
 
 The answers table (between :data:`ANSWERS_START` and :data:`ANSWERS_END`, when README.md has
@@ -51,8 +52,14 @@ def _signed(x: float) -> str:
     return f"{x:+.3f}".replace("-", "−")
 
 
-def time_ratio(res: dict[str, Any], variant: str, baseline: str) -> str | None:
-    """The variant's mean training time as a multiple of the baseline's (``"2.50x"``); None if unknown."""
+def time_ratio(report: dict[str, Any], variant: str, baseline: str) -> str | None:
+    """The variant's training time as a multiple of the baseline's: measured side by side
+    (``"0.89x ± 0.05"``, the report's ``cost_bench``) where the grid has that measurement, else the
+    ratio of its runs' mean times (``"2.50x"``); None if unknown."""
+    bench = {r["variant"]: r for r in (report.get("cost_bench") or {}).get("rows", [])}
+    if variant in bench and bench[variant]["ratio"]:
+        return f"{bench[variant]['ratio']:.2f}x ± {bench[variant]['ratio_se']:.2f}"
+    res = report["results"]
     t, base = (res[v]["cost"]["train_seconds"]["mean"] for v in (variant, baseline))
     return f"{t / base:.2f}x" if t and base else None
 
@@ -71,7 +78,7 @@ def row(grid_dir: Path, report: dict[str, Any], base: Path) -> str:
             answers.append(f"`{v}`: {verdict(d)}")
             continue
         ci = f" [{_signed(d['lo'])}, {_signed(d['hi'])}]" if d.get("lo") is not None else ""
-        ratio = time_ratio(res, v, baseline)
+        ratio = time_ratio(report, v, baseline)
         cost = f"; {ratio} time" if ratio else ""
         answers.append(f"`{v}`: {_signed(d['mean'])}{ci}, {verdict(d)}{cost}")
     effect = (report.get("plots") or {}).get("effect")
@@ -125,7 +132,7 @@ def answers_table(results_dir: Path) -> list[str]:
         rel = grid_dir.relative_to(results_dir).as_posix()
         for v in report.get("effect_order") or [v for v in report["variants"] if v != baseline]:
             delta = res[v]["delta"]
-            time = time_ratio(res, v, baseline) or "·"
+            time = time_ratio(report, v, baseline) or "·"
             cells = [_difference(delta.get(task)) for task in tasks]
             first = f"[{report['name']}]({rel}/report.md): `{v}` (vs `{baseline}`)"
             lines.append(f"| {first} | " + " | ".join(cells) + f" | {_difference(delta.get('score'))} | {time} | "

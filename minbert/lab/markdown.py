@@ -111,6 +111,23 @@ def curve_text(s: dict[str, Any], plots: dict[str, str | None] | None) -> list[s
     return lines
 
 
+def cost_bench_text(bench: dict[str, Any] | None) -> list[str]:
+    """The side-by-side cost measurement (``cost.json``), when the grid has one."""
+    if not bench:
+        return []
+    lines = ["", "### Measured side by side", "",
+             f"`benchmarks/bench_grid_cost.py` ({bench['date']}, {bench['machine']}, {bench['threads']} thread(s), "
+             f"{bench['precision']}, {bench['clock']} clock): every variant built in one process and trained in "
+             f"turns, about {bench['steps']} sampled steps each, so that whatever else ran hit all alike. A run's "
+             "training time is predicted from its step plan; ± a standard error. Setup: model, data and one-off "
+             "work before the first step (Child-Tuning D's Fisher pass), which the train time above leaves out.",
+             ""]  # fmt: skip
+    rows = [[r["variant"], f"{r['step_s']:.3f} ± {r['step_s_se']:.3f}", str(r["run_steps"]), f"{r['run_s']:.0f}",
+             f"{r['ratio']:.2f}x ± {r['ratio_se']:.2f}", f"{r['setup_s']:.1f}"] for r in bench["rows"]]  # fmt: skip
+    header_ = ["variant", "s / step", "steps", "train time (s)", f"vs {bench['baseline']}", "setup (s)"]
+    return lines + table(header_, rows)
+
+
 def render_markdown(summary: dict[str, Any], meta: dict[str, str], plots: dict[str, str | None] | None) -> str:
     """``report.md``; ``plots`` maps effect / cost / curves to their PNG under plots/ (None: not drawn;
     ``plots`` None: matplotlib is missing)."""
@@ -162,6 +179,7 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, str], plots: dict[s
                   "mean-score difference with the 95% interval; the baseline sits at 0. Variants that take about "
                   "the same time are drawn a little apart so that none hides another; the legend gives each "
                   "one's time as a multiple of the baseline's."]  # fmt: skip
+    lines += cost_bench_text(meta.get("cost_bench"))
     lines += ["", "## Learning curves", "", *curve_text(s, plots)]
     lines += ["", f"## Config differences against `{s['baseline']}`", ""]
     rows = [[v, f"`{k}`", f"`{a}`", f"`{b}`"] for v in order for k, (a, b) in res[v]["config_diff"].items()]

@@ -293,12 +293,14 @@ def _clean(x: Any) -> Any:
 
 
 NOTES = "notes.md"
+COST_BENCH = "cost.json"  # benchmarks/bench_grid_cost.py --save: every variant's cost measured side by side
 
 
 def write_report(grid_dir: str | Path) -> Path:
     """Write ``report.json``, ``report.md`` and ``plots/`` into the grid directory; return report.md's path.
     A ``notes.md`` in the grid directory (what else ran on the machine, anything a reader must know)
-    is quoted in report.md under its header.
+    is quoted in report.md under its header; a ``cost.json`` (``benchmarks/bench_grid_cost.py --save``)
+    is shown in its cost section and kept in report.json as ``cost_bench``.
 
     The grid directory is one of ``minbert ablate`` or a directory with a committed report.json
     (``minbert.lab.records``); in the second case report.json is rewritten from its own records.
@@ -310,6 +312,8 @@ def write_report(grid_dir: str | Path) -> Path:
     meta = {"generated": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": machine()}
     if (grid_dir / NOTES).is_file():  # written by hand: what ran beside the grid, anything to know
         meta["notes"] = (grid_dir / NOTES).read_text().strip()
+    if (grid_dir / COST_BENCH).is_file():
+        meta["cost_bench"] = json.loads((grid_dir / COST_BENCH).read_text())
     plots: dict[str, str | None] | None
     try:
         from minbert.lab.plots import write_plots

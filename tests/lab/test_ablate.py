@@ -174,7 +174,8 @@ def test_a_run_another_grid_already_trained_is_reused_and_equals_training_it_aga
     summary, original = (json.loads((d / "summary.json").read_text()) for d in (copy, src))
     assert summary == {**original, "name": "other-mean-seed0", "reused_from": str(src)}
     assert (copy / "metrics.jsonl").read_text() == (src / "metrics.jsonl").read_text()
-    assert load_config(copy / "config.yaml").run_dir == str(copy) and load_config(src / "config.yaml").name == "tiny-mean-seed0"
+    assert load_config(copy / "config.yaml").run_dir == str(copy)
+    assert load_config(src / "config.yaml").name == "tiny-mean-seed0"  # the source untouched
     assert not (copy / "last").exists()
     report = json.loads((tmp_path / "second" / "report.json").read_text())
     assert report["missing"] == [] and report["results"]["mean"]["score"]["values"][0] == original["best_score"]
@@ -277,12 +278,14 @@ def test_publish_copies_the_records_and_the_report_rebuilds_from_them(tiny_model
     path = write_grid(tmp_path, tiny_grid(tiny_model_dir, data_dir, out))
     assert cli(str(path)) == 0
     (out / "notes.md").write_text("Beside it: a test suite, 12:00-12:08.\n")
+    (out / "cost.json").write_text(json.dumps({"date": "2026-12-03", "machine": "m", "threads": 1, "precision": "fp32",
+                                               "clock": "cpu", "steps": 8, "baseline": "cls", "rows": []}))
     assert cli(str(path), "--report-only", "--publish", str(dest)) == 0
     files = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file() and "plots" not in p.parts)
     runs = [f"{v}/seed{k}/{name}" for v in ("cls", "mean") for k in (0, 1) for name in PUBLISHED]
     runs = [name for name in runs if (out / name).is_file()]  # in-process runs have no train.log
     assert len(runs) == 4 * 3
-    assert files == sorted(["grid.json", "notes.md", "report.json", "report.md", *runs])  # no checkpoints
+    assert files == sorted(["cost.json", "grid.json", "notes.md", "report.json", "report.md", *runs])  # no checkpoints
     for name in runs:
         assert (dest / name).read_bytes() == (out / name).read_bytes()
     ours, theirs = (json.loads((d / "report.json").read_text()) for d in (out, dest))

@@ -94,3 +94,26 @@ def test_answers_table_has_a_line_per_variant_with_each_tasks_difference(grid_di
     assert b[1 : n + 1] == ["·"] * n and b[n + 1] == cell(cls["sst"])
     solo = by_name["[g](alpha/report.md): `solo` (vs `base`)"]
     assert solo[1] == "+0.041" and solo[-1] == "one seed: no interval"  # one pair: no interval
+
+
+def test_a_side_by_side_cost_measurement_is_reported_and_preferred_to_the_runs_times(grid_dir, tmp_path):
+    bench = {
+        "benchmark": "grid_cost", "date": "2026-12-03", "machine": "AMD EPYC", "threads": 1, "precision": "bf16",
+        "clock": "cpu", "steps": 96, "baseline": "base",
+        "rows": [{"variant": "base", "step_s": 0.5, "step_s_se": 0.02, "run_steps": 100, "run_s": 50.0,
+                  "ratio": 1.0, "ratio_se": 0.0, "setup_s": 2.0},
+                 {"variant": "cls", "step_s": 0.6, "step_s_se": 0.03, "run_steps": 100, "run_s": 60.0,
+                  "ratio": 1.2, "ratio_se": 0.08, "setup_s": 310.5}],
+    }  # fmt: skip
+    (grid_dir / "cost.json").write_text(json.dumps(bench))
+    report_md = write_report(grid_dir).read_text()
+    assert "| cls | 0.600 ± 0.030 | 100 | 60 | 1.20x ± 0.08 | 310.5 |" in report_md
+    assert json.loads((grid_dir / "report.json").read_text())["cost_bench"] == bench
+    results = tmp_path / "results"
+    results.mkdir()
+    shutil.copytree(grid_dir, results / "g")
+    (results / "README.md").write_text(f"{ANSWERS_START}\n{ANSWERS_END}\n{START}\n{END}\n")
+    lines = write_index(results).read_text().splitlines()
+    rows = {r[0]: r for r in ([c.strip() for c in line.strip("|").split("|")] for line in lines if "`" in line)}
+    assert rows["[g](g/report.md): `cls` (vs `base`)"][-2] == "1.20x ± 0.08"  # the bench's, not the runs' 2.50x
+    assert rows["[g](g/report.md): `solo` (vs `base`)"][-2] == "1.00x"  # not in the bench: the runs' ratio
