@@ -212,7 +212,7 @@ def validate(tr: Trainer, tune_thresholds: bool = True) -> dict[str, dict[str, f
 
 
 def fit(tr: Trainer, resume: bool = False) -> dict:
-    """Train; evaluate each epoch or every ``eval_every`` steps; keep the best checkpoint; write the
+    """Train; evaluate each epoch, every ``eval_every`` steps or ``evals_per_epoch`` times an epoch; keep the best checkpoint; write the
     resumable ``last/`` state now and then. ``resume``: continue from ``run_dir/last``."""
     cfg, main = tr.cfg, is_main_process()
     if main and not resume:
@@ -226,7 +226,6 @@ def fit(tr: Trainer, resume: bool = False) -> dict:
         set_rng_states(state["rng"])  # after the loaders' iterators, whose creation draws from it
     sizes = tr.sizes
     step_rule = epoch_length(cfg.train.steps_per_epoch, sizes)
-    every = eval_interval(cfg.train, cfg.optim.grad_accum, tr.steps_per_epoch)
     set_train_mode(tr)
     with StopSignals() as signals:
         for epoch in range(progress.epoch, cfg.train.epochs if not progress.done else 0):
@@ -245,7 +244,7 @@ def fit(tr: Trainer, resume: bool = False) -> dict:
                 if progress.step % 50 == 0:
                     lr = tr.scheduler.get_last_lr()[0]
                     logger.log(train_record(progress.step, progress.epoch, progress.running, lr))
-                if every and progress.step % every == 0:
+                if evaluation_due(cfg.train, progress, cfg.optim.grad_accum):
                     keeper.evaluate(progress)
                 # rank 0's clock decides for every rank; a signal to any rank stops them all here
                 budget, due, signal = agree(
@@ -263,7 +262,7 @@ def fit(tr: Trainer, resume: bool = False) -> dict:
             tr.combiner.end_epoch({n: float(np.mean(v)) for n, v in progress.running.items()})
             if main:
                 report_cost(tr.regularizer)
-            if not every:
+            if not (cfg.train.eval_every or cfg.train.evals_per_epoch):
                 keeper.evaluate(progress)
             progress.plan = None
             if progress.stopping or keeper.out_of_patience:
@@ -398,12 +397,13 @@ def set_train_mode(tr: Trainer) -> None:
         tr.model.bert.eval()  # frozen features: no dropout in the encoder
 
 
-def eval_interval(train: TrainConfig, grad_accum: int, steps_per_epoch: int) -> int | None:
-    """Optimizer steps between evaluations: ``eval_every``, or an epoch's steps / ``evals_per_epoch``;
-    None evaluates at the end of each epoch."""
+def evaluation_due(train: TrainConfig, progress: Progress, grad_accum: int) -> bool:
+    """After an optimizer step: every ``eval_every`` steps, or at the ends of the ``evals_per_epoch``
+    equal parts of the epoch's plan, the last at its end (445 steps, 2: after steps 223 and 445)."""
     if train.evals_per_epoch:
-        return max(1, steps_per_epoch // (grad_accum * train.evals_per_epoch))
-    return train.eval_every
+        n, length, at = train.evals_per_epoch, len(progress.plan), progress.position
+        return at * n // length > max(0, at - grad_accum) * n // length
+    return bool(train.eval_every) and progress.step % train.eval_every == 0
 
 
 def out_of_budget(train: TrainConfig, progress: Progress) -> bool:

@@ -60,12 +60,23 @@ def test_evaluation_interval_fields(overrides, message):
         load_config(overrides=overrides)
 
 
-def test_evals_per_epoch_evaluates_at_evenly_spaced_steps(tiny_model_dir, data_dir, tmp_path):
-    # 64 examples / batch 16 = 4 steps an epoch, 2 epochs, 2 evaluations an epoch: steps 2, 4, 6, 8
-    cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst"], train={"epochs": 2, "evals_per_epoch": 2})
+@pytest.mark.parametrize(
+    ("train_limit", "accum", "steps"),
+    [
+        (64, 1, [2, 4, 6, 8]),  # 64 examples / batch 16 = 4 steps an epoch, 2 epochs, 2 evaluations an epoch
+        (80, 1, [3, 5, 8, 10]),  # 5 steps an epoch: the halves end after steps 3 (2.5 up) and 5, each epoch once
+        (128, 2, [2, 4, 6, 8]),  # 8 micro-steps an epoch, 2 per optimizer step: the halves end at steps 2 and 4
+    ],
+)
+def test_evals_per_epoch_evaluates_at_the_ends_of_equal_parts_of_each_epoch(
+    tiny_model_dir, data_dir, tmp_path, train_limit, accum, steps
+):
+    cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst"], train={"epochs": 2, "evals_per_epoch": 2},
+                      optim={"grad_accum": accum})  # fmt: skip
+    cfg.tasks["sst"].train_limit = train_limit
     tr = setup(cfg)
     fit(tr)
-    assert [r["step"] for r in tr.history] == [2, 4, 6, 8]
+    assert [r["step"] for r in tr.history] == steps
 
 
 def test_schedule_kwargs_reach_the_lr_schedule(tiny_model_dir, data_dir, tmp_path):
