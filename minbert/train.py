@@ -212,8 +212,9 @@ def validate(tr: Trainer, tune_thresholds: bool = True) -> dict[str, dict[str, f
 
 
 def fit(tr: Trainer, resume: bool = False) -> dict:
-    """Train; evaluate each epoch, every ``eval_every`` steps or ``evals_per_epoch`` times an epoch; keep the best checkpoint; write the
-    resumable ``last/`` state now and then. ``resume``: continue from ``run_dir/last``."""
+    """Train; evaluate each epoch, every ``eval_every`` steps or ``evals_per_epoch`` times an epoch; keep
+    the best checkpoint; write the resumable ``last/`` state now and then.
+    ``resume``: continue from ``run_dir/last``."""
     cfg, main = tr.cfg, is_main_process()
     if main and not resume:
         start_run_dir(tr.run_dir, cfg)

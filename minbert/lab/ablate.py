@@ -124,12 +124,12 @@ def reuse_run(src: Path, run: Run) -> dict:
     shutil.rmtree(run.run_dir, ignore_errors=True)
 
     def link_or_copy(a: str, b: str) -> None:  # checkpoints linked; logs copied (a log may be appended to)
-        try:
-            if os.path.getsize(a) < 2**20:
-                raise OSError("small: copied")
-            os.link(a, b)
-        except OSError:
-            shutil.copy2(a, b)
+        if os.path.getsize(a) >= 2**20:
+            try:
+                return os.link(a, b)
+            except OSError:  # another file system: copied
+                pass
+        shutil.copy2(a, b)
 
     skip = shutil.ignore_patterns("last", "last.old", "last.tmp", "previous", "summary.json", "config.yaml")
     shutil.copytree(src, run.run_dir, ignore=skip, copy_function=link_or_copy)
