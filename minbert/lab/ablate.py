@@ -102,18 +102,25 @@ def drop_resume_state(run_dir: Path) -> None:
     shutil.rmtree(run_dir / "last", ignore_errors=True)
 
 
-def find_reusable(run: Run, roots: list[Path]) -> Path | None:
-    """A finished run under ``roots`` trained with exactly ``run``'s config (its name and run
-    directory aside; the seed included), or None. Training is deterministic on one machine and
-    thread count (tests/test_resume.py), so its records are what ``run`` would produce."""
-    want = flatten(to_dict(run.config))
+def finished_configs(roots: list[Path]) -> list[tuple[Path, dict]]:
+    """Every finished run under ``roots`` (a ``summary.json`` beside a ``config.yaml``), with its
+    flattened config: read once per grid, whatever the number of runs looked up in it."""
+    found = []
     for root in roots:
         for summary in sorted(root.glob("**/summary.json")):
-            src, saved = summary.parent, summary.parent / "config.yaml"
-            if src.resolve() == run.run_dir.resolve() or not saved.is_file():
-                continue
-            if not config_diff(flatten(yaml.safe_load(saved.read_text()) or {}), want, ignore=("name", "run_dir")):
-                return src
+            if (saved := summary.parent / "config.yaml").is_file():
+                found.append((summary.parent, flatten(yaml.safe_load(saved.read_text()) or {})))
+    return found
+
+
+def find_reusable(run: Run, finished: list[tuple[Path, dict]]) -> Path | None:
+    """A finished run (of :func:`finished_configs`) trained with exactly ``run``'s config (its name and
+    run directory aside; the seed included), or None. Training is deterministic on one machine and
+    thread count (tests/test_resume.py), so its records are what ``run`` would produce."""
+    want = flatten(to_dict(run.config))
+    for src, config in finished:
+        if src.resolve() != run.run_dir.resolve() and not config_diff(config, want, ignore=("name", "run_dir")):
+            return src
     return None
 
 
@@ -214,8 +221,9 @@ def execute(
     echo(f"grid {grid.name}: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run")
     durations = [json.loads((r.run_dir / "summary.json").read_text())["train_seconds"] for r in runs if r.finished]
     fresh: list[float] = []
+    finished = finished_configs(list(reuse)) if reuse and todo else []
     for r in list(todo):
-        if reuse and (src := find_reusable(r, reuse)) is not None:
+        if finished and (src := find_reusable(r, finished)) is not None:
             distributed.barrier()  # every rank has looked before rank 0 copies
             if main:
                 summary = reuse_run(src, r)
