@@ -168,11 +168,18 @@ def publish(grid_dir: Path, dest: Path) -> Path:
         for run in per_seed.values():
             run_dir = Path(run["dir"])
             target = dest / variant / run_dir.name
+            if _reused_from(run_dir) == target.resolve():  # these very records, brought back by --reuse DEST
+                continue
             target.mkdir(parents=True, exist_ok=True)
             for name in PUBLISHED:
                 if (run_dir / name).is_file():
                     shutil.copy2(run_dir / name, target / name)
     return write_report(dest)
+
+
+def _reused_from(run_dir: Path) -> Path | None:
+    source = json.loads((run_dir / "summary.json").read_text()).get("reused_from")
+    return Path(source).resolve() if source else None
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -181,8 +188,11 @@ def _fmt_duration(seconds: float) -> str:
     return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
 
 
-def refresh_outputs(grid_dir: Path, run: Run | None = None, echo: Callable[[str], None] = print) -> None:
-    """The grid report, and TensorBoard events for a finished run that has none; a failure never stops the grid.
+def refresh_outputs(
+    grid_dir: Path, run: Run | None = None, echo: Callable[[str], None] = print, publish_to: Path | None = None
+) -> None:
+    """The grid report, and TensorBoard events for a finished run that has none; with ``publish_to``,
+    the records published there too (:func:`publish`). A failure never stops the grid.
 
     The training loop writes events itself when tensorboard is installed; runs trained without
     it get theirs converted from ``metrics.jsonl`` (into ``<run_dir>/tb``).
@@ -194,8 +204,10 @@ def refresh_outputs(grid_dir: Path, run: Run | None = None, echo: Callable[[str]
         echo(f"  (no TensorBoard events: {e})")
     try:
         write_report(grid_dir)
+        if publish_to is not None:
+            publish(grid_dir, publish_to)
     except Exception as e:  # noqa: BLE001 - a plotting problem must not lose hours of training
-        echo(f"  warning: the report could not be written: {type(e).__name__}: {e}")
+        echo(f"  warning: the report could not be written or published: {type(e).__name__}: {e}")
 
 
 def execute(
@@ -205,9 +217,12 @@ def execute(
     echo: Callable[[str], None] = print,
     command: str | None = None,
     reuse: list[Path] = (),
+    publish_to: Path | None = None,
 ) -> list[Run]:
     """Write ``grid.json``, run the unfinished runs in order refreshing the report after each; return those run.
     A run whose config a finished run under ``reuse`` already trained is copied instead (:func:`reuse_run`).
+    With ``publish_to``, each finished run's records are published there as soon as it ends, so a
+    machine lost mid-grid loses at most the run in progress once they are committed.
     Under torchrun every rank runs this (in-process) and rank 0 writes and speaks."""
     main = is_main_process()
     echo = echo if main else (lambda _: None)
@@ -229,7 +244,7 @@ def execute(
                 summary = reuse_run(src, r)
                 echo(f"[{runs.index(r) + 1}/{len(runs)}] {r.variant} seed {r.seed}: reused {src} "
                      f"(the same config and seed), score {summary['best_score']:.4f}")  # fmt: skip
-                refresh_outputs(grid.output, r, echo)
+                refresh_outputs(grid.output, r, echo, publish_to)
             distributed.barrier()
             todo.remove(r)
     for r in todo:
@@ -244,7 +259,7 @@ def execute(
              f"score {summary['best_score']:.4f} at step {summary['best_step']}")  # fmt: skip
         if main:
             drop_resume_state(r.run_dir)
-            refresh_outputs(grid.output, r, echo)
+            refresh_outputs(grid.output, r, echo, publish_to)
     return todo
 
 
@@ -265,9 +280,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a field of every run, before the variants' overrides (repeatable)")  # fmt: skip
     parser.add_argument("--data-dir", help="task data directory (same as --set data_dir=DIR)")
     parser.add_argument("--publish", metavar="DIR",
-                        help="after the runs (or with --report-only), copy grid.json, notes.md, cost.json and each "
-                             "finished run's summary.json, metrics.jsonl, config.yaml and train.log into DIR and write "
-                             "the report there (docs/results/<grid>); no checkpoints")  # fmt: skip
+                        help="after each finished run (or with --report-only), copy grid.json, notes.md, cost.json "
+                             "and each finished run's summary.json, metrics.jsonl, config.yaml and train.log into DIR "
+                             "and write the report there (docs/results/<grid>); no checkpoints. Commit DIR as runs "
+                             "finish and a lost machine loses only the run in progress: --reuse DIR gets the "
+                             "rest back")  # fmt: skip
     parser.add_argument("--reuse", action="append", type=Path, default=[], metavar="DIR",
                         help="before training a run, look under DIR (e.g. runs/ablations, or another grid's directory) "
                              "for a finished run with the same config and seed, and copy it instead (its summary "
@@ -327,7 +344,8 @@ def run(args: argparse.Namespace) -> int:
         args.in_process = True
         distributed.init(pick_device(runs[0].config.train.device) if runs else torch.device("cpu"))
     try:
-        execute(grid, runs, isolate=not args.in_process, command=_command(args), reuse=args.reuse)
+        publish_to = Path(args.publish) if args.publish else None
+        execute(grid, runs, not args.in_process, command=_command(args), reuse=args.reuse, publish_to=publish_to)
     except KeyboardInterrupt:
         print("\ninterrupted: finished runs are kept; rerun the same command to resume", file=sys.stderr)
         status = 130

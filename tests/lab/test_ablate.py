@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -305,3 +306,33 @@ def test_publish_copies_the_records_and_the_report_rebuilds_from_them(tiny_model
         return [line for line in text.splitlines() if not line.startswith("Generated ")]
 
     assert undated((dest / "report.md").read_text()) == undated(md)
+
+
+def test_publish_while_training_keeps_each_run_as_it_ends_and_reuse_brings_them_back(
+    tiny_model_dir, data_dir, tmp_path, count_fits, monkeypatch
+):
+    out, dest = tmp_path / "grid", tmp_path / "published"
+    path = write_grid(tmp_path, tiny_grid(tiny_model_dir, data_dir, out))
+    counted, published_before = train_lib.fit, []
+
+    def fit(tr, resume=False):  # what DEST holds when each run starts
+        published_before.append(sorted(p.parent.relative_to(dest).as_posix() for p in dest.glob("*/*/summary.json")))
+        return counted(tr, resume=resume)
+
+    monkeypatch.setattr(train_lib, "fit", fit)
+    assert cli(str(path), "--publish", str(dest)) == 0
+    assert published_before == [[], ["cls/seed0"], ["cls/seed0", "cls/seed1"], ["cls/seed0", "cls/seed1", "mean/seed0"]]
+    records = {p: p.read_bytes() for p in dest.glob("*/*/*") if p.name in PUBLISHED}
+    assert len(records) >= 4 * 3
+    report = json.loads((dest / "report.json").read_text())
+
+    # a new machine: the grid directory is lost; --reuse DEST trains nothing and leaves DEST's records as they were
+    shutil.rmtree(out)
+    count_fits["calls"] = []
+    assert cli(str(path), "--reuse", str(dest), "--publish", str(dest)) == 0
+    assert count_fits["calls"] == []
+    assert {p: p.read_bytes() for p in dest.glob("*/*/*") if p.name in PUBLISHED} == records
+    again = json.loads((dest / "report.json").read_text())
+    assert again["results"] == report["results"] and again["missing"] == []
+    brought_back = json.loads((out / "cls" / "seed1" / "summary.json").read_text())
+    assert brought_back["reused_from"] == str(dest / "cls" / "seed1")
