@@ -168,18 +168,14 @@ def publish(grid_dir: Path, dest: Path) -> Path:
         for run in per_seed.values():
             run_dir = Path(run["dir"])
             target = dest / variant / run_dir.name
-            if _reused_from(run_dir) == target.resolve():  # these very records, brought back by --reuse DEST
+            source = run["summary"].get("reused_from")
+            if source and Path(source).resolve() == target.resolve():  # these very records, back by --reuse DEST
                 continue
             target.mkdir(parents=True, exist_ok=True)
             for name in PUBLISHED:
                 if (run_dir / name).is_file():
                     shutil.copy2(run_dir / name, target / name)
     return write_report(dest)
-
-
-def _reused_from(run_dir: Path) -> Path | None:
-    source = json.loads((run_dir / "summary.json").read_text()).get("reused_from")
-    return Path(source).resolve() if source else None
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -345,7 +341,8 @@ def run(args: argparse.Namespace) -> int:
         distributed.init(pick_device(runs[0].config.train.device) if runs else torch.device("cpu"))
     try:
         publish_to = Path(args.publish) if args.publish else None
-        execute(grid, runs, not args.in_process, command=_command(args), reuse=args.reuse, publish_to=publish_to)
+        execute(grid, runs, isolate=not args.in_process, command=_command(args), reuse=args.reuse,
+                publish_to=publish_to)  # fmt: skip
     except KeyboardInterrupt:
         print("\ninterrupted: finished runs are kept; rerun the same command to resume", file=sys.stderr)
         status = 130
