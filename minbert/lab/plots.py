@@ -146,9 +146,20 @@ def curve_figure(summary: dict[str, Any]) -> tuple[Figure | None, dict[str, Any]
         ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
         ax.grid(alpha=0.3)
     fig.suptitle(f"{summary['name']}: dev metric, mean over seeds (line), lowest to highest seed (band)", fontsize=12)
-    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncol=min(len(drawn), 5),
-               frameon=False, fontsize=10)  # fmt: skip
+    bottom_legend(fig, *axes[0][0].get_legend_handles_labels(), max_columns=5)
     return fig, data
+
+
+def bottom_legend(fig: Figure, handles: list, labels: list[str], max_columns: int) -> None:
+    """A legend below the panels in as many columns (up to ``max_columns``) as fit the figure's
+    width, measured once drawn: long variant names wrap to more rows instead of running off the picture."""
+    for ncol in range(min(len(handles), max_columns), 0, -1):
+        legend = fig.legend(handles, labels, loc="outside lower center", ncol=ncol, frameon=False, fontsize=10)
+        fig.draw_without_rendering()
+        box = legend.get_window_extent()
+        if ncol == 1 or (box.x0 >= fig.bbox.x0 and box.x1 <= fig.bbox.x1):
+            return
+        legend.remove()
 
 
 # ------------------------------------------------------------------ cost against effect
