@@ -101,7 +101,8 @@ def effect_figure(summary: dict[str, Any]) -> tuple[Figure | None, dict[str, Any
             ax.plot([p["mean"]], [y[v]], "o", ms=7, color=colour, gid=f"point:{v}")
         ax.axvline(0, color="black", lw=0.9, zorder=0)
         ax.set_title(panel["title"], fontweight="bold" if key == "score" else "normal", fontsize=11)
-        ax.xaxis.set_major_locator(MaxNLocator(nbins=3, symmetric=False))
+        # no steps of 2.5: their labels (-0.00025) are a digit longer and ran together on a narrow panel
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=3, steps=[1, 2, 5, 10]))
         ax.grid(axis="x", alpha=0.3)
         ax.margins(x=0.15)
     axes[0][0].set_yticks(range(k), labels=list(reversed(order)), fontsize=10)
