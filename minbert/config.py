@@ -72,6 +72,7 @@ class TaskConfig:
 class OptimConfig:
     lr: float = 5e-5
     head_lr: float | None = None  # default: lr
+    combiner_lr: float | None = None  # learned task weights (uncertainty's s_i); default: head_lr, else lr
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-6
@@ -155,8 +156,9 @@ RULES = {
 
 
 RANGES = {
-    "optim.lr": "positive", "optim.head_lr": "positive", "optim.weight_decay": "non-negative",
-    "optim.eps": "non-negative", "optim.grad_clip": "positive", "optim.grad_accum": "positive",
+    "optim.lr": "positive", "optim.head_lr": "positive", "optim.combiner_lr": "positive",
+    "optim.weight_decay": "non-negative", "optim.eps": "non-negative", "optim.grad_clip": "positive",
+    "optim.grad_accum": "positive",
     "optim.warmup": "non-negative", "optim.layer_decay": "decay", "optim.betas": "probability",
     "model.hidden_dropout": "probability", "model.attention_dropout": "probability",
     "train.epochs": "positive", "train.max_steps": "positive", "train.max_minutes": "positive",

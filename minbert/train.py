@@ -158,8 +158,9 @@ def setup(cfg: Config, run_dir: Path | None = None) -> Trainer:
         groups = with_head_lr(groups, model.bert.parameters(), optim.head_lr)
     with config_field("train.combiner"):
         combiner = COMBINERS.build(train.combiner, list(tasks), **train.combiner_kwargs).to(device)
-    if any(True for _ in combiner.parameters()):  # learned task weights (uncertainty) train with the heads
-        groups.append(combiner_group(combiner, optim.head_lr or optim.lr, with_names="param_names" in groups[0]))
+    if any(True for _ in combiner.parameters()):  # learned task weights (uncertainty), by default at the heads' lr
+        lr = optim.combiner_lr or optim.head_lr or optim.lr
+        groups.append(combiner_group(combiner, lr, with_names="param_names" in groups[0]))
     with config_field("train.sampler"):
         sampler = SAMPLERS.build(train.sampler, **train.sampler_kwargs)
         steps_per_epoch = sampler.num_steps(sizes, epoch_length(train.steps_per_epoch, sizes))

@@ -101,6 +101,7 @@ def test_schedule_kwargs_reach_the_lr_schedule(tiny_model_dir, data_dir, tmp_pat
         ("optim.lr=.nan", "optim.lr"),
         ("optim.lr=.inf", "optim.lr"),
         ("optim.head_lr=-1e-5", "optim.head_lr"),
+        ("optim.combiner_lr=0", "optim.combiner_lr"),
         ("optim.weight_decay=-0.01", "optim.weight_decay"),
         ("optim.grad_clip=-1.0", "optim.grad_clip"),  # a negative clip flipped the gradient's sign
         ("optim.betas=[0.9, 1.0]", r"optim.betas\[1\]"),

@@ -4,6 +4,7 @@ and two-step multitask runs for every task sampler and every combiner."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -212,6 +213,26 @@ def test_every_combiner_trains_all_heads_in_a_mixed_step(tiny_model_dir, data_di
     _, changed = run_two_steps(tiny_model_dir, data_dir, tmp_path, combiner=combiner)
     for task in TASKS:
         assert any(k.startswith(f"tasks.{task}.") for k in changed), f"{task} head did not train"
+
+
+def test_combiner_lr_lets_uncertainty_weights_move_toward_log_loss(tiny_model_dir, data_dir, tmp_path):
+    # Kendall et al.'s optimum is s_i = log L_i; at the model's lr the log-variances (init 0) hardly
+    # move in a short run, with optim.combiner_lr they head for it: up where L_i > 1, down where L_i < 1.
+    moved = {}
+    for lr in (None, 0.05):
+        cfg = tiny_config(tiny_model_dir, data_dir, tmp_path / str(lr), TASKS, train={
+            "sampler": "mixed", "combiner": "uncertainty", "max_steps": 8}, optim={"lr": 1e-4, "combiner_lr": lr})
+        cfg.tasks["sts"].pair_mode = "bi"
+        tr = setup(cfg)
+        assert [g["lr"] for g in tr.optimizer.param_groups if g.get("name") == "combiner"] == [lr or 1e-4]
+        losses = {t: mean_train_loss(tr, t) for t in TASKS}
+        fit(tr)
+        moved[lr] = dict(zip(tr.combiner.tasks, tr.combiner.log_vars.tolist(), strict=True))
+    assert max(abs(s) for s in moved[None].values()) <= 8 * 1e-4 * 2  # Adam moves a weight about lr a step
+    clear = {t: math.log(loss) for t, loss in losses.items() if abs(math.log(loss)) > 0.2}
+    assert clear, losses
+    assert all(moved[0.05][t] * log_loss > 0 and abs(moved[0.05][t]) > 0.1 for t, log_loss in clear.items()), (
+        moved, losses)
 
 
 def test_sequential_sampler_trains_only_the_first_task_first(tiny_model_dir, data_dir, tmp_path):
