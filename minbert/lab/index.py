@@ -35,17 +35,15 @@ ANSWERS_END = "<!-- end of answers table -->"
 IMAGE_WIDTH = 480  # px in the table cell; the picture links to itself at full size
 
 
-def verdict(delta: dict[str, Any] | None) -> str:
-    """What a paired difference's 95% interval says: helps, hurts, or nothing detectable."""
+def verdict(delta: dict[str, Any] | None, seeds: int | None = None) -> str:
+    """What a paired difference's 95% interval says: helps, hurts, or nothing detectable; with
+    ``seeds`` (the grid's count), a difference over fewer pairs says so: ``"helps (2 of 3 seeds)"``."""
     if not delta or delta.get("mean") is None:
         return "no paired runs"
     if delta.get("lo") is None:
         return "one seed: no interval"
-    if delta["lo"] > 0:
-        return "helps"
-    if delta["hi"] < 0:
-        return "hurts"
-    return "no detectable effect"
+    text = "helps" if delta["lo"] > 0 else "hurts" if delta["hi"] < 0 else "no detectable effect"
+    return text + (f" ({delta['n']} of {seeds} seeds)" if seeds and delta.get("n", seeds) < seeds else "")
 
 
 SETUP_SHOWN = 0.05  # setup beyond the baseline's, as a share of its training time, that the time column shows
@@ -88,7 +86,7 @@ def row(grid_dir: Path, report: dict[str, Any], base: Path) -> str:
         ci = f" [{_signed(d['lo'])}, {_signed(d['hi'])}]" if d.get("lo") is not None else ""
         ratio = time_ratio(report, v, baseline)
         cost = f"; {ratio} time" if ratio else ""
-        answers.append(f"`{v}`: {_signed(d['mean'])}{ci}, {verdict(d)}{cost}")
+        answers.append(f"`{v}`: {_signed(d['mean'])}{ci}, {verdict(d, len(report['seeds']))}{cost}")
     effect = (report.get("plots") or {}).get("effect")
     picture = f'<a href="{rel}/{effect}"><img src="{rel}/{effect}" width="{IMAGE_WIDTH}"></a>' if effect else "-"
     return f"| {first} | {'<br>'.join(answers)} | {picture} |"
@@ -144,7 +142,7 @@ def answers_table(results_dir: Path) -> list[str]:
             cells = [_difference(delta.get(task)) for task in tasks]
             first = f"[{report['name']}]({rel}/report.md): `{v}` (vs `{baseline}`)"
             lines.append(f"| {first} | " + " | ".join(cells) + f" | {_difference(delta.get('score'))} | {time} | "
-                         f"{verdict(delta.get('score'))} |")  # fmt: skip
+                         f"{verdict(delta.get('score'), len(report['seeds']))} |")  # fmt: skip
     return lines
 
 

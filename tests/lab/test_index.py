@@ -17,6 +17,9 @@ def test_verdict_reads_the_interval():
     assert verdict({"mean": 0.02, "lo": -0.01, "hi": 0.05}) == "no detectable effect"
     assert verdict({"mean": 0.02, "lo": None, "hi": None}) == "one seed: no interval"
     assert verdict(None) == "no paired runs"
+    # a grid still running: fewer pairs than the grid's seeds is said, the full count is not
+    assert verdict({"mean": 0.02, "lo": 0.01, "hi": 0.03, "n": 2}, seeds=3) == "helps (2 of 3 seeds)"
+    assert verdict({"mean": 0.02, "lo": 0.01, "hi": 0.03, "n": 3}, seeds=3) == "helps"
 
 
 def test_index_rows_carry_each_reports_numbers_and_effect_plot(grid_dir, tmp_path):
@@ -41,7 +44,8 @@ def test_index_rows_carry_each_reports_numbers_and_effect_plot(grid_dir, tmp_pat
         solo, cls = answers.split("<br>")
         assert solo.startswith("`solo`: +0.041, one seed: no interval; 1.00x time")
         d = report["results"]["cls"]["delta"]["score"]
-        expected = f"`cls`: {d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}], no detectable effect; 2.50x time"
+        interval = f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+        expected = f"`cls`: {interval}, no detectable effect (2 of 3 seeds); 2.50x time"  # cls: seeds 0 and 1
         assert cls == expected.replace("-", "−")
         assert picture == f'<a href="{name}/plots/effect.png"><img src="{name}/plots/effect.png" width="480"></a>'
         assert (results / name / "plots" / "effect.png").is_file()
@@ -89,7 +93,7 @@ def test_answers_table_has_a_line_per_variant_with_each_tasks_difference(grid_di
     a = by_name["[g](alpha/report.md): `cls` (vs `base`)"]
     n = len(alpha["tasks"])
     assert a[1] == cell(cls["sst"]) and a[n + 1] == "·"  # alpha has no quora
-    assert a[n + 2 :] == [cell(cls["score"]), "2.50x", "no detectable effect"]
+    assert a[n + 2 :] == [cell(cls["score"]), "2.50x", "no detectable effect (2 of 3 seeds)"]  # cls: seeds 0, 1
     b = by_name["[b](beta/report.md): `cls` (vs `base`)"]
     assert b[1 : n + 1] == ["·"] * n and b[n + 1] == cell(cls["sst"])
     solo = by_name["[g](alpha/report.md): `solo` (vs `base`)"]
