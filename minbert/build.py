@@ -220,7 +220,10 @@ def check(cfg: Config, pretrained: bool = True) -> dict[str, Task]:
     with config_field("train.sampler"):
         SAMPLERS.build(train.sampler, **train.sampler_kwargs)  # cheap to build: checks values too
     with config_field("train.combiner"):
-        COMBINERS.build(train.combiner, list(tasks), **train.combiner_kwargs)
+        combiner = COMBINERS.build(train.combiner, list(tasks), **train.combiner_kwargs)
+    if optim.combiner_lr is not None and not any(True for _ in combiner.parameters()):
+        raise ConfigError(f"config field 'optim.combiner_lr' is set but combiner '{train.combiner}' learns no "
+                          "weights; only a combiner with learned task weights (uncertainty) uses it")  # fmt: skip
     with config_field("optim.schedule"):  # on a stand-in optimizer: the real code path, values included
         get_schedule(optim.schedule, SGD([torch.zeros(1)], lr=optim.lr), 1, 0, **optim.schedule_kwargs)
     if optim.child_tuning is not None:

@@ -235,6 +235,13 @@ def test_combiner_lr_lets_uncertainty_weights_move_toward_log_loss(tiny_model_di
         moved, losses)
 
 
+def test_combiner_lr_for_a_combiner_without_learned_weights_is_a_config_error(tiny_model_dir, data_dir, tmp_path):
+    cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, TASKS, train={"sampler": "mixed", "combiner": "pcgrad"},
+                      optim={"combiner_lr": 0.01})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"'optim.combiner_lr' is set but combiner 'pcgrad' learns no weights"):
+        setup(cfg)
+
+
 def test_sequential_sampler_trains_only_the_first_task_first(tiny_model_dir, data_dir, tmp_path):
     """Two steps of a sequential epoch both belong to its first task: other heads stay put."""
     _, changed = run_two_steps(tiny_model_dir, data_dir, tmp_path, sampler="sequential")

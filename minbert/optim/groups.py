@@ -153,7 +153,8 @@ def with_head_lr(groups: list[dict], encoder_params: Iterable[nn.Parameter], hea
 
 
 def combiner_group(combiner: nn.Module, lr: float, with_names: bool) -> dict:
-    """The optimizer group of a combiner's learned task weights: the heads' lr, no weight decay."""
+    """The optimizer group of a combiner's learned task weights: ``lr`` (the run's ``optim.combiner_lr``,
+    by default the heads' lr), no weight decay."""
     named = list(combiner.named_parameters())
     group = {"params": [p for _, p in named], "lr": lr, "weight_decay": 0.0, "name": "combiner"}
     if with_names:
