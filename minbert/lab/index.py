@@ -63,8 +63,8 @@ def time_ratio(report: dict[str, Any], variant: str, baseline: str) -> str | Non
     if variant in bench and bench[variant]["ratio"]:
         row, base = bench[variant], bench.get(baseline)
         text = f"{row['ratio']:.2f}x ± {row['ratio_se']:.2f}"
-        extra = row["setup_s"] - base["setup_s"] if base else 0.0
-        return text + (f" + {extra / base['run_s']:.2f}x setup" if base and extra > SETUP_SHOWN * base["run_s"] else "")
+        extra = (row["setup_s"] - base["setup_s"]) / base["run_s"] if base else 0.0  # in baseline trainings
+        return text + (f" + {extra:.2f}x setup" if extra > SETUP_SHOWN else "")
     res = report["results"]
     t, base = (res[v]["cost"]["train_seconds"]["mean"] for v in (variant, baseline))
     return f"{t / base:.2f}x" if t and base else None
