@@ -286,6 +286,16 @@ def to_dict(cfg: Any) -> Any:
     return dataclasses.asdict(cfg)
 
 
+def with_defaults(saved: dict) -> dict:
+    """A config saved by an earlier run (``to_dict`` form) as minbert reads it today: fields added
+    since it was written get their defaults, so it differs from today's config only where a value
+    does. A config that no longer loads (a field since removed or renamed) is returned as it was."""
+    try:
+        return to_dict(from_dict(Config, saved))
+    except (ConfigError, TypeError):
+        return saved
+
+
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(d, dict) or not d:
         return {prefix: d}

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from minbert.config import changed_fields, to_dict
+from minbert.config import changed_fields, to_dict, with_defaults
 from minbert.distributed import gather_objects
 from minbert.files import recover, write_dir_atomically
 from minbert.runtime import (
@@ -200,7 +200,7 @@ def restore(tr, progress, keeper, rng: random.Random, scaler) -> dict:
     ``set_rng_states(state["rng"])`` once nothing more draws from them. Refuses a state written
     with another config or world size. Returns the state."""
     state = load_state(tr.run_dir / "last")
-    changed = changed_fields(state["config"], to_dict(tr.cfg), ignore=RESUME_MAY_CHANGE)
+    changed = changed_fields(with_defaults(state["config"]), to_dict(tr.cfg), ignore=RESUME_MAY_CHANGE)
     if changed:
         raise StateError(f"{tr.run_dir}/last was written with another config; changed: {', '.join(changed)}")
     if state["world_size"] != world_size():

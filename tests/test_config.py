@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minbert.config import ConfigError, HybridConfig, load_config, set_path
+from minbert.config import ConfigError, HybridConfig, changed_fields, load_config, set_path, to_dict, with_defaults
 from minbert.train import fit, setup
 from tests.tiny import tiny_config
 
@@ -16,6 +16,21 @@ from tests.tiny import tiny_config
 def test_unknown_field_names_itself_and_the_known_ones():
     with pytest.raises(ConfigError, match=r"config field 'optim.lrr' is unknown; known fields: lr, head_lr"):
         load_config(overrides=["optim.lrr=1"])
+
+
+def test_a_config_saved_before_a_field_existed_reads_with_its_default():
+    """A run's config.yaml written by an older minbert lacks the fields added since: read today it
+    gets their defaults, so comparing it with today's config names only the values that differ."""
+    overrides = ["tasks=[sst, sts]", "optim.lr=3e-5", "train.combiner=pcgrad"]
+    today, older = (to_dict(load_config(overrides=overrides)) for _ in range(2))
+    del older["optim"]["combiner_lr"], older["tasks"]["sts"]["hybrid"]  # not written then
+    hybrid = [f"tasks.sts.hybrid.{k}" for k in ("blend", "cosine_loss", "cosine_weight")]
+    assert changed_fields(older, today) == ["optim.combiner_lr", *hybrid]
+    assert with_defaults(older) == today and changed_fields(with_defaults(older), today) == []
+    older["optim"]["lr"] = 1e-4
+    assert changed_fields(with_defaults(older), today) == ["optim.lr"]
+    removed = {**today, "optim": {**today["optim"], "reserve_p": 0.3}}  # a field since removed
+    assert with_defaults(removed) is removed
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import minbert.train as train_lib
 from minbert.lab import ablate
@@ -190,6 +191,37 @@ def test_a_run_another_grid_already_trained_is_reused_and_equals_training_it_aga
     assert "reused_from" not in again and again["best_metrics"] == original["best_metrics"]
     for name, w in load_file(str(copy / "best" / "model.safetensors")).items():
         assert torch.equal(w, weights[name]), name
+
+
+def test_runs_recorded_before_a_config_field_existed_are_kept_and_reused(
+    tiny_model_dir, data_dir, tmp_path, count_fits, capsys
+):
+    """A finished run's config.yaml written by an older minbert lacks the fields added since: the grid
+    reads it with their defaults, so the run is neither called stale nor trained again, and another
+    grid still reuses it. A value that does differ is named."""
+    first = tmp_path / "first"
+    path = write_grid(tmp_path, tiny_grid(tiny_model_dir, data_dir, first, seeds=[0]))
+    assert cli(str(path)) == 0
+    for run_dir in (first / "cls" / "seed0", first / "mean" / "seed0"):
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        del saved["optim"]["combiner_lr"]  # a field added after these runs were recorded
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    capsys.readouterr()
+    count_fits["calls"] = []
+    assert cli(str(path)) == 0 and count_fits["calls"] == []
+    assert "warning" not in capsys.readouterr().out
+    (tmp_path / "b").mkdir()
+    second = tiny_grid(tiny_model_dir, data_dir, tmp_path / "second", name="other", seeds=[0])
+    other = write_grid(tmp_path / "b", second)
+    assert cli(str(other), "--reuse", str(first)) == 0 and count_fits["calls"] == []
+    assert "reused" in capsys.readouterr().out
+
+    saved["optim"]["lr"] = 0.5  # mean/seed0's
+    (first / "mean" / "seed0" / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert cli(str(path)) == 0 and count_fits["calls"] == []
+    out = capsys.readouterr().out
+    assert f"warning: {first / 'mean' / 'seed0'} is finished but was run with other values of ['optim.lr']" in out
+    assert "cls/seed0" not in out
 
 
 def test_an_interrupted_run_with_a_last_state_is_resumed_not_restarted(tiny_model_dir, data_dir, tmp_path, count_fits):
