@@ -221,7 +221,7 @@ def check(cfg: Config, pretrained: bool = True) -> dict[str, Task]:
         SAMPLERS.build(train.sampler, **train.sampler_kwargs)  # cheap to build: checks values too
     with config_field("train.combiner"):
         combiner = COMBINERS.build(train.combiner, list(tasks), **train.combiner_kwargs)
-    if optim.combiner_lr is not None and not any(True for _ in combiner.parameters()):
+    if optim.combiner_lr is not None and not combiner.learns_weights:
         raise ConfigError(f"config field 'optim.combiner_lr' is set but combiner '{train.combiner}' learns no "
                           "weights; only a combiner with learned task weights (uncertainty) uses it")  # fmt: skip
     with config_field("optim.schedule"):  # on a stand-in optimizer: the real code path, values included

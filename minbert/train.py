@@ -158,7 +158,7 @@ def setup(cfg: Config, run_dir: Path | None = None) -> Trainer:
         groups = with_head_lr(groups, model.bert.parameters(), optim.head_lr)
     with config_field("train.combiner"):
         combiner = COMBINERS.build(train.combiner, list(tasks), **train.combiner_kwargs).to(device)
-    if any(True for _ in combiner.parameters()):  # learned task weights (uncertainty), by default at the heads' lr
+    if combiner.learns_weights:  # learned task weights (uncertainty), by default at the heads' lr
         lr = optim.combiner_lr or optim.head_lr or optim.lr
         groups.append(combiner_group(combiner, lr, with_names="param_names" in groups[0]))
     with config_field("train.sampler"):
@@ -167,6 +167,9 @@ def setup(cfg: Config, run_dir: Path | None = None) -> Trainer:
     total_steps = math.ceil(steps_per_epoch * train.epochs / optim.grad_accum)
     if train.max_steps:
         total_steps = min(total_steps, train.max_steps)
+    batches = total_steps * optim.grad_accum  # the combiner's calls
+    if why := combiner.idle_reason(batches / max(steps_per_epoch, 1), batches):
+        log.warning("train.combiner %s: %s", train.combiner, why)
 
     child = None
     if optim.child_tuning and not frozen:

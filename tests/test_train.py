@@ -243,6 +243,24 @@ def test_combiner_lr_for_a_combiner_without_learned_weights_is_a_config_error(ti
         setup(cfg)
 
 
+@pytest.mark.parametrize("train, warned", [
+    ({"epochs": 2}, "this run has 2 epochs, so every weight stays 1"),
+    ({"epochs": 3}, None),
+    ({"epochs": 3, "max_steps": 5}, "this run has 1.25 epochs, so every weight stays 1"),  # 5 steps of 4 a epoch
+    ({"epochs": 1, "combiner_kwargs": {"window": 1}}, None),
+    ({"epochs": 1, "combiner_kwargs": {"window": 2}}, "this run has 4 batches, so every weight stays 1"),
+])  # fmt: skip
+def test_setup_warns_when_dwa_cannot_weigh_in_the_run(train, warned, tiny_model_dir, data_dir, tmp_path, caplog):
+    """DWA needs two epochs (or windows) of losses before it weighs; a run too short for that trains as
+    summed losses, and setup says so. 64 examples of each task, batch 16, mixed: 4 steps an epoch."""
+    cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, TASKS, train={"sampler": "mixed", "combiner": "dwa", **train})
+    with caplog.at_level("WARNING"):
+        tr = setup(cfg)
+    assert tr.steps_per_epoch == 4
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train.combiner dwa:")]
+    assert said == [] if warned is None else (len(said) == 1 and warned in said[0]), said
+
+
 def test_sequential_sampler_trains_only_the_first_task_first(tiny_model_dir, data_dir, tmp_path):
     """Two steps of a sequential epoch both belong to its first task: other heads stay put."""
     _, changed = run_two_steps(tiny_model_dir, data_dir, tmp_path, sampler="sequential")

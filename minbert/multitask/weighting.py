@@ -67,6 +67,17 @@ class Combiner(nn.Module):
     def end_epoch(self, mean_losses: dict[str, float]) -> None:
         """Called once per epoch with each task's mean training loss; default: nothing."""
 
+    @property
+    def learns_weights(self) -> bool:
+        """Whether the combiner has parameters of its own for the optimizer (uncertainty's log-variances)."""
+        return any(True for _ in self.parameters())
+
+    def idle_reason(self, epochs: float, calls: int) -> str | None:
+        """Why this combiner would weigh every task 1 throughout a run of ``epochs`` epochs and ``calls``
+        calls of :meth:`backward`, training exactly as summed losses do; None if it would not. Setup
+        warns with it: such a run measures nothing of the combiner."""
+        return None
+
 
 class LossWeighting(Combiner):
     """``total = sum_i w_i * L_i`` and a single ``scale(total).backward()``."""
@@ -158,6 +169,16 @@ class DWA(LossWeighting):
     def end_epoch(self, mean_losses):
         if self.window is None:
             self._record(mean_losses)
+
+    def idle_reason(self, epochs, calls):
+        if self.window is None and epochs <= 2:
+            return (f"DWA weighs by the ratio of the last two epochs' mean losses, from the third epoch on; "
+                    f"this run has {epochs:g} epochs, so every weight stays 1; set train.combiner_kwargs.window "
+                    f"to weigh by windows of steps instead")  # fmt: skip
+        if self.window is not None and calls <= 2 * self.window:
+            return (f"DWA weighs once two windows of {self.window} batches are averaged; this run has {calls} "
+                    f"batches, so every weight stays 1; use a smaller train.combiner_kwargs.window")  # fmt: skip
+        return None
 
     def current_weights(self) -> dict[str, float]:
         if len(self.history) < 2:

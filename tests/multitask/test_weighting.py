@@ -139,6 +139,30 @@ def test_dwa_windows_of_steps():
     assert comb.current_weights() == pytest.approx({"a": 0.8756462, "b": 1.1243538}, abs=1e-6)
 
 
+@pytest.mark.parametrize(
+    "window, epochs, per_epoch",
+    [(None, 1, 5), (None, 2, 5), (None, 2.4, 5), (None, 3, 5), (3, 1, 6), (3, 1, 7), (3, 2, 4)],
+)
+def test_dwa_says_when_a_run_is_too_short_for_it_to_weigh(window, epochs, per_epoch):
+    """``idle_reason`` (setup's warning) is given exactly when a run of that length keeps every weight 1:
+    checked by running DWA through it on losses that fall at different rates."""
+    comb = build_combiner("dwa", ["a", "b"], window=window)
+    calls = round(epochs * per_epoch)
+    weights, means = [], {"a": [], "b": []}
+    for k in range(calls):
+        losses = {"a": torch.tensor(0.9**k, requires_grad=True), "b": torch.tensor(0.5**k, requires_grad=True)}
+        weights.append(comb.backward(losses, []))
+        for t, loss in losses.items():
+            means[t].append(loss.item())
+        if (k + 1) % per_epoch == 0:
+            comb.end_epoch({t: sum(v) / len(v) for t, v in means.items()})
+            means = {"a": [], "b": []}
+    stays_sum = all(w == {"a": 1.0, "b": 1.0} for w in weights)
+    reason = comb.idle_reason(calls / per_epoch, calls)
+    assert (reason is not None) == stays_sum, (reason, weights[-1])
+    assert reason is None or "every weight stays 1" in reason
+
+
 def test_registry_names_and_errors():
     assert set(COMBINERS) == {
         "sum", "equal", "fixed", "uncertainty", "dwa", "pcgrad", "gradvac", "cagrad", "initial_loss",
