@@ -296,6 +296,11 @@ def with_defaults(saved: dict) -> dict:
         return saved
 
 
+def read_saved_config(path: str | Path) -> dict:
+    """A run's ``config.yaml`` (``to_dict`` form) as minbert reads it today (:func:`with_defaults`)."""
+    return with_defaults(yaml.safe_load(Path(path).read_text()) or {})
+
+
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(d, dict) or not d:
         return {prefix: d}

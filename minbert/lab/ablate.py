@@ -27,11 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import yaml
 
 import minbert.train as train_lib
 from minbert import distributed
-from minbert.config import Config, ConfigError, save_config, to_dict, with_defaults
+from minbert.config import Config, ConfigError, read_saved_config, save_config, to_dict
 from minbert.files import write_text_atomically
 from minbert.lab.grid import Grid, Run, load_grid, plan, run_config, stale_fields, write_grid_json
 from minbert.lab.records import finished_runs
@@ -109,7 +108,7 @@ def finished_configs(roots: list[Path]) -> list[tuple[Path, dict]]:
     for root in roots:
         for summary in sorted(root.glob("**/summary.json")):
             if (saved := summary.parent / "config.yaml").is_file():
-                found.append((summary.parent, flatten(with_defaults(yaml.safe_load(saved.read_text()) or {}))))
+                found.append((summary.parent, flatten(read_saved_config(saved))))
     return found
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from minbert import build
-from minbert.config import Config, ConfigError, load_config, parse_override, set_path, to_dict, with_defaults
+from minbert.config import Config, ConfigError, load_config, parse_override, read_saved_config, set_path, to_dict
 from minbert.files import write_text_atomically
 from minbert.lab.report import config_diff, flatten
 
@@ -220,7 +220,7 @@ def plan(
 
 def stale_fields(run: Run) -> list[str]:
     """Fields where a finished run's saved ``config.yaml`` differs from the config the grid asks for now."""
-    saved = with_defaults(yaml.safe_load((run.run_dir / "config.yaml").read_text()) or {})
+    saved = read_saved_config(run.run_dir / "config.yaml")
     return sorted(config_diff(flatten(saved), flatten(to_dict(run.config)), ignore=()))
 
 
