@@ -16,6 +16,7 @@ import math
 import os
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -301,16 +302,38 @@ def read_saved_config(path: str | Path) -> dict:
     return with_defaults(yaml.safe_load(Path(path).read_text()) or {})
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict) or not d:
-        return {prefix: d}
-    return {k: v for key, sub in d.items() for k, v in _flat(sub, f"{prefix}.{key}" if prefix else key).items()}
+ABSENT = "(absent)"  # a field one config has and the other does not
 
 
-def changed_fields(saved: dict, current: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``; empty mappings stay as leaves."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_diff(base: dict[str, Any], other: dict[str, Any], ignore: Sequence[str] = ()) -> dict[str, tuple[Any, Any]]:
+    """Flattened configs -> ``{key: (base value, other value)}`` where they differ (``ABSENT`` if missing).
+
+    An empty mapping on one side whose keys the other side fills in (``regularizer_kwargs: {}`` vs
+    ``regularizer_kwargs.mu: 1.0``) is not listed: its children already show the difference.
+    """
+    keys = [k for k in dict.fromkeys([*base, *other]) if k not in ignore]
+    diff = {k: (base.get(k, ABSENT), other.get(k, ABSENT)) for k in keys}
+    return {
+        k: (a, b)
+        for k, (a, b) in diff.items()
+        if a != b and not ({} in (a, b) and ABSENT in (a, b) and any(j.startswith(f"{k}.") for j in keys))
+    }
+
+
+def changed_fields(saved: dict, current: dict, ignore: Sequence[str] = ()) -> list[str]:
     """Dotted names of the fields where two config dicts differ (``to_dict`` form), sorted."""
-    a, b = _flat(saved), _flat(current)
-    return sorted(k for k in a.keys() | b.keys() if a.get(k, "<absent>") != b.get(k, "<absent>") and k not in ignore)
+    return sorted(config_diff(flatten(saved), flatten(current), ignore))
 
 
 def set_path(data: dict, dotted: str, value: Any) -> None:

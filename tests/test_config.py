@@ -8,7 +8,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minbert.config import ConfigError, HybridConfig, changed_fields, load_config, set_path, to_dict, with_defaults
+from minbert.config import (
+    ABSENT,
+    ConfigError,
+    HybridConfig,
+    changed_fields,
+    config_diff,
+    flatten,
+    load_config,
+    set_path,
+    to_dict,
+    with_defaults,
+)
 from minbert.train import fit, setup
 from tests.tiny import tiny_config
 
@@ -31,6 +42,24 @@ def test_a_config_saved_before_a_field_existed_reads_with_its_default():
     assert changed_fields(with_defaults(older), today) == ["optim.lr"]
     removed = {**today, "optim": {**today["optim"], "reserve_p": 0.3}}  # a field since removed
     assert with_defaults(removed) is removed
+
+
+def test_flatten_and_config_diff():
+    a = flatten({"optim": {"lr": 1e-3, "betas": [0.9, 0.99]}, "tasks": {"sst": {"pooling": "cls"}}, "reg": {}})
+    assert a == {"optim.lr": 1e-3, "optim.betas": [0.9, 0.99], "tasks.sst.pooling": "cls", "reg": {}}
+    b = flatten({"optim": {"lr": 1e-3, "betas": [0.9, 0.98]}, "tasks": {"sst": {"pooling": "mean"}}, "name": "x"})
+    assert config_diff(a, b, ignore=("name",)) == {
+        "optim.betas": ([0.9, 0.99], [0.9, 0.98]),
+        "tasks.sst.pooling": ("cls", "mean"),
+        "reg": ({}, ABSENT),
+    }
+    assert config_diff(a, b)["name"] == (ABSENT, "x")
+    # an empty section filled in on the other side: its fields show the difference, for the lab's
+    # reports and for resume's list of changed fields alike
+    filled = {"reg": {"smart": {"mu": 1.0}}}
+    assert config_diff(flatten({"reg": {}}), flatten(filled)) == {"reg.smart.mu": (ABSENT, 1.0)}
+    assert changed_fields({"reg": {}}, filled) == ["reg.smart.mu"]
+    assert changed_fields({"reg": {}, "name": "a"}, {**filled, "name": "b"}, ignore=("name",)) == ["reg.smart.mu"]
 
 
 @pytest.mark.parametrize(

@@ -30,11 +30,11 @@ import torch
 
 import minbert.train as train_lib
 from minbert import distributed
-from minbert.config import Config, ConfigError, read_saved_config, save_config, to_dict
+from minbert.config import Config, ConfigError, config_diff, flatten, read_saved_config, save_config, to_dict
 from minbert.files import write_text_atomically
 from minbert.lab.grid import Grid, Run, load_grid, plan, run_config, stale_fields, write_grid_json
 from minbert.lab.records import finished_runs
-from minbert.lab.report import COST_BENCH, NOTES, config_diff, flatten, jsonl_to_tensorboard, write_report
+from minbert.lab.report import COST_BENCH, NOTES, RUN_LABELS, jsonl_to_tensorboard, write_report
 from minbert.runtime import is_main_process, pick_device, world_size
 
 
@@ -306,7 +306,7 @@ def print_plan(grid: Grid, runs: list[Run], echo: Callable[[str], None] = print)
          f"= {len(runs)} runs, budget {budget}, baseline {grid.baseline} -> {grid.output}")  # fmt: skip
     base = flatten(to_dict(run_config(grid, grid.baseline, runs[0].seed if runs else 0)))
     for v in dict.fromkeys(r.variant for r in runs):
-        diff = config_diff(base, flatten(to_dict(next(r.config for r in runs if r.variant == v))))
+        diff = config_diff(base, flatten(to_dict(next(r.config for r in runs if r.variant == v))), RUN_LABELS)
         shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items()) or "(the baseline config)"
         echo(f"  {v}: {shown}")
     for i, r in enumerate(runs, 1):

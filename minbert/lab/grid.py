@@ -31,9 +31,18 @@ from typing import Any
 import yaml
 
 from minbert import build
-from minbert.config import Config, ConfigError, load_config, parse_override, read_saved_config, set_path, to_dict
+from minbert.config import (
+    Config,
+    ConfigError,
+    config_diff,
+    flatten,
+    load_config,
+    parse_override,
+    read_saved_config,
+    set_path,
+    to_dict,
+)
 from minbert.files import write_text_atomically
-from minbert.lab.report import config_diff, flatten
 
 GRID_FIELDS = ("name", "description", "base", "base_config", "overrides", "budget", "seeds", "baseline", "variants",
                "output")  # fmt: skip
@@ -221,7 +230,7 @@ def plan(
 def stale_fields(run: Run) -> list[str]:
     """Fields where a finished run's saved ``config.yaml`` differs from the config the grid asks for now."""
     saved = read_saved_config(run.run_dir / "config.yaml")
-    return sorted(config_diff(flatten(saved), flatten(to_dict(run.config)), ignore=()))
+    return sorted(config_diff(flatten(saved), flatten(to_dict(run.config))))
 
 
 def write_grid_json(grid: Grid, runs: list[Run], command: str | None = None) -> Path:

@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from minbert.config import config_diff, flatten
 from minbert.files import write_text_atomically
 from minbert.lab.records import load_records, read_jsonl
 
 RUN_LABELS = ("name", "run_dir", "train.seed")  # differ between any two runs by construction
-ABSENT = "(absent)"
 COST_FIELDS = ("train_seconds", "examples_per_second", "peak_memory_mb", "steps")
 
 
@@ -82,37 +82,6 @@ def paired_delta(values: dict[int, float], baseline: dict[int, float]) -> dict[s
     if len(seeds) > 1 and np.std(np.subtract(a, b)) > 0:
         p = float(stats.ttest_rel(a, b).pvalue)
     return {"mean": mean, "lo": lo, "hi": hi, "n": len(seeds), "p": p, "seeds": seeds}
-
-
-# ------------------------------------------------------------------ configs
-
-
-def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``; empty mappings stay as leaves."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def config_diff(
-    base: dict[str, Any], other: dict[str, Any], ignore: Sequence[str] = RUN_LABELS
-) -> dict[str, tuple[Any, Any]]:
-    """Flattened configs -> ``{key: (base value, other value)}`` where they differ (``ABSENT`` if missing).
-
-    An empty mapping on one side whose keys the other side fills in (``regularizer_kwargs: {}`` vs
-    ``regularizer_kwargs.mu: 1.0``) is not listed: its children already show the difference.
-    """
-    keys = [k for k in dict.fromkeys([*base, *other]) if k not in ignore]
-    diff = {k: (base.get(k, ABSENT), other.get(k, ABSENT)) for k in keys}
-    return {
-        k: (a, b)
-        for k, (a, b) in diff.items()
-        if a != b and not ({} in (a, b) and ABSENT in (a, b) and any(j.startswith(f"{k}.") for j in keys))
-    }
 
 
 # ------------------------------------------------------------------ summarizing runs
@@ -179,7 +148,8 @@ def summarize(grid_dir: str | Path) -> dict[str, Any]:
         if rec.config_diffs is not None:
             return rec.config_diffs.get(v, {})
         assert rec.configs is not None
-        return {k: list(ab) for k, ab in config_diff(flatten(rec.configs[baseline]), flatten(rec.configs[v])).items()}
+        differ = config_diff(flatten(rec.configs[baseline]), flatten(rec.configs[v]), RUN_LABELS)
+        return {k: list(ab) for k, ab in differ.items()}
 
     results = {}
     for v in variants:

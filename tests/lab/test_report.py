@@ -11,10 +11,7 @@ import pytest
 from scipy import stats
 
 from minbert.lab.report import (
-    ABSENT,
-    config_diff,
     describe,
-    flatten,
     jsonl_to_tensorboard,
     paired_ci,
     paired_delta,
@@ -61,21 +58,6 @@ def test_describe():
     assert d["mean"] == pytest.approx(statistics.mean(VARIANT), abs=1e-15)
     assert d["std"] == pytest.approx(statistics.stdev(VARIANT), abs=1e-15)
     assert describe([0.5]) == {"n": 1, "mean": 0.5, "std": None, "values": [0.5]}
-
-
-def test_flatten_and_config_diff():
-    a = flatten({"optim": {"lr": 1e-3, "betas": [0.9, 0.99]}, "tasks": {"sst": {"pooling": "cls"}}, "reg": {}})
-    assert a == {"optim.lr": 1e-3, "optim.betas": [0.9, 0.99], "tasks.sst.pooling": "cls", "reg": {}}
-    b = flatten({"optim": {"lr": 1e-3, "betas": [0.9, 0.98]}, "tasks": {"sst": {"pooling": "mean"}}, "name": "x"})
-    assert config_diff(a, b) == {
-        "optim.betas": ([0.9, 0.99], [0.9, 0.98]),
-        "tasks.sst.pooling": ("cls", "mean"),
-        "reg": ({}, ABSENT),
-    }  # "name" differs between any two runs and is ignored
-    # an empty section filled in on the other side: its fields show the difference
-    assert config_diff(flatten({"reg": {}}), flatten({"reg": {"smart": {"mu": 1.0}}})) == {
-        "reg.smart.mu": (ABSENT, 1.0)
-    }
 
 
 def test_summarize_takes_its_numbers_from_the_runs(grid_dir):
