@@ -234,7 +234,8 @@ def stale_fields(run: Run) -> list[str]:
 
 
 def write_grid_json(grid: Grid, runs: list[Run], command: str | None = None) -> Path:
-    """``<output>/grid.json``: what the report needs to know about the grid without reading the grid file."""
+    """``<output>/grid.json``: what the report needs to know about the grid without reading the grid file.
+    Without ``command`` (a report redrawn, nothing trained) the one already recorded is kept."""
     from minbert.tasks import load_task_specs
 
     configs = {v: to_dict(run_config(grid, v, grid.seeds[0])) for v in grid.variants}
@@ -247,7 +248,7 @@ def write_grid_json(grid: Grid, runs: list[Run], command: str | None = None) -> 
         "name": grid.name,
         "description": grid.description,
         "source": grid.source,
-        "command": command,
+        "command": command or previous.get("command"),
         "baseline": grid.baseline,
         "variants": grid.variants,
         "seeds": sorted(set(grid.seeds) | {r.seed for r in runs} | set(previous.get("seeds", []))),

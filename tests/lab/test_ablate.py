@@ -87,7 +87,8 @@ def test_grid_report_numbers_equal_the_runs_files(tiny_model_dir, data_dir, tmp_
         assert list(run_dir.glob("events.out.tfevents.*")) or list(run_dir.glob("tb/events.out.tfevents.*"))
         # a finished run is never resumed: its last/ state is gone, its kept checkpoint stays
         assert not (run_dir / "last").exists() and (run_dir / "best" / "model.safetensors").is_file()
-    assert json.loads((out / "grid.json").read_text())["command"].startswith("minbert ablate ")
+    trained_with = json.loads((out / "grid.json").read_text())["command"]
+    assert trained_with == f"minbert ablate {path}"
     assert_tensorboard_conversion_matches_the_loop(out / "mean" / "seed1")
     assert "![learning curves](plots/curves.png)" in md  # two evaluations per run: steps 1 and 2
     assert md.index("![effect against cls](plots/effect.png)") == md.index("![")
@@ -102,7 +103,10 @@ def test_grid_report_numbers_equal_the_runs_files(tiny_model_dir, data_dir, tmp_
     for source in (str(out), str(path)):  # the grid directory, the grid file
         for f in [out / "report.md", *(out / "plots").glob("*.png")]:
             f.unlink()
-        assert cli(source, "--report-only") == 0
+        assert cli(source, "--report-only", "--data-dir", str(data_dir)) == 0
+        # the recorded command stays the one that trained the runs, not this redraw's
+        assert json.loads((out / "grid.json").read_text())["command"] == trained_with
+        assert json.loads((out / "report.json").read_text())["command"] == trained_with
         assert (out / "report.md").read_text().startswith("# Ablation: tiny")
         assert sorted(f.name for f in (out / "plots").glob("*.png")) == ["cost.png", "curves.png", "effect.png"]
         again = json.loads((out / "report.json").read_text())
