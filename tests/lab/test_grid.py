@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from minbert.config import config_diff, flatten, to_dict
 from minbert.lab.grid import GridError, check_runnable, grid_from_dict, load_grid, plan, run_config
+from minbert.lab.report import RUN_LABELS
 from minbert.tasks import load_task_specs
-from tests.lab.grids import SHIPPED, cli, needs_later_checkpoint, tiny_grid, write_grid
+from tests.lab.grids import ROOT, SHIPPED, cli, needs_later_checkpoint, tiny_grid, write_grid
 
 
 def test_grid_file_errors_name_the_field(tiny_model_dir, data_dir, tmp_path):
@@ -63,6 +65,17 @@ def lab_steps(cfg, data_dir: Path) -> int:
     return max(batches) if cfg.train.sampler == "mixed" else sum(batches)
 
 
+def test_the_five_seed_sampler_grid_reruns_lab_samplers_configs():
+    """lab-sampler-seeds adds seeds 3-4 to lab-sampler's runs: --reuse takes seeds 0-2 from there only
+    while every one of its variants trains exactly lab-sampler's config."""
+    more, three = (load_grid(ROOT / "configs" / "ablations" / f"{n}.yaml") for n in ("lab-sampler-seeds", "lab-sampler"))
+    assert more.seeds == [0, 1, 2, 3, 4] and more.baseline == three.baseline
+    assert set(more.variants) < set(three.variants)
+    for v in more.variants:
+        a, b = (flatten(to_dict(run_config(g, v, 3))) for g in (more, three))
+        assert config_diff(a, b, RUN_LABELS) == {}, v
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
 def test_shipped_grids_are_valid(path, data_dir):
     grid = load_grid(path)
@@ -71,7 +84,8 @@ def test_shipped_grids_are_valid(path, data_dir):
         budget = {"max_steps": lab_steps(run_config(grid, grid.baseline, 0), data_dir)}
     else:
         budget = {"max_minutes": 5}
-    assert grid.budget == budget and grid.seeds == [0, 1, 2] and len(grid.variants) >= 2
+    # 3 seeds, 0-2; a grid that adds seeds where 3 cannot decide keeps 0-2 first, so --reuse finds them
+    assert grid.budget == budget and grid.seeds[:3] == [0, 1, 2] and len(grid.variants) >= 2
     runs = plan(grid, check=False)  # every variant's config passes load_config
     assert len(runs) == len(grid.variants) * len(grid.seeds)
     for v in grid.variants:
