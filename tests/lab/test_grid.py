@@ -68,7 +68,8 @@ def lab_steps(cfg, data_dir: Path) -> int:
 def test_the_five_seed_sampler_grid_reruns_lab_samplers_configs():
     """lab-sampler-seeds adds seeds 3-4 to lab-sampler's runs: --reuse takes seeds 0-2 from there only
     while every one of its variants trains exactly lab-sampler's config."""
-    more, three = (load_grid(ROOT / "configs" / "ablations" / f"{n}.yaml") for n in ("lab-sampler-seeds", "lab-sampler"))
+    grids = ROOT / "configs" / "ablations"
+    more, three = (load_grid(grids / f"{name}.yaml") for name in ("lab-sampler-seeds", "lab-sampler"))
     assert more.seeds == [0, 1, 2, 3, 4] and more.baseline == three.baseline
     assert set(more.variants) < set(three.variants)
     for v in more.variants:
