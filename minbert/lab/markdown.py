@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from minbert.lab.cost import cost_source_text, grid_costs
+
 COST_HEADERS = {"train_seconds": "train time (s)", "examples_per_second": "examples/s",
                 "peak_memory_mb": "peak memory (MB)", "steps": "steps"}  # fmt: skip
 NO_MATPLOTLIB = "(no plots: matplotlib is not installed)"
@@ -169,17 +171,25 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, str], plots: dict[s
         for v in order
     ]  # fmt: skip
     lines += table(["variant", "pairs", *cols], rows)
-    lines += ["", "## Cost", "", "Means over seeds. Train time excludes dev evaluations. Peak memory: the training "
-              "process's maximum resident set size (CPU) or allocated memory (CUDA).", ""]  # fmt: skip
+    lines += ["", "## Cost", "", "Each run's own records, means over seeds: its wall clock, taken when and beside "
+              "whatever it ran (runs train one at a time, often on different days), so two variants' times compare "
+              "only roughly; the side-by-side measurement below, where there is one, is the grid's cost. Train time "
+              "excludes dev evaluations. Peak memory: the training process's maximum resident set size (CPU) or "
+              "allocated memory (CUDA).", ""]  # fmt: skip
     rows = [[name(v), *(_f1(res[v]["cost"][f]) for f in COST_HEADERS)] for v in s["variants"]]
     lines += table(["variant", *COST_HEADERS.values()], rows)
-    if plots and plots.get("cost"):
-        lines += ["", f"![cost against effect](plots/{plots['cost']})", "",
-                  "Each variant's training time per run (mean over seeds; the axis starts at 0) against its "
-                  "mean-score difference with the 95% interval; the baseline sits at 0. Variants that take about "
-                  "the same time are drawn a little apart so that none hides another; the legend gives each "
-                  "one's time as a multiple of the baseline's."]  # fmt: skip
     lines += cost_bench_text(meta.get("cost_bench"))
+    if plots and plots.get("cost"):
+        costs = grid_costs(res, s["baseline"], meta.get("cost_bench"))
+        lines += ["", f"![cost against effect](plots/{plots['cost']})", "",
+                  f"Each variant's cost per run, {cost_source_text(costs)} (the axis starts at 0; one-off setup "
+                  "beyond the baseline's is added where it exceeds 5% of the baseline's training time), against "
+                  "its mean-score difference with the 95% interval; the baseline sits at 0. Every marker is at its "
+                  "variant's cost; the labels right of the panel, joined to their markers, give each one's cost as "
+                  "a multiple of the baseline's."]  # fmt: skip
+        if costs.missing:
+            lines.append(f"Not drawn: {_names(costs.missing)}, which the side-by-side measurement did not include "
+                         "(their runs' times were taken on other days and are not mixed in).")  # fmt: skip
     lines += ["", "## Learning curves", "", *curve_text(s, plots)]
     lines += ["", f"## Config differences against `{s['baseline']}`", ""]
     rows = [[v, f"`{k}`", f"`{a}`", f"`{b}`"] for v in order for k, (a, b) in res[v]["config_diff"].items()]

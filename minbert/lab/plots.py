@@ -5,12 +5,14 @@
                                                       one panel for the mean score and one per task
     curve_figure(summary)  -> (Figure | None, data)   dev metric against steps: mean over seeds with
                                                       a min-max band, one panel per task
-    cost_figure(summary)   -> (Figure | None, data)   training time against the mean-score difference
-    write_plots(summary, out_dir) -> {"effect" | "curves" | "cost": {"file": name | None, "data": ...}}
+    cost_figure(summary, bench) -> (Figure | None, data)   cost per run (side by side where ``bench``, the
+                                                      grid's cost.json, is given) against the
+                                                      mean-score difference
+    write_plots(summary, out_dir, bench) -> {"effect" | "curves" | "cost": {"file": name | None, "data": ...}}
 
 Each function returns the numbers it drew (``data``, the sidecar) next to the figure, and gives
 every drawn artist a ``gid`` (``point:<variant>``, ``interval:<variant>``, ``curve:<variant>``,
-``band:<variant>``) so that tests read the plotted values back from the figure. A figure is None
+``band:<variant>``, ``label:<variant>``) so that tests read the plotted values back from the figure. A figure is None
 when there is nothing to draw (no paired difference yet; fewer than two evaluation steps shared by
 a variant's runs). Sizes are chosen for GitHub's Markdown width (about 900 px): 9 inches wide.
 Figures are drawn on matplotlib's Agg canvas without pyplot (:func:`new_figure`).
@@ -19,6 +21,7 @@ Figures are drawn on matplotlib's Agg canvas without pyplot (:func:`new_figure`)
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +30,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
-from matplotlib.transforms import ScaledTranslation
 
 from minbert.files import write_file_atomically
+from minbert.lab.cost import SIDE_BY_SIDE, cost_source_text, grid_costs
 
 EXCLUDES_ZERO, INCLUDES_ZERO = "#1f5fa8", "#9a9a9a"  # interval colours: blue, grey
 WIDTH, DPI = 9.0, 150
@@ -166,79 +169,102 @@ def bottom_legend(fig: Figure, handles: list, labels: list[str], max_columns: in
 # ------------------------------------------------------------------ cost against effect
 
 
-def dodge(xs: list[float], span: float, close: float = 0.03, step: float = 0.12) -> list[float]:
-    """Horizontal offsets in inches that set apart points whose x lie within ``close * span`` of each
-    other (variants that cost about the same), centred on their own x; the data stay exact."""
-    order = sorted(range(len(xs)), key=lambda i: xs[i])
-    groups: list[list[int]] = []
-    for i in order:
-        if groups and xs[i] - xs[groups[-1][-1]] <= close * span:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    out = [0.0] * len(xs)
-    for g in groups:
-        for j, i in enumerate(g):
-            out[i] = (j - (len(g) - 1) / 2) * step
+LABEL_GAP = 0.2  # inches between the centres of two labels beside the cost plot (fontsize 9)
+
+
+def spread(targets: list[float], gap: float, lo: float, hi: float) -> list[float]:
+    """Label positions as near as possible to ``targets`` (in the order given, ascending), at least
+    ``gap`` apart, kept within [lo, hi] while they fit (past that, they run beyond ``hi``)."""
+    out: list[float] = []
+    for t in targets:  # upwards: no label below the one before it plus the gap
+        out.append(max(t, lo, out[-1] + gap) if out else max(t, lo))
+    for i in range(len(out) - 1, -1, -1):  # downwards from the top: back under hi where room allows
+        top = hi if i == len(out) - 1 else out[i + 1] - gap
+        out[i] = max(min(out[i], top), lo + i * gap)
     return out
 
 
-def cost_figure(summary: dict[str, Any]) -> tuple[Figure | None, dict[str, Any]]:
+def cost_figure(summary: dict[str, Any], bench: dict[str, Any] | None = None) -> tuple[Figure | None, dict[str, Any]]:
+    """Each variant's cost per run (x, from the grid's one source: :func:`minbert.lab.cost.grid_costs`)
+    against its mean-score difference with the 95% interval (y). Every marker sits at its data; the
+    variants' names and costs stand in a column to the right of the panel, each joined to its marker by
+    a leader line, so points that cost about the same stay where they are and are still told apart."""
     res, baseline = summary["results"], summary["baseline"]
-    base_time = res[baseline]["cost"]["train_seconds"]["mean"] if res[baseline]["n"] else None
-    points = []
+    costs = grid_costs(res, baseline, bench)
+    points, not_drawn = [], []
     for v in [baseline, *summary["effect_order"]]:
-        seconds = res[v]["cost"]["train_seconds"]
         d = {"mean": 0.0, "lo": None, "hi": None} if v == baseline else res[v]["delta"].get("score")
-        if not seconds["n"] or not d or not _finite(d["mean"]):
+        if not res[v]["n"] or not d or not _finite(d["mean"]):
             continue
-        ratio = seconds["mean"] / base_time if base_time else None
-        points.append({"variant": v, "seconds": seconds["mean"], "time_ratio": ratio, "mean": d["mean"],
-                       "lo": d["lo"], "hi": d["hi"]})  # fmt: skip
-    data = {"baseline": baseline, "x": "train_seconds (mean over seeds)", "points": points}
+        cost = costs.variants.get(v)
+        if cost is None:
+            not_drawn.append(v)
+            continue
+        points.append({"variant": v, "seconds": cost.seconds, "train_seconds": cost.train_s,
+                       "setup_seconds": cost.setup_s, "time": cost.text(), "mean": d["mean"], "lo": d["lo"],
+                       "hi": d["hi"]})  # fmt: skip
+    data = {"baseline": baseline, "source": costs.source, "x": f"seconds per run, {cost_source_text(costs)}",
+            "points": points, "not_drawn": not_drawn}  # fmt: skip
     if len(points) < 2:
         return None, data
     style = colours(summary)
-    fig = new_figure(WIDTH, 3.8)
+    fig = new_figure(WIDTH, max(3.8, 1.8 + LABEL_GAP * len(points)))
     ax = fig.subplots()
-    right = max(p["seconds"] for p in points) * 1.1  # from 0: time differences at their true proportion
-    shift = dodge([p["seconds"] for p in points], span=right)
-    for p, dx in zip(points, shift, strict=True):
+    for p in points:
         v = p["variant"]
         colour, marker = style[v]
-        at = ax.transData + ScaledTranslation(dx, 0, fig.dpi_scale_trans)  # drawn beside, data unchanged
-        if v == baseline:
-            label = f"{v} (baseline, {p['seconds']:.0f} s)"
-        else:
-            label = f"{v} ({p['time_ratio']:.2f}x time)" if p["time_ratio"] else v
         if p["lo"] is not None:
-            ax.vlines(p["seconds"], p["lo"], p["hi"], colors=colour, lw=2.5, alpha=0.8, gid=f"interval:{v}",
-                      transform=at)  # fmt: skip
-        ax.plot([p["seconds"]], [p["mean"]], marker=marker, ms=8, ls="none", color=colour, label=label,
-                gid=f"point:{v}", transform=at)  # fmt: skip
-    # artists drawn with an offset transform do not enter autoscaling: give it the data
-    ax.update_datalim([(p["seconds"], y) for p in points for y in (p["mean"], p["lo"], p["hi"]) if y is not None])
+            ax.vlines(p["seconds"], p["lo"], p["hi"], colors=colour, lw=2.5, alpha=0.6, gid=f"interval:{v}")
+        ax.plot([p["seconds"]], [p["mean"]], marker=marker, ms=8, ls="none", color=colour, alpha=0.8, mec="black",
+                mew=0.5, gid=f"point:{v}")  # fmt: skip
     ax.margins(y=0.1)
-    ax.autoscale_view()
-    ax.set_xlim(0, right)
+    ax.set_xlim(0, max(p["seconds"] for p in points) * 1.08)  # from 0: time differences at their true proportion
     ax.axhline(0, color="black", lw=0.9, zorder=0)
     ax.grid(alpha=0.3)
-    ax.set_xlabel("training time per run (s, mean over seeds; dev evaluations excluded)", fontsize=10)
+    what = "predicted training time" if costs.source == SIDE_BY_SIDE else "training time"
+    ax.set_xlabel(f"{what} per run (s; dev evaluations excluded)\n{cost_source_text(costs)}", fontsize=9)
     ax.set_ylabel(f"mean score − {baseline}, 95% t interval", fontsize=10)
     ax.set_title(f"{summary['name']}: cost against effect", fontsize=12)
-    fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", frameon=False, fontsize=10)
+    label_column(fig, ax, points, style, baseline)
     return fig, data
+
+
+def label_column(fig: Figure, ax: Any, points: list[dict[str, Any]], style: dict, baseline: str) -> None:
+    """Each point's name and cost to the right of the panel, in the order of the points' heights, at
+    least :data:`LABEL_GAP` apart, with a leader line from the label to its marker."""
+    order = sorted(points, key=lambda p: p["mean"])
+    labels = []
+    for p in order:
+        v = p["variant"]
+        text = f"{v} (baseline): {p['seconds']:.0f} s" if v == baseline else f"{v}: {p['time']}"
+        labels.append(ax.annotate(
+            text, xy=(p["seconds"], p["mean"]), xycoords="data", xytext=(1.04, 0.5), textcoords="axes fraction",
+            va="center", ha="left", fontsize=9, annotation_clip=False, gid=f"label:{v}",
+            arrowprops={"arrowstyle": "-", "color": style[v][0], "lw": 0.8, "alpha": 0.7, "relpos": (0, 0.5),
+                        "shrinkA": 2, "shrinkB": 4},
+        ))  # fmt: skip
+    fig.draw_without_rendering()  # the layout makes room for the labels' width and fixes the panel
+    fig.set_layout_engine("none")  # and stays so: the heights below are fractions of this panel
+    gap = LABEL_GAP / (ax.get_window_extent().height / fig.dpi)
+    to_axes = ax.transData + ax.transAxes.inverted()
+    targets = [to_axes.transform((p["seconds"], p["mean"]))[1] for p in order]
+    for label, y in zip(labels, spread(targets, gap, gap / 2, 1 - gap / 2), strict=True):
+        label.xyann = (1.04, y)
 
 
 # ------------------------------------------------------------------ files
 
 
-def write_plots(summary: dict[str, Any], out_dir: Path) -> dict[str, dict[str, Any]]:
+def write_plots(
+    summary: dict[str, Any], out_dir: Path, bench: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
     """Draw the three pictures into ``out_dir`` (each PNG written atomically); remove the PNGs of
-    pictures not drawn this time and the per-task ``curve-<key>.png`` of older reports."""
+    pictures not drawn this time and the per-task ``curve-<key>.png`` of older reports. ``bench``:
+    the grid's side-by-side cost measurement (``cost.json``), the cost plot's source when given."""
     out_dir = Path(out_dir)
     out: dict[str, dict[str, Any]] = {}
-    for name, draw in (("effect", effect_figure), ("curves", curve_figure), ("cost", cost_figure)):
+    drawers = (("effect", effect_figure), ("curves", curve_figure), ("cost", partial(cost_figure, bench=bench)))
+    for name, draw in drawers:
         fig, data = draw(summary)
         path = out_dir / FILES[name]
         if fig is None:

@@ -284,11 +284,16 @@ def write_report(grid_dir: str | Path) -> Path:
         meta["notes"] = (grid_dir / NOTES).read_text().strip()
     if (grid_dir / COST_BENCH).is_file():
         meta["cost_bench"] = json.loads((grid_dir / COST_BENCH).read_text())
+    elif summary["records"] is not None:  # redrawn from a committed report.json: keep the measurement it had
+        old = json.loads((grid_dir / summary["records"]["file"]).read_text()).get("cost_bench")
+        if old:
+            meta["cost_bench"] = old
     plots: dict[str, str | None] | None
     try:
         from minbert.lab.plots import write_plots
 
-        plots = {k: p["file"] for k, p in write_plots(summary, grid_dir / "plots").items()}
+        written = write_plots(summary, grid_dir / "plots", bench=meta.get("cost_bench"))
+        plots = {k: p["file"] for k, p in written.items()}
     except ImportError:
         plots = None
     report = {**meta, **summary, "plots": {k: f and f"plots/{f}" for k, f in (plots or {}).items()}}

@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_hex
@@ -14,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.text import Text
 
 from minbert.lab import plots
+from minbert.lab.cost import grid_costs
 from minbert.lab.plots import EXCLUDES_ZERO, INCLUDES_ZERO, cost_figure, curve_figure, effect_figure, write_plots
 from minbert.lab.report import summarize, write_report
 from tests.lab.grids import BASELINE, ROOT, VARIANT, write_run
@@ -46,8 +48,9 @@ def off_the_axis(t: Text, fig: Figure) -> bool:
     return False
 
 
-def assert_readable(fig: Figure) -> None:
-    """No two tick labels of an axis overlap, titles clear the panels, legends lie outside every panel."""
+def assert_readable(fig: Figure, legend: bool = True) -> None:
+    """No two tick labels of an axis overlap, titles clear the panels, legends lie outside every panel
+    (``legend``: the figure has one; the cost plot labels its points instead)."""
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     panels = [ax.get_window_extent(renderer) for ax in fig.axes]
@@ -60,7 +63,7 @@ def assert_readable(fig: Figure) -> None:
                 for t in ax.get_xticklabels():
                     assert not (t.get_text() and t.get_window_extent(renderer).overlaps(other)), t.get_text()
     legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
-    assert legends
+    assert bool(legends) == legend
     texts = [t for t in fig.findobj(Text) if t.get_text() and t.get_visible() and not off_the_axis(t, fig)]
     for legend in legends:
         box = legend.get_window_extent(renderer)
@@ -179,7 +182,33 @@ def test_one_evaluation_per_run_draws_no_curves_and_says_why(tmp_path):
 # ------------------------------------------------------------------ cost against effect
 
 
-def test_cost_plot_draws_time_against_the_mean_score_difference(grid_dir):
+def drawn_xy(ax, artist) -> list[tuple[float, float]]:
+    """Where an artist is drawn, in data coordinates: its data through its own transform (which an
+    offset, such as a dodge in inches, changes) and back through the axes' data transform."""
+    if hasattr(artist, "get_xdata"):
+        xy = np.column_stack([artist.get_xdata(), artist.get_ydata()])
+    else:
+        xy = np.concatenate(artist.get_segments())
+    return [tuple(p) for p in ax.transData.inverted().transform(artist.get_transform().transform(xy))]
+
+
+def labels_of(ax) -> dict[str, Text]:
+    return {t.get_gid().split(":", 1)[1]: t for t in ax.texts if (t.get_gid() or "").startswith("label:")}
+
+
+def assert_labels_apart(fig: Figure) -> None:
+    """The cost plot's labels: none over another, none over the panel, none cut off."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    (ax,) = fig.axes
+    boxes = [Text.get_window_extent(t, renderer) for t in labels_of(ax).values()]  # the text, not its leader line
+    panel = ax.get_window_extent(renderer)
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :]), "two labels overlap"
+    assert not any(b.overlaps(panel) for b in boxes), "a label covers the panel"
+    assert all(fig.bbox.contains(b.x0, b.y0) and fig.bbox.contains(b.x1, b.y1) for b in boxes), "a label is cut off"
+
+
+def test_cost_plot_draws_each_point_at_its_runs_time_without_a_side_by_side_measurement(grid_dir):
     report = report_of(grid_dir)
     fig, data = cost_figure(summarize(grid_dir))
     (ax,) = fig.axes
@@ -189,19 +218,53 @@ def test_cost_plot_draws_time_against_the_mean_score_difference(grid_dir):
     for v, point in points.items():
         seconds = res[v]["cost"]["train_seconds"]["mean"]
         d = {"mean": 0.0} if v == "base" else res[v]["delta"]["score"]
-        assert (point.get_xdata()[0], point.get_ydata()[0]) == (seconds, d["mean"])
-    (x0, lo), (x1, hi) = intervals["cls"].get_segments()[0]
-    assert (x0, x1, lo, hi) == (25.0, 25.0, res["cls"]["delta"]["score"]["lo"], res["cls"]["delta"]["score"]["hi"])
-    labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert labels == ["base (baseline, 10 s)", "solo (1.00x time)", "cls (2.50x time)"]  # cls: (20 + 30) / 2 / 10
+        assert drawn_xy(ax, point) == [pytest.approx((seconds, d["mean"]), abs=1e-9)]
+    lo, hi = res["cls"]["delta"]["score"]["lo"], res["cls"]["delta"]["score"]["hi"]
+    assert drawn_xy(ax, intervals["cls"]) == [pytest.approx((25.0, lo)), pytest.approx((25.0, hi))]
+    # the labels name the source: a ratio of run times is marked so; by hand, cls: (20 + 30) / 2 / 10
+    labels = labels_of(ax)
+    assert {v: t.get_text() for v, t in labels.items()} == {
+        "base": "base (baseline): 10 s", "solo": "solo: 1.00x (run times)", "cls": "cls: 2.50x (run times)"}
+    assert "not side by side" in ax.get_xlabel() and data["source"] == "run times"
+    for v, t in labels.items():  # each leader line ends at its own point
+        assert t.xy == (points[v].get_xdata()[0], points[v].get_ydata()[0])
+    # the labels stand in the order of the points' heights
+    heights = sorted(labels, key=lambda v: labels[v].xyann[1])
+    assert heights == sorted(labels, key=lambda v: points[v].get_ydata()[0])
     assert [p["variant"] for p in data["points"]] == ["base", *report["effect_order"]]
     assert ax.get_xlim()[0] == 0  # time differences at their true proportion
-    assert_readable(fig)
+    assert_labels_apart(fig)
+    assert_readable(fig, legend=False)
 
 
-def test_dodge_sets_apart_equal_costs_only():
-    assert plots.dodge([30.0, 30.0, 80.0], span=90) == [-0.06, 0.06, 0.0]
-    assert plots.dodge([10.0, 50.0], span=60) == [0.0, 0.0]
+def test_cost_plot_takes_the_side_by_side_measurement_and_counts_setup_alike(grid_dir):
+    bench = {"benchmark": "grid_cost", "date": "2026-12-07", "machine": "x", "threads": 2, "precision": "bf16",
+             "clock": "wall", "steps": 96, "baseline": "base",
+             "rows": [{"variant": "base", "run_s": 50.0, "ratio": 1.0, "ratio_se": 0.0, "setup_s": 2.0},
+                      {"variant": "cls", "run_s": 60.0, "ratio": 1.2, "ratio_se": 0.08, "setup_s": 4.0}]}  # fmt: skip
+    fig, data = cost_figure(summarize(grid_dir), bench)
+    (ax,) = fig.axes
+    points = drawn(ax, "point")
+    # solo is not in the measurement: not drawn, rather than at a time taken on another day
+    assert set(points) == {"base", "cls"} and data["not_drawn"] == ["solo"]
+    assert drawn_xy(ax, points["base"])[0][0] == pytest.approx(50.0)
+    assert drawn_xy(ax, points["cls"])[0][0] == pytest.approx(60.0)  # 2 s more setup: under 5% of 50 s, not counted
+    assert labels_of(ax)["cls"].get_text() == "cls: 1.20x ± 0.08" and "side by side" in ax.get_xlabel()
+    bench["rows"][1]["setup_s"] = 72.0  # a Fisher pass: 70 s beyond the baseline's setup, 1.40x its training
+    fig, _ = cost_figure(summarize(grid_dir), bench)
+    (ax,) = fig.axes
+    assert drawn_xy(ax, drawn(ax, "point")["cls"])[0][0] == pytest.approx(130.0)
+    assert labels_of(ax)["cls"].get_text() == "cls: 1.20x ± 0.08 + 1.40x setup"
+
+
+def test_spread_keeps_labels_apart_and_near_their_points():
+    assert plots.spread([0.2, 0.5, 0.8], gap=0.1, lo=0.0, hi=1.0) == [0.2, 0.5, 0.8]  # room: each at its point
+    assert plots.spread([0.5, 0.5, 0.5], gap=0.1, lo=0.0, hi=1.0) == pytest.approx([0.5, 0.6, 0.7])
+    assert plots.spread([0.9, 0.95, 1.0], gap=0.1, lo=0.0, hi=1.0) == pytest.approx([0.8, 0.9, 1.0])  # pushed down
+    assert plots.spread([0.0, 0.0], gap=0.1, lo=0.05, hi=0.95) == pytest.approx([0.05, 0.15])
+    many = plots.spread([0.5] * 12, gap=0.1, lo=0.0, hi=1.0)  # more than fit: apart, past the top
+    assert all(b - a == pytest.approx(0.1) for a, b in zip(many, many[1:], strict=False))
+    assert many[0] == pytest.approx(0.0)
 
 
 # ------------------------------------------------------------------ files
@@ -209,14 +272,30 @@ def test_dodge_sets_apart_equal_costs_only():
 
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.parent.name)
 def test_the_committed_reports_redraw_readably(path, tmp_path):
-    """The pictures of every committed grid report (docs/results), redrawn from its report.json alone."""
+    """The pictures of every committed grid report (docs/results), redrawn from its report.json alone;
+    in the cost plot every point is drawn at its variant's cost from the grid's one source."""
     (tmp_path / "grid").mkdir()
     shutil.copy(path, tmp_path / "grid" / "report.json")
     summary = summarize(tmp_path / "grid")
-    for draw in (effect_figure, cost_figure, curve_figure):
+    bench = json.loads(path.read_text()).get("cost_bench")
+    for draw in (effect_figure, curve_figure):
         fig, _ = draw(summary)
         if fig is not None:
             assert_readable(fig)
+    fig, data = cost_figure(summary, bench)
+    if fig is None:
+        return
+    assert_readable(fig, legend=False)
+    (ax,) = fig.axes
+    costs = grid_costs(summary["results"], summary["baseline"], bench)
+    points = drawn(ax, "point")
+    assert set(points) == {p["variant"] for p in data["points"]} and len(points) >= 2
+    for v, point in points.items():
+        (x, _), = drawn_xy(ax, point)
+        assert x == pytest.approx(costs.variants[v].seconds, rel=1e-9), v
+        if bench is None:
+            assert x == pytest.approx(summary["results"][v]["cost"]["train_seconds"]["mean"], rel=1e-9), v
+    assert_labels_apart(fig)
 
 
 def test_plots_are_written_atomically(grid_dir, monkeypatch):
