@@ -182,8 +182,8 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, str], plots: dict[s
     if plots and plots.get("cost"):
         costs = grid_costs(res, s["baseline"], meta.get("cost_bench"))
         lines += ["", f"![cost against effect](plots/{plots['cost']})", "",
-                  f"Each variant's cost per run, {cost_source_text(costs)} (the axis starts at 0; one-off setup "
-                  "beyond the baseline's is added where it exceeds 5% of the baseline's training time), against "
+                  f"Each variant's cost per run (the axis starts at 0), {cost_source_text(costs)}, with one-off "
+                  "setup beyond the baseline's added where it exceeds 5% of the baseline's training time, against "
                   "its mean-score difference with the 95% interval; the baseline sits at 0. Every marker is at its "
                   "variant's cost; the labels right of the panel, joined to their markers, give each one's cost as "
                   "a multiple of the baseline's."]  # fmt: skip

@@ -12,10 +12,11 @@
 
 Each function returns the numbers it drew (``data``, the sidecar) next to the figure, and gives
 every drawn artist a ``gid`` (``point:<variant>``, ``interval:<variant>``, ``curve:<variant>``,
-``band:<variant>``, ``label:<variant>``) so that tests read the plotted values back from the figure. A figure is None
-when there is nothing to draw (no paired difference yet; fewer than two evaluation steps shared by
-a variant's runs). Sizes are chosen for GitHub's Markdown width (about 900 px): 9 inches wide.
-Figures are drawn on matplotlib's Agg canvas without pyplot (:func:`new_figure`).
+``band:<variant>``, ``label:<variant>``) so that tests read the plotted values back from the
+figure. A figure is None when there is nothing to draw (no paired difference yet; fewer than two
+evaluation steps shared by a variant's runs). Sizes are chosen for GitHub's Markdown width (about
+900 px): 9 inches wide. Figures are drawn on matplotlib's Agg canvas without pyplot
+(:func:`new_figure`).
 """
 
 from __future__ import annotations
@@ -221,8 +222,14 @@ def cost_figure(summary: dict[str, Any], bench: dict[str, Any] | None = None) ->
     ax.set_xlim(0, max(p["seconds"] for p in points) * 1.08)  # from 0: time differences at their true proportion
     ax.axhline(0, color="black", lw=0.9, zorder=0)
     ax.grid(alpha=0.3)
-    what = "predicted training time" if costs.source == SIDE_BY_SIDE else "training time"
-    ax.set_xlabel(f"{what} per run (s; dev evaluations excluded)\n{cost_source_text(costs)}", fontsize=9)
+    if costs.source == SIDE_BY_SIDE:
+        setup = any(c and c.setup_s for c in costs.variants.values())
+        what = "predicted training time per run (s; dev evaluations excluded" + (
+            ", one-off setup beyond the baseline's added)" if setup else ")"
+        )
+    else:
+        what = "training time per run (s, mean over seeds; dev evaluations excluded)"
+    ax.set_xlabel(f"{what}\n{cost_source_text(costs)}", fontsize=9)
     ax.set_ylabel(f"mean score − {baseline}, 95% t interval", fontsize=10)
     ax.set_title(f"{summary['name']}: cost against effect", fontsize=12)
     label_column(fig, ax, points, style, baseline)
