@@ -78,14 +78,15 @@ class Costs:
 def grid_costs(results: dict[str, Any], baseline: str, bench: dict[str, Any] | None) -> Costs:
     """Every variant's cost from the grid's one source: ``bench`` (a ``cost.json`` record) when
     given, else the runs' times in ``results`` (report.json's per-variant results). Variants without
-    finished runs are left out."""
+    finished runs are left out. A measurement without the baseline's row measures nothing the grid
+    can use: every variant's cost is then None."""
     variants = [v for v in results if results[v]["n"]]
     if bench:
-        rows = {r["variant"]: r for r in bench["rows"]}
+        rows = {r["variant"]: r for r in bench.get("rows") or []}
         base = rows.get(baseline)
-        if base is None:
-            raise ValueError(f"the side-by-side cost measurement has no row for the baseline {baseline!r}")
         out: dict[str, Cost | None] = {}
+        if base is None:
+            return Costs(SIDE_BY_SIDE, bench, dict.fromkeys(variants))
         for v in variants:
             row = rows.get(v)
             if row is None:

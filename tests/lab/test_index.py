@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from minbert.lab.index import ANSWERS_END, ANSWERS_START, END, START, main, verdict, write_index
+from minbert.lab.index import ANSWERS_END, ANSWERS_START, END, START, main, time_ratio, verdict, write_index
 from minbert.lab.report import write_report
 from tests.lab.grids import BASELINE, VARIANT
 
@@ -124,6 +124,12 @@ def test_a_side_by_side_cost_measurement_is_reported_and_preferred_to_the_runs_t
     assert rows["[g](g/report.md): `cls` (vs `base`)"][-2] == "1.20x ± 0.08 + 6.17x setup"
     # not in the bench: no time, rather than its runs' ratio, taken apart from the bench's on other days
     assert rows["[g](g/report.md): `solo` (vs `base`)"][-2] == "not measured side by side"
+    # a measurement without the baseline's row gives no ratio at all (and the report still draws)
+    bench["rows"] = bench["rows"][1:]
+    (grid_dir / "cost.json").write_text(json.dumps(bench))
+    write_report(grid_dir)
+    report = json.loads((grid_dir / "report.json").read_text())
+    assert {time_ratio(report, v) for v in ("cls", "solo")} == {"not measured side by side"}
 
 
 def test_answers_compare_a_weaker_baseline_with_the_default_job(grid_dir, tmp_path):
