@@ -95,6 +95,16 @@ def test_predictions_equal_the_csv_prediction_path(which, task, request, data_di
         written = [r["prediction"] for r in csv.DictReader(f)]
     if isinstance(preds[0], ScorePrediction):
         np.testing.assert_allclose([p.score for p in preds], [float(x) for x in written], atol=5.1e-5)
+    elif isinstance(preds[0], BinaryPrediction):
+        # The two paths batch differently, and on some CPUs (an AMX Xeon) fp32 scores then differ by
+        # about 1e-7. The tiny test model's quora scores all lie within 5e-6 of the tuned threshold (a
+        # midpoint of two dev scores), so a score within 1e-6 of it may be decided either way; every
+        # other decision must agree, and there are enough of those for the check to mean something.
+        sure = [abs(p.probability - p.threshold) > 1e-6 for p in preds]
+        assert sum(sure) >= len(preds) // 4
+        assert [str(p.label) for p, ok in zip(preds, sure, strict=True) if ok] == [
+            w for w, ok in zip(written, sure, strict=True) if ok
+        ]
     else:
         assert [str(p.label) for p in preds] == written
 
