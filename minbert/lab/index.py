@@ -129,8 +129,9 @@ def _origin(run: dict[str, Any], reused: dict[str, str]) -> str:
     """The directory where a run was trained: its own, or, for a run reused by ``ablate --reuse``,
     the one it was reused from, followed through every grid that reused it in turn (``reused``:
     run directory -> the directory it was reused from)."""
-    d = run["dir"]
-    while d in reused:
+    d, seen = run["dir"], set()
+    while d in reused and d not in seen:  # a record reused from itself must not hang the index
+        seen.add(d)
         d = reused[d]
     return d
 
@@ -141,7 +142,6 @@ class DefaultJob:
     compared with when its grid's baseline is something else, so that a skim does not read "helps"
     against a weaker baseline as "better than what `make run` does"."""
 
-    name: str  # GRID/VARIANT
     tasks: set[str]
     scores: dict[int, float]  # seed -> best mean score
     dirs: dict[int, str]  # seed -> run directory
@@ -157,7 +157,7 @@ class DefaultJob:
         runs = {int(s): r for s, r in report["runs"][variant].items()}
         reused = {r["dir"]: r["reused_from"] for _, rep in reports for per_seed in rep["runs"].values()
                   for r in per_seed.values() if r.get("reused_from")}  # fmt: skip
-        return cls(name, set(report["tasks"]), {s: r["best_score"] for s, r in runs.items()},
+        return cls(set(report["tasks"]), {s: r["best_score"] for s, r in runs.items()},
                    {s: r["dir"] for s, r in runs.items()}, reused)  # fmt: skip
 
     def relation(self, report: dict[str, Any]) -> str:
