@@ -30,8 +30,8 @@ from bench_train import machine  # benchmarks/ is the script's directory, so on 
 from minbert.config import load_config
 from minbert.multitask import build_combiner
 from minbert.optim import AdamW
-from minbert.step import task_loss
-from minbert.train import setup
+from minbert.training import setup
+from minbert.training.finetuning import task_loss
 
 
 def main() -> None:

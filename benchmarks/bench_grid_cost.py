@@ -6,7 +6,7 @@
 
 A grid's own cost table (`minbert ablate`) times each run alone, hours apart, so whatever else ran
 on the machine meanwhile is in its figures. This benchmark builds every variant's run (seed 0,
-`minbert.train.setup`, the same code the grid runs) in one process and trains them in turns: a
+`minbert.training.loop.setup`, the same code the grid runs) in one process and trains them in turns: a
 block of ``--block`` steps of one variant, then of the next, the order rotating every round, so
 that the machine's state hits all variants alike. Each variant's steps come from its whole run's
 step plan (every epoch of its sampler, up to the grid's step budget), counted by kind (the tasks a
@@ -47,7 +47,7 @@ from minbert.data import Forever
 from minbert.lab.grid import load_grid, run_config
 from minbert.lab.report import COST_BENCH
 from minbert.multitask import epoch_length
-from minbert.train import Progress, set_train_mode, setup, train_step
+from minbert.training.loop import Progress, set_train_mode, setup, train_step
 
 
 class Variant:

@@ -21,9 +21,10 @@ import torch
 
 from minbert.cli import DEFAULT_CONFIG
 from minbert.config import load_config
-from minbert.resume import load_state, save_last
-from minbert.step import task_loss
-from minbert.train import BestKeeper, Progress, setup
+from minbert.training import setup
+from minbert.training.finetuning import task_loss
+from minbert.training.resume import load_state, save_last
+from minbert.training.state import Progress
 
 
 def main() -> None:
@@ -35,16 +36,16 @@ def main() -> None:
             f"tasks.{t}.{k}={v}" for t in ("sst", "quora", "sts") for k, v in (("train_limit", 32), ("dev_limit", 8))
         ]
         tr = setup(load_config(DEFAULT_CONFIG, overrides))
-        for task in tr.tasks.values():  # every parameter gets its AdamW moments
+        for task in tr.objective.tasks.values():  # every parameter gets its AdamW moments
             task_loss(tr.model, task, next(iter(task.train)), tr.autocast).backward()
         tr.optimizer.step()
         tr.ema.update()
         scaler = torch.amp.GradScaler("cpu", enabled=False)
-        progress, keeper = Progress(), BestKeeper(tr, logger=None)
+        progress = Progress()
         writes, reads = [], []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            save_last(tr, progress, keeper, random.Random(0), scaler)
+            save_last(tr, progress, random.Random(0), scaler)
             writes.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             load_state(Path(tmp) / "last")

@@ -43,9 +43,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-
-from minbert.runtime import cpu_model  # noqa: E402
-from tests.conftest import find_data_dir  # noqa: E402
 from tests.test_resume import (  # noqa: E402
     VARIANTS,
     crash,
@@ -57,6 +54,9 @@ from tests.test_resume import (  # noqa: E402
     session_processes,
     write_config,
 )
+
+from minbert.training.runtime import cpu_model  # noqa: E402
+from tests.conftest import find_data_dir  # noqa: E402
 from tests.tiny import save_tiny_bert  # noqa: E402
 
 WORKERS = "sum+2workers"  # summed losses with train.num_workers=2, compared with "sum"

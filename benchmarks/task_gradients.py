@@ -25,8 +25,8 @@ import torch
 from bench_train import machine  # benchmarks/ is the script's directory, so on sys.path
 
 from minbert.lab.grid import load_grid, run_config
-from minbert.step import task_loss
-from minbert.train import setup
+from minbert.training import setup
+from minbert.training.finetuning import task_loss
 
 
 def flat_grad(params: list[torch.nn.Parameter]) -> torch.Tensor:
@@ -49,15 +49,15 @@ def main() -> None:
     tr = setup(cfg)
     model = tr.model.train()
     shared = model.shared_parameters()
-    names = list(tr.tasks)
-    loaders = [iter(t.train) for t in tr.tasks.values()]
+    names = list(tr.objective.tasks)
+    loaders = [iter(t.train) for t in tr.objective.tasks.values()]
     rows = []
     for step in range(args.steps):
         grads, losses = {}, {}
         for name, loader in zip(names, loaders, strict=True):
             batch = next(loader)
             model.zero_grad(set_to_none=True)
-            loss = task_loss(model, tr.tasks[name], batch, tr.autocast)
+            loss = task_loss(model, tr.objective.tasks[name], batch, tr.autocast)
             loss.backward()
             grads[name], losses[name] = flat_grad(shared), float(loss.detach())
         total = sum(grads.values())

@@ -181,8 +181,8 @@ def cmd_train(args) -> int:
 
 
 def train_and_report(cfg, resume: bool = False) -> int:
-    from minbert.runtime import is_main_process
-    from minbert.train import fit, setup
+    from minbert.training import fit, setup
+    from minbert.training.runtime import is_main_process
 
     tr = setup(cfg)
     summary = fit(tr, resume=resume)
@@ -209,9 +209,9 @@ def resume_run(args) -> int:
 def cmd_eval(args) -> int:
     from minbert.data import read_examples
     from minbert.evaluate import compute_metrics, mean_score
-    from minbert.files import write_text_atomically
     from minbert.predict import task_outputs
-    from minbert.runs import load_run
+    from minbert.training.checkpointing import write_text_atomically
+    from minbert.training.runs import load_run
 
     run = load_run(args.run, args.data_dir)
     results = {}
@@ -231,7 +231,7 @@ def cmd_eval(args) -> int:
 
 def cmd_predict(args) -> int:
     from minbert.predict import predict_file
-    from minbert.runs import load_run
+    from minbert.training.runs import load_run
 
     if (args.input is None) == (args.text is None):
         raise ConfigError("give either --input (a CSV file, or - for JSON lines on stdin) or --text")
@@ -247,7 +247,7 @@ def cmd_predict(args) -> int:
         raise ConfigError(f"--output {args.output} exists; pass --overwrite to replace it")
     run = load_run(args.run)
     if args.precision:
-        from minbert.runtime import resolve_precision
+        from minbert.training.runtime import resolve_precision
 
         run.cfg.train.precision = resolve_precision(args.precision, run.device)
     n = predict_file(run, args.task, args.input, args.output)
@@ -280,9 +280,9 @@ def predict_sentences(args) -> int:
 def cmd_run(args) -> int:
     """The main job: train the default multitask config, predict the test files, print a table."""
     from minbert.predict import predict_file
-    from minbert.runs import load_run
-    from minbert.runtime import is_main_process
-    from minbert.train import fit, setup
+    from minbert.training import fit, setup
+    from minbert.training.runs import load_run
+    from minbert.training.runtime import is_main_process
 
     flags = {}
     if args.data_dir:
@@ -315,7 +315,7 @@ def cmd_similarity(args) -> int:
 
 def cmd_export(args) -> int:
     from minbert.export import export
-    from minbert.runs import load_run
+    from minbert.training.runs import load_run
 
     print(export(load_run(args.run), args.output, args.fmt, args.task))
     return 0
@@ -350,10 +350,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
-    from minbert import distributed
     from minbert.data import DataError
-    from minbert.resume import StateError
-    from minbert.runtime import Interrupted, NonFiniteError, is_main_process
+    from minbert.training import distributed
+    from minbert.training.resume import StateError
+    from minbert.training.runtime import Interrupted, NonFiniteError, is_main_process
 
     if not is_main_process():  # under torchrun the other ranks only warn
         logging.getLogger().setLevel(logging.WARNING)

@@ -23,8 +23,6 @@ from typing import Any
 
 import yaml
 
-from minbert.files import write_text_atomically
-
 
 class ConfigError(ValueError):
     """An invalid configuration; the message names the field."""
@@ -98,6 +96,7 @@ class TrainConfig:
     combiner_kwargs: dict[str, Any] = field(default_factory=dict)  # ... | pcgrad | gradvac | cagrad | mgda | ...
     eval_every: int | None = None  # evaluate every N optimizer steps ...
     evals_per_epoch: int | None = None  # ... or N times an epoch, evenly spaced; neither: once per epoch
+    eval_at_start: bool = False  # also evaluate the starting point, as step 0 (pretraining: the loss before)
     early_stopping: int | None = None  # stop after this many evaluations without improvement
     ema_decay: float | None = None  # evaluate and keep an exponential moving average of the weights, e.g. 0.999
     seed: int = 0
@@ -117,6 +116,26 @@ class TrainConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """Masked-LM (+ NSP) further pretraining (``minbert pretrain``): a config with this section trains
+    ``model.pretrained`` on text with BERT's own objectives instead of fine-tuning task heads, in the
+    same engine (``minbert.training.pretraining``)."""
+
+    tasks: list[str] = field(default_factory=list)  # tasks whose text columns are read (labels are not)
+    splits: list[str] = field(default_factory=lambda: ["train"])  # the task files read
+    text_files: list[str] = field(default_factory=list)  # plain text, one sentence per line
+    eval_size: int = 500  # held-out sentences (at most 10% of all) for the held-out MLM loss
+    mlm_probability: float = 0.15
+    whole_word: bool = False  # mask every WordPiece of a chosen word
+    nsp: bool = False  # next sentence prediction on consecutive sentences of a document
+    max_length: int = 128
+    batch_size: int = 32
+    from_scratch: bool = False  # random init; model.pretrained gives the vocabulary and config.json
+    bert: dict[str, Any] = field(default_factory=dict)  # BertConfig overrides, e.g. {num_hidden_layers: 48}
+    output: str | None = None  # the best model as a Hugging Face directory, written at the end
+
+
+@dataclass
 class Config:
     name: str = "run"
     tasks: dict[str, TaskConfig] = field(default_factory=dict)
@@ -126,6 +145,7 @@ class Config:
     data_dir: str | None = None  # default: $DATA_DIR, else ../shared/data, else ./data
     run_dir: str | None = None  # default: runs/<name>
     task_specs: str | None = None  # a YAML file of extra task specs
+    pretrain: PretrainConfig | None = None  # set: masked-LM pretraining instead of fine-tuning (tasks empty)
 
     def __post_init__(self):
         validate(self)
@@ -169,6 +189,8 @@ RANGES = {
     "tasks.*.batch_size": "positive", "tasks.*.max_length": "positive", "tasks.*.head_dropout": "probability",
     "tasks.*.head_hidden": "positive", "tasks.*.train_limit": "positive", "tasks.*.dev_limit": "positive",
     "tasks.*.hybrid.blend": "fraction", "tasks.*.hybrid.cosine_weight": "non-negative",
+    "pretrain.eval_size": "positive", "pretrain.mlm_probability": "open unit", "pretrain.max_length": "positive",
+    "pretrain.batch_size": "positive",
 }  # fmt: skip
 
 
@@ -187,7 +209,11 @@ def field_values(cfg: Config, path: str) -> list[tuple[str, Any]]:
 
 def value_rules(cfg: Config) -> list[tuple[str, Any, str]]:
     """(field, value, rule) for every numeric field with a range; ``None`` values are not checked."""
-    rules = [(where, value, rule) for path, rule in RANGES.items() for where, value in field_values(cfg, path)]
+    rules = []
+    for path, rule in RANGES.items():
+        if path.startswith("pretrain.") and cfg.pretrain is None:
+            continue
+        rules += [(where, value, rule) for where, value in field_values(cfg, path)]
     if isinstance(cfg.train.steps_per_epoch, int):
         rules.append(("train.steps_per_epoch", cfg.train.steps_per_epoch, "positive"))
     return rules
@@ -206,6 +232,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config field 'optim.betas' must be two numbers [beta1, beta2], got {cfg.optim.betas}")
     if cfg.train.eval_every is not None and cfg.train.evals_per_epoch is not None:
         raise ConfigError("config fields 'train.eval_every' and 'train.evals_per_epoch' exclude each other: set one")
+    if cfg.pretrain is not None and cfg.tasks:
+        raise ConfigError(
+            "config fields 'pretrain' and 'tasks' exclude each other: pretraining reads the text of "
+            "'pretrain.tasks' and trains no task heads"
+        )
     if isinstance(cfg.train.steps_per_epoch, str) and cfg.train.steps_per_epoch not in ("max", "sum", "min"):
         raise ConfigError(
             f"config field 'train.steps_per_epoch' is {cfg.train.steps_per_epoch!r}; use max, sum, min or a number"
@@ -389,5 +420,6 @@ def load_config(
     return from_dict(Config, data)
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
-    write_text_atomically(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+def config_yaml(cfg: Config) -> str:
+    """The config as ``config.yaml`` holds it (``minbert.training.runs`` writes it to a run directory)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from minbert import distributed
 from minbert.data import Batch
-from minbert.distributed import all_reduce_sum_, gather_objects, shard
 from minbert.metrics import METRICS, apply_threshold, tune_threshold
-from minbert.runtime import NonFiniteError
 from minbert.taskmodel import MultitaskModel
 from minbert.tasks import TaskSpec
+from minbert.training import distributed
+from minbert.training.distributed import all_reduce_sum_, gather_objects, shard
+from minbert.training.runtime import NonFiniteError
 
 
 @dataclass

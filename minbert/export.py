@@ -34,11 +34,11 @@ from pathlib import Path
 import torch
 
 from minbert.bert.checkpoint import write_hf_dir
-from minbert.build import Task
 from minbert.config import ConfigError
-from minbert.files import write_dir_atomically
 from minbert.predictor import check_embedding_task, check_task
-from minbert.runs import LoadedRun
+from minbert.training.build import Task
+from minbert.training.checkpointing import write_dir_atomically
+from minbert.training.runs import LoadedRun
 
 FORMATS = ("hf", "sentence-transformers")
 

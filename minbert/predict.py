@@ -23,9 +23,9 @@ from minbert.data import DataError, Example, read_examples
 from minbert.evaluate import TaskOutputs, collect_outputs, write_predictions
 from minbert.metrics import pearson, spearman
 from minbert.pooling import pool
-from minbert.runs import LoadedRun
-from minbert.runtime import autocast_for
 from minbert.tasks import TaskSpec, get_task, load_task_specs
+from minbert.training.runs import LoadedRun
+from minbert.training.runtime import autocast_for
 
 log = logging.getLogger(__name__)
 

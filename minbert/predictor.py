@@ -35,13 +35,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from minbert.build import Task
 from minbert.config import ConfigError
 from minbert.data import EncodedDataset, Example, make_loader
 from minbert.evaluate import decide
 from minbert.pairs import PairMode, encode_and_pool
-from minbert.runs import LoadedRun, load_run
-from minbert.runtime import autocast_for, resolve_precision
+from minbert.training.build import Task
+from minbert.training.runs import LoadedRun, load_run
+from minbert.training.runtime import autocast_for, resolve_precision
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ class Predictor:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, precision: str = "auto", **kwargs) -> Predictor:
-        """Load ``run_dir``'s best checkpoint (``minbert.runs.load_run``)."""
+        """Load ``run_dir``'s best checkpoint (``minbert.training.runs.load_run``)."""
         return cls(load_run(run_dir), precision, **kwargs)
 
     @property

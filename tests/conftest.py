@@ -53,7 +53,7 @@ def tiny_run(tiny_model_dir, data_dir, tmp_path_factory):
     Shared by the tests that read a run back (``load_run``, ``predict_file``): treat it as read-only,
     copy ``tiny_run.run_dir`` or ``tiny_run.model`` before changing them.
     """
-    from minbert.train import fit, setup
+    from minbert.training import fit, setup
     from tests.tiny import tiny_config
 
     train = {"max_steps": 2, "device": "cpu", "precision": "fp32"}

@@ -4,7 +4,7 @@
 
 POINT is ``micro-step`` (the end of a micro-step, its backward done: with ``grad_accum: 2`` an
 odd one leaves half an accumulated gradient that no state holds) or a
-:func:`minbert.files.crash_point` name: ``last:filled`` (the new state whole in ``last.tmp/``,
+:func:`minbert.training.checkpointing.crash_point` name: ``last:filled`` (the new state whole in ``last.tmp/``,
 nothing renamed), ``last:swapping`` (between the two renames: only ``last.old/`` and
 ``last.tmp/``), ``last:swapped`` (the new ``last/`` in place, ``last.old/`` not yet removed), and
 the same for ``best``. The process kills itself the N-th time it passes POINT (counted in this
@@ -18,8 +18,8 @@ import os
 import signal
 import sys
 
-import minbert.files
-import minbert.train
+import minbert.training.checkpointing
+import minbert.training.loop
 from minbert.cli import main
 
 
@@ -35,15 +35,15 @@ def arm(point: str, n: int) -> None:
             print(f"crash: SIGKILL at {point} {detail}".rstrip(), file=sys.stderr, flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    train_step = minbert.train.train_step
+    train_step = minbert.training.loop.train_step
 
     def step_then_maybe_crash(tr, names, iters, scaler, progress) -> bool:
         stepped = train_step(tr, names, iters, scaler, progress)
         reached("micro-step", f"after micro-step {progress.micro}, optimizer step {progress.step}")
         return stepped
 
-    minbert.train.train_step = step_then_maybe_crash  # fit looks it up at each call
-    minbert.files.crash_point = reached
+    minbert.training.loop.train_step = step_then_maybe_crash  # fit looks it up at each call
+    minbert.training.checkpointing.crash_point = reached
 
 
 if __name__ == "__main__":

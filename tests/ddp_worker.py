@@ -5,10 +5,9 @@ import sys
 
 from safetensors.torch import save_file
 
-from minbert import distributed
 from minbert.config import load_config
-from minbert.runtime import rank
-from minbert.train import fit, setup
+from minbert.training import distributed, fit, setup
+from minbert.training.runtime import rank
 
 if __name__ == "__main__":
     for path in sys.argv[1:]:

@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 import minbert.cli
-from minbert.build import check
 from minbert.cli import COMMANDS, DEFAULT_CONFIG, build_parser
 from minbert.cli import main as cli
 from minbert.config import load_config
+from minbert.training.build import check
 
 ROOT = Path(__file__).resolve().parents[1]
 

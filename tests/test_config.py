@@ -20,7 +20,7 @@ from minbert.config import (
     to_dict,
     with_defaults,
 )
-from minbert.train import fit, setup
+from minbert.training import fit, setup
 from tests.tiny import tiny_config
 
 
@@ -120,7 +120,7 @@ def test_evals_per_epoch_evaluates_at_the_ends_of_equal_parts_of_each_epoch(
     cfg.tasks["sst"].train_limit = train_limit
     tr = setup(cfg)
     fit(tr)
-    assert [r["step"] for r in tr.history] == steps
+    assert [r["step"] for r in tr.keeper.history] == steps
 
 
 def test_schedule_kwargs_reach_the_lr_schedule(tiny_model_dir, data_dir, tmp_path):

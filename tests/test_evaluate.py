@@ -19,7 +19,7 @@ from minbert.evaluate import (
     write_predictions,
 )
 from minbert.tasks import get_task
-from minbert.train import setup
+from minbert.training import setup
 from tests.tiny import tiny_config
 
 
@@ -60,7 +60,7 @@ def test_symmetric_eval_is_the_mean_of_both_orders(tiny_model_dir, data_dir, tmp
     cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sts"])
     cfg.tasks["sts"].pair_mode = "cross"
     tr = setup(cfg)
-    t = tr.tasks["sts"]
+    t = tr.objective.tasks["sts"]
     exs = list(t.dev.dataset.examples)
     tok = BertTokenizer.from_pretrained(tiny_model_dir)
 

@@ -11,7 +11,7 @@ import torch
 from minbert.cli import main as cli
 from minbert.config import ConfigError
 from minbert.predict import predict_file
-from minbert.runs import load_run
+from minbert.training.runs import load_run
 
 
 def read_predictions(path):

@@ -17,8 +17,8 @@ from minbert.config import ConfigError, load_config
 from minbert.data import Example, read_examples
 from minbert.predict import predict_file, task_outputs
 from minbert.predictor import BinaryPrediction, ClassPrediction, ScorePrediction
-from minbert.runs import load_run, write_untrained_run
 from minbert.tasks import BUILTIN_YAML
+from minbert.training.runs import load_run, write_untrained_run
 from tests.tiny import tiny_config
 
 FILES = {"sst": "ids-sst-test-student.csv", "quora": "quora-test-student.csv", "sts": "sts-test-student.csv",
@@ -39,7 +39,7 @@ def parts_run(tiny_model_dir, data_dir, tmp_path_factory):
     cfg.tasks["sts"].pair_mode, cfg.tasks["sts"].pooling, cfg.tasks["sts"].symmetric_eval = "hybrid", "mean", True
     cfg.tasks["sts"].loss_kwargs = {"sigmoid_scale": 5.0}
     cfg.tasks["sts_bi"].pair_mode, cfg.tasks["sts_bi"].pooling = "bi", "max"
-    from minbert.train import fit, setup
+    from minbert.training import fit, setup
 
     tr = setup(cfg)
     fit(tr)

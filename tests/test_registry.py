@@ -7,7 +7,6 @@ from collections.abc import Mapping
 
 import pytest
 
-from minbert.build import check
 from minbert.config import ConfigError
 from minbert.losses import LOSSES
 from minbert.multitask import COMBINERS, SAMPLERS
@@ -17,6 +16,7 @@ from minbert.pairs import PAIR_MODES
 from minbert.pooling import POOLINGS
 from minbert.registry import Registry
 from minbert.regularizers import REGULARIZERS
+from minbert.training.build import check
 from tests.tiny import tiny_config
 
 # -- the Registry class -----------------------------------------------------------------

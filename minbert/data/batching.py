@@ -335,7 +335,7 @@ def leave_signals_to_main(main_pid: int, worker_id: int) -> None:
     every process of the group, DataLoader workers included. Left as they are, the workers end
     (SIGINT raises KeyboardInterrupt, torch's own handler ends on a SIGTERM from anyone but the
     parent) while the main process is still finishing its optimizer step and writing ``last/``
-    (``minbert.runtime.StopSignals``), which then fails with "DataLoader worker ... is killed by
+    (``minbert.training.runtime.StopSignals``), which then fails with "DataLoader worker ... is killed by
     signal". So a worker ignores SIGINT, and a thread takes each SIGTERM with its sender: from the
     main process (``Process.terminate()``, how torch and multiprocessing end a worker that does
     not stop by itself) the worker exits at once, as torch's handler would; from anyone else it is

@@ -28,14 +28,14 @@ from pathlib import Path
 
 import torch
 
-import minbert.train as train_lib
-from minbert import distributed
-from minbert.config import Config, ConfigError, config_diff, flatten, read_saved_config, save_config, to_dict
-from minbert.files import write_text_atomically
+import minbert.training as train_lib
+from minbert.config import Config, ConfigError, config_diff, config_yaml, flatten, read_saved_config, to_dict
 from minbert.lab.grid import Grid, Run, load_grid, plan, run_config, stale_fields, write_grid_json
 from minbert.lab.records import finished_runs
 from minbert.lab.report import COST_BENCH, NOTES, RUN_LABELS, jsonl_to_tensorboard, write_report
-from minbert.runtime import is_main_process, pick_device, world_size
+from minbert.training import distributed
+from minbert.training.checkpointing import write_text_atomically
+from minbert.training.runtime import is_main_process, pick_device, world_size
 
 
 class RunFailed(RuntimeError):
@@ -139,7 +139,8 @@ def reuse_run(src: Path, run: Run) -> dict:
 
     skip = shutil.ignore_patterns("last", "last.old", "last.tmp", "previous", "summary.json", "config.yaml")
     shutil.copytree(src, run.run_dir, ignore=skip, copy_function=link_or_copy)
-    save_config(run.config, run.run_dir / "config.yaml")  # new files: the source's stay untouched
+    # new files: the source run's stay untouched
+    write_text_atomically(run.run_dir / "config.yaml", config_yaml(run.config))
     summary = {**json.loads((src / "summary.json").read_text()), "name": run.config.name, "reused_from": str(src)}
     write_text_atomically(run.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

@@ -15,7 +15,7 @@ A grid file (the format and the shipped grids: ``docs/ablations.md``)::
 
 A run's config: base, ``train.progress=false``, the grid's overrides, the budget, ``--set``,
 the variant's overrides, then ``train.seed``, ``name`` and ``run_dir = <output>/<variant>/seed<k>``.
-Every variant is validated (``minbert.build.check``, as ``setup`` does) before the first run
+Every variant is validated (``minbert.training.build.check``, as ``setup`` does) before the first run
 starts, so a typo fails at once, naming the variant and the field.
 """
 
@@ -30,7 +30,6 @@ from typing import Any
 
 import yaml
 
-from minbert import build
 from minbert.config import (
     Config,
     ConfigError,
@@ -42,7 +41,8 @@ from minbert.config import (
     set_path,
     to_dict,
 )
-from minbert.files import write_text_atomically
+from minbert.training import build
+from minbert.training.checkpointing import write_text_atomically
 
 GRID_FIELDS = ("name", "description", "base", "base_config", "overrides", "budget", "seeds", "baseline", "variants",
                "output")  # fmt: skip

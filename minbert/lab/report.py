@@ -36,8 +36,8 @@ import numpy as np
 from scipy import stats
 
 from minbert.config import config_diff, flatten
-from minbert.files import write_text_atomically
 from minbert.lab.records import load_records, read_jsonl
+from minbert.training.checkpointing import write_text_atomically
 
 RUN_LABELS = ("name", "run_dir", "train.seed")  # differ between any two runs by construction
 COST_FIELDS = ("train_seconds", "examples_per_second", "peak_memory_mb", "steps")
@@ -245,7 +245,7 @@ def curve_variants(summary: dict[str, Any]) -> dict[str, list[str]]:
 def machine() -> str:
     import torch
 
-    from minbert.runtime import cpu_model
+    from minbert.training.runtime import cpu_model
 
     return (f"{platform.system()} {platform.machine()} ({cpu_model()}), {os.cpu_count()} CPU cores, "
             f"torch {torch.__version__}, python {platform.python_version()}")  # fmt: skip
@@ -312,7 +312,7 @@ def jsonl_to_tensorboard(run_dir: str | Path, log_dir: str | Path | None = None)
     """
     from torch.utils.tensorboard import SummaryWriter
 
-    from minbert.runs import flatten as flatten_record
+    from minbert.training.runs import flatten as flatten_record
 
     run_dir = Path(run_dir)
     out = Path(log_dir) if log_dir is not None else run_dir / "tb"

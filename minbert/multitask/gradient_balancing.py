@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from minbert.distributed import mean_over_ranks
 from minbert.multitask.surgery import GradientSurgery
 from minbert.multitask.weighting import COMBINERS
+from minbert.training.distributed import mean_over_ranks
 
 
 def _norms(gram: Tensor) -> Tensor:

@@ -27,8 +27,8 @@ import math
 import torch
 from torch import Tensor
 
-from minbert.distributed import mean_over_ranks
 from minbert.multitask.weighting import COMBINERS, LossWeighting
+from minbert.training.distributed import mean_over_ranks
 
 EPS = 1e-12  # a loss at or below it counts as EPS, so that 1 / L stays finite
 

@@ -21,8 +21,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from minbert.distributed import mean_over_ranks
 from minbert.registry import Registry
+from minbert.training.distributed import mean_over_ranks
 
 COMBINERS: Registry[type[Combiner]] = Registry("combiner")
 Scale = Callable[[Tensor], Tensor]

@@ -11,11 +11,11 @@ import pytest
 import torch
 import yaml
 
-import minbert.train as train_lib
+import minbert.training as train_lib
 from minbert.lab import ablate
 from minbert.lab.ablate import PUBLISHED, add_arguments, execute, run
 from minbert.lab.grid import GridError, load_grid, plan, run_config
-from minbert.runtime import cpu_model
+from minbert.training.runtime import cpu_model
 from tests.lab.grids import SHIPPED, cli, needs_later_checkpoint, tiny_grid, write_grid
 
 

@@ -14,7 +14,7 @@ from scipy.optimize import minimize
 from torch import nn
 
 from minbert.multitask import MGDA, GradNorm, NormalisedGradients, PrimaryAuxiliary, build_combiner
-from minbert.resume import load_state, save_state
+from minbert.training.resume import load_state, save_state
 
 
 def run(comb, grads: list[list[float]], values: list[float] | None = None) -> tuple[dict, list[float]]:

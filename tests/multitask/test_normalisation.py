@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from minbert.multitask import GeneralisedMean, InitialLoss, build_combiner
-from minbert.resume import load_state, save_state
+from minbert.training.resume import load_state, save_state
 
 
 def losses_at(values: list[float]) -> tuple[nn.Parameter, dict[str, torch.Tensor]]:

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from minbert.optim import WeightAverage
-from minbert.train import fit, setup
+from minbert.training import fit, setup
 from tests.tiny import tiny_config
 
 

@@ -1,4 +1,4 @@
-"""Resumable training (minbert.resume): the state files, and real training processes killed with a
+"""Resumable training (minbert.training.resume): the state files, and real training processes killed with a
 real signal at a random moment, resumed, and compared with a run that was never interrupted."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import yaml
 from safetensors.torch import load_file
 
 from minbert.optim import AdamW
-from minbert.resume import (
+from minbert.training.resume import (
     StateError,
     flatten,
     load_named_optimizer_state,

@@ -10,7 +10,7 @@ A state is a nested mapping (dicts, lists, numbers, strings, tensors). :func:`fl
 it into the tensors, stored by a dotted path in safetensors (no pickle), and a JSON skeleton
 that refers to them, so reading a state back never unpickles anything. Both files are written
 into ``last.tmp/``, flushed to disk, and swapped in with renames
-(``minbert.files.write_dir_atomically``): a crash at any point leaves either the previous
+(``minbert.training.checkpointing.write_dir_atomically``): a crash at any point leaves either the previous
 ``last/`` or the new one, whole.
 """
 
@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from minbert.config import changed_fields, to_dict, with_defaults
-from minbert.distributed import gather_objects
-from minbert.files import recover, write_dir_atomically
-from minbert.runtime import (
+from minbert.config import TrainConfig, changed_fields, to_dict, with_defaults
+from minbert.training.checkpointing import recover, write_dir_atomically
+from minbert.training.distributed import gather_objects
+from minbert.training.runtime import (
     check_finite_weights,
     is_main_process,
     python_rng_state,
@@ -37,6 +37,7 @@ from minbert.runtime import (
     set_python_rng_state,
     world_size,
 )
+from minbert.training.state import Progress, Trainer
 
 TENSORS, SKELETON = "state.safetensors", "state.json"
 
@@ -150,27 +151,26 @@ def load_named_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict, na
 
 
 # ------------------------------------------------------------------ the loop's state
-# ``tr`` is the ``minbert.train.Trainer``, ``progress`` / ``keeper`` its loop's ``Progress`` and
-# ``BestKeeper`` (not imported: train.py imports this module).
 
 # Config fields a resumed run may set differently: where things are, the progress bar, and what
 # to do with a non-finite loss (a run stopped by one may continue leaving such batches out).
 RESUME_MAY_CHANGE = ("run_dir", "data_dir", "train.progress", "train.nonfinite")
 
 
-def checkpoint_due(train, progress) -> bool:
+def checkpoint_due(train: TrainConfig, progress: Progress) -> bool:
     """Time to write last/: every ``checkpoint_every`` steps, or ``checkpoint_minutes`` after the last."""
     if train.checkpoint_every and progress.step % train.checkpoint_every == 0:
         return True
     return bool(train.checkpoint_minutes) and time.time() - progress.saved_at > 60 * train.checkpoint_minutes
 
 
-def save_last(tr, progress, keeper, rng: random.Random, scaler) -> None:
+def save_last(tr: Trainer, progress: Progress, rng: random.Random, scaler: torch.amp.GradScaler) -> None:
     """Write ``run_dir/last``: everything a resumed run needs to continue as this one would.
     Under torchrun every rank calls it: the ranks' random states differ (dropout draws as many
     numbers as its batch has elements), so rank 0 writes all of them beside the shared state."""
     progress.saved_at = time.time()
     rngs = gather_objects(rng_states())  # a collective: every rank is here before rank 0 writes
+    objectives = gather_objects(tr.objective.state_dict())  # per rank too (pretraining's masking generator)
     if not is_main_process():
         return
     check_finite_weights(tr.model, str(tr.run_dir / "last"))
@@ -178,7 +178,7 @@ def save_last(tr, progress, keeper, rng: random.Random, scaler) -> None:
     state = {
         "config": to_dict(tr.cfg),
         "world_size": world_size(),
-        "model": tr.model.state_dict(),  # the raw weights, not the EMA's (never saved swapped)
+        "model": model_state(tr.model),  # the raw weights, not the EMA's (never saved swapped)
         "optimizer": named_optimizer_state(tr.optimizer, parameter_names(tr)),
         "scheduler": tr.scheduler.state_dict(),
         "scaler": scaler.state_dict(),
@@ -187,15 +187,16 @@ def save_last(tr, progress, keeper, rng: random.Random, scaler) -> None:
         "regularizer": tr.regularizer.state_dict() if tr.regularizer else None,
         "child_tuning": tr.child_tuning.state_dict() if tr.child_tuning else None,
         "rng": rngs,  # one entry per rank
+        "objective": objectives,  # one entry per rank
         "sampler_rng": python_rng_state(rng),
         "progress": progress.state_dict(),
-        "keeper": keeper.state_dict(),
+        "keeper": tr.keeper.state_dict(),
         "metrics_bytes": log.stat().st_size if log.exists() else 0,
     }
     save_state(tr.run_dir / "last", state)
 
 
-def restore(tr, progress, keeper, rng: random.Random, scaler) -> dict:
+def restore(tr: Trainer, progress: Progress, rng: random.Random, scaler: torch.amp.GradScaler) -> dict:
     """The inverse of :func:`save_last`, except for the global RNGs: the caller sets them with
     ``set_rng_states(state["rng"])`` once nothing more draws from them. Refuses a state written
     with another config or world size. Returns the state."""
@@ -205,7 +206,7 @@ def restore(tr, progress, keeper, rng: random.Random, scaler) -> dict:
         raise StateError(f"{tr.run_dir}/last was written with another config; changed: {', '.join(changed)}")
     if state["world_size"] != world_size():
         raise StateError(f"{tr.run_dir}/last was written by {state['world_size']} processes, not {world_size()}")
-    tr.model.load_state_dict(state["model"])
+    load_model_state(tr.model, state["model"])
     load_named_optimizer_state(tr.optimizer, state["optimizer"], parameter_names(tr))
     tr.scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
@@ -215,7 +216,9 @@ def restore(tr, progress, keeper, rng: random.Random, scaler) -> dict:
             getattr(tr, part).load_state_dict(state[part])
     set_python_rng_state(rng, state["sampler_rng"])
     progress.load_state_dict(state["progress"])
-    keeper.load_state_dict(state["keeper"])
+    tr.keeper.load_state_dict(state["keeper"])
+    if "objective" in state:  # (a state written before the objectives had one: fine-tuning, which keeps none)
+        tr.objective.load_state_dict(state["objective"][rank()])
     if is_main_process():
         with open(tr.run_dir / "metrics.jsonl", "a") as f:  # records written after last/ are written again
             f.truncate(state["metrics_bytes"])
@@ -223,6 +226,20 @@ def restore(tr, progress, keeper, rng: random.Random, scaler) -> dict:
     return state
 
 
-def parameter_names(tr) -> dict[int, str]:
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state_dict without tied aliases (an MLM decoder is the word embeddings: one
+    tensor, stored once; safetensors refuses two names for one storage)."""
+    tied = set(getattr(model, "tied_keys", ()))
+    return {k: v for k, v in model.state_dict().items() if k not in tied}
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    untied = [k for k in missing if k not in set(getattr(model, "tied_keys", ()))]
+    if untied or unexpected:
+        raise StateError(f"the saved weights do not fit the model (missing {untied[:5]}, unexpected {unexpected[:5]})")
+
+
+def parameter_names(tr: Trainer) -> dict[int, str]:
     names = {id(p): n for n, p in tr.model.named_parameters()}
     return names | {id(p): f"combiner.{n}" for n, p in tr.combiner.named_parameters()}

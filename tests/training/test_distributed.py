@@ -23,12 +23,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from minbert import distributed
 from minbert.config import load_config
 from minbert.data import Forever, make_loader
 from minbert.multitask import epoch_length
-from minbert.step import task_loss
-from minbert.train import setup, validate
+from minbert.training import distributed, setup
+from minbert.training.finetuning import task_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
@@ -87,7 +86,7 @@ def reference_weights(cfg) -> dict[str, torch.Tensor]:
     shards = {
         n: [make_loader(t.train.dataset, t.cfg.batch_size, shuffle=True, seed=train.seed, num_replicas=WORLD, rank=r)
             for r in range(WORLD)]
-        for n, t in tr.tasks.items()
+        for n, t in tr.objective.tasks.items()
     }  # fmt: skip
     iters = {n: [Forever(loader) for loader in ls] for n, ls in shards.items()}
     sizes = {n: len(ls[0]) for n, ls in shards.items()}  # batches per rank, as each rank counts them
@@ -96,7 +95,7 @@ def reference_weights(cfg) -> dict[str, torch.Tensor]:
     for epoch in range(train.epochs):
         for names in tr.sampler.steps(epoch, sizes, epoch_length(train.steps_per_epoch, sizes), rng):
             losses = {
-                n: sum(task_loss(tr.model, tr.tasks[n], next(it), tr.autocast) for it in iters[n]) / WORLD
+                n: sum(task_loss(tr.model, tr.objective.tasks[n], next(it), tr.autocast) for it in iters[n]) / WORLD
                 for n in names
             }
             tr.combiner.backward(losses, tr.model.shared_parameters(), scale=lambda t: t / accum)
@@ -142,7 +141,7 @@ def test_two_ranks_train_one_model_equal_to_averaging_the_ranks_gradients(tiny_m
     assert not [k for k in missing if k in dict(tr.model.named_parameters())]
     last = [json.loads(line) for line in (tmp_path / "sum" / "metrics.jsonl").read_text().splitlines()][-1]
     assert last["split"] == "dev" and last["step"] == 6
-    alone = validate(tr)
+    alone = tr.objective.validate(tr.autocast)
     assert alone.keys() == last["tasks"].keys()
     for task, metrics in alone.items():
         assert metrics == pytest.approx(last["tasks"][task], rel=1e-6), task

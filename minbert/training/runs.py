@@ -10,7 +10,7 @@
         vocab.txt, tokenizer_config.json
         meta.json          step, score, dev metrics, binary decision thresholds
         child_tuning.safetensors   the Child-Tuning D mask, when used
-      last/              the resumable training state (``minbert.resume``)
+      last/              the resumable training state (``minbert.training.resume``)
 
 Checkpoints are written to a temporary directory and swapped in with renames, so a
 crash while saving never leaves a half-written ``best/``; ``summary.json`` is written whole,
@@ -30,13 +30,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from minbert import distributed
 from minbert.bert import BertConfig, BertModel, BertTokenizer, CheckpointError
 from minbert.bert.checkpoint import write_hf_dir
-from minbert.build import Task, build_model, check, load_bert, make_tasks
-from minbert.config import Config, load_config, save_config
-from minbert.files import recover, write_dir_atomically, write_text_atomically
-from minbert.runtime import (
+from minbert.config import Config, config_yaml, load_config
+from minbert.taskmodel import MultitaskModel
+from minbert.training import distributed
+from minbert.training.build import Task, build_model, check, load_bert, make_tasks
+from minbert.training.checkpointing import recover, write_dir_atomically, write_text_atomically
+from minbert.training.runtime import (
     check_finite_weights,
     cpu_model,
     peak_memory_mb,
@@ -44,7 +45,7 @@ from minbert.runtime import (
     resolve_precision,
     world_size,
 )
-from minbert.taskmodel import MultitaskModel
+from minbert.training.state import Progress, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def start_run_dir(run_dir: Path, cfg: Config) -> None:
         for d in earlier:
             d.rename(aside / d.name)
         log.warning("%s held an earlier run's checkpoints: moved to %s", run_dir, aside)
-    save_config(cfg, run_dir / "config.yaml")
+    write_text_atomically(run_dir / "config.yaml", config_yaml(cfg))
     for stale in ("metrics.jsonl", "summary.json"):
         (run_dir / stale).unlink(missing_ok=True)
 
@@ -136,9 +137,10 @@ def write_summary(run_dir: Path, summary: dict) -> None:
     write_text_atomically(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")  # marks a finished run
 
 
-def summarize(tr, keeper, progress) -> dict:
-    """The summary of a run (``minbert.train``'s Trainer, BestKeeper and Progress); under torchrun,
-    the throughput of all ranks together and this rank's peak memory."""
+def summarize(tr: Trainer, progress: Progress) -> dict:
+    """The summary of a run; under torchrun, the throughput of all ranks together and this rank's
+    peak memory."""
+    keeper = tr.keeper
     elapsed = progress.train_seconds()  # training time only, evaluations excluded
     examples = distributed.sum_over_ranks(progress.examples)
     return {

@@ -14,17 +14,17 @@ from safetensors.torch import load_file
 from minbert.config import ConfigError
 from minbert.evaluate import TaskOutputs, write_predictions
 from minbert.multitask import COMBINERS, SAMPLERS
-from minbert.runs import save_run_checkpoint
-from minbert.runtime import NonFiniteError, cpu_has_native_bf16
 from minbert.tasks import get_task
-from minbert.train import fit, setup
+from minbert.training import fit, setup
+from minbert.training.runs import save_run_checkpoint
+from minbert.training.runtime import NonFiniteError, cpu_has_native_bf16
 from tests.tiny import tiny_config
 
 
 @torch.no_grad()
 def mean_train_loss(tr, task):
     tr.model.eval()
-    t = tr.tasks[task]
+    t = tr.objective.tasks[task]
     losses = [t.loss(tr.model(task, b.inputs), b.labels).item() for b in t.train]
     tr.model.train()
     return float(np.mean(losses))
@@ -77,7 +77,7 @@ def test_last_layer_mode_evaluates_a_task_with_nothing_to_train_and_never_draws_
     cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst", "quora"], train={"mode": "last-layer",
                       "sampler": "proportional", "steps_per_epoch": "sum"})  # fmt: skip
     cfg.tasks["quora"].pair_mode, cfg.tasks["quora"].loss = "cosine", "cosent"
-    with caplog.at_level("WARNING", logger="minbert.build"):
+    with caplog.at_level("WARNING", logger="minbert.training.build"):
         tr = setup(cfg)
     assert tr.sizes == {"sst": 4} and tr.steps_per_epoch == 4  # 64 sst examples / 16; quora's 4 batches left out
     assert "quora has no trainable parameters" in caplog.text
@@ -127,7 +127,7 @@ def test_hybrid_multitask_run_trains_and_predicts(tiny_model_dir, data_dir, tmp_
     cfg.tasks[task].loss = loss
     cfg.tasks[task].symmetric_eval = True
     tr = setup(cfg)
-    assert tr.tasks[task].train.dataset.input_format == "hybrid"
+    assert tr.objective.tasks[task].train.dataset.input_format == "hybrid"
     before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
     summary = fit(tr)
     assert summary["steps"] > 0 and set(summary["best_metrics"]) == {"sst", task}
@@ -143,7 +143,7 @@ def test_grad_accumulation_and_eval_every(tiny_model_dir, data_dir, tmp_path):
     assert tr.total_steps == 4
     summary = fit(tr)
     assert summary["steps"] == 4
-    evals = [r["step"] for r in tr.history]
+    evals = [r["step"] for r in tr.keeper.history]
     assert evals == [3, 4]  # every 3 steps, and once more where training ended
 
 
@@ -153,7 +153,7 @@ def test_early_stopping_stops_after_patience_evaluations(tiny_model_dir, data_di
                       train={"epochs": 10, "early_stopping": 2})
     tr = setup(cfg)
     summary = fit(tr)
-    assert [r["epoch"] for r in tr.history] == [0, 1, 2]  # best at 0, then 2 without improvement
+    assert [r["epoch"] for r in tr.keeper.history] == [0, 1, 2]  # best at 0, then 2 without improvement
     assert summary["steps"] == 3 * 4
 
 
@@ -297,7 +297,7 @@ def all_finite(tensors) -> bool:
 def test_a_nan_loss_stops_naming_step_task_and_examples(tiny_model_dir, data_dir, tmp_path, precision, train):
     train = {**train, "precision": precision, "device": "cpu", "eval_every": 1}
     tr = setup(tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst", "sts"], train=train))
-    tr.tasks["sts"].loss = NaNAt(tr.tasks["sts"].loss, {2})
+    tr.objective.tasks["sts"].loss = NaNAt(tr.objective.tasks["sts"].loss, {2})
     with pytest.raises(NonFiniteError, match=r"step \d+: task sts gave a nan loss on the examples \w+, \w+") as err:
         fit(tr)
     assert "train.nonfinite=skip" in str(err.value)
@@ -311,7 +311,7 @@ def test_a_nan_loss_stops_naming_step_task_and_examples(tiny_model_dir, data_dir
 def test_skip_leaves_nan_batches_out_and_counts_them(tiny_model_dir, data_dir, tmp_path, precision, train):
     train = {**train, "precision": precision, "device": "cpu", "nonfinite": "skip"}
     tr = setup(tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst", "sts"], train=train))
-    tr.tasks["sts"].loss = NaNAt(tr.tasks["sts"].loss, {1, 2})  # both sts batches of the epoch
+    tr.objective.tasks["sts"].loss = NaNAt(tr.objective.tasks["sts"].loss, {1, 2})  # both sts batches of the epoch
     summary = fit(tr)
     assert summary["skipped_nonfinite"] == 2 and summary["steps"] == tr.total_steps
     assert all_finite(tr.model.state_dict().values())
@@ -347,7 +347,7 @@ def test_non_finite_weights_are_never_written(tiny_model_dir, data_dir, tmp_path
     with torch.no_grad():
         tr.model.tasks["sst"].head.out.bias[0] = float("inf")
     with pytest.raises(NonFiniteError, match=r"not writing .*best2: non-finite weights in tasks.sst.head.out.bias"):
-        save_run_checkpoint(tmp_path / "best2", tr.model, tr.tokenizer, {"sst": None})
+        save_run_checkpoint(tmp_path / "best2", tr.model, tr.objective.tokenizer, {"sst": None})
     assert not (tmp_path / "best2").exists() and not (tmp_path / "best2.tmp").exists()
 
 

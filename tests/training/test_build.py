@@ -1,4 +1,4 @@
-"""From a config to a run's objects (minbert.build): tasks resolved against their specs, and the
+"""From a config to a run's objects (minbert.training.build): tasks resolved against their specs, and the
 one validation path that fails before training, naming the config field."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 
 from minbert.cli import main as cli
 from minbert.config import ConfigError
-from minbert.train import setup
+from minbert.training import setup
 from tests.tiny import tiny_config
 
 
@@ -50,7 +50,7 @@ def test_swap_augment_adds_the_reversed_pairs(tiny_model_dir, data_dir, tmp_path
     cfg.tasks["sts"].swap_augment = True
     cfg.tasks["sts"].train_limit = 8
     tr = setup(cfg)
-    examples = tr.tasks["sts"].train.dataset.examples
+    examples = tr.objective.tasks["sts"].train.dataset.examples
     assert len(examples) == 16
     for ex, swapped in zip(examples[:8], examples[8:], strict=True):
         assert swapped.texts == (ex.texts[1], ex.texts[0]) and swapped.label == ex.label

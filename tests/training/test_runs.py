@@ -1,4 +1,4 @@
-"""A run directory (minbert.runs): checkpoints saved and loaded back, the log and the summary."""
+"""A run directory (minbert.training.runs): checkpoints saved and loaded back, the log and the summary."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import shutil
 import pytest
 import torch
 
-import minbert.files
+import minbert.training.checkpointing
 from minbert.bert import CheckpointError
 from minbert.cli import main as cli
 from minbert.config import load_config
-from minbert.runs import LoadedRun, load_run, save_run_checkpoint, start_run_dir, write_summary
-from minbert.train import fit, setup
+from minbert.training import fit, setup
+from minbert.training.runs import LoadedRun, load_run, save_run_checkpoint, start_run_dir, write_summary
 from tests.tiny import tiny_config
 
 CLS, SEP, HELLO, WORLD = 101, 102, 7592, 2088  # bert-base-uncased vocabulary ids
@@ -121,7 +121,7 @@ def test_write_summary_is_atomic(tmp_path, monkeypatch):
     def crash(src, dst):
         raise OSError("killed before the rename")
 
-    monkeypatch.setattr(minbert.files.os, "replace", crash)  # a crash between writing and renaming
+    monkeypatch.setattr(minbert.training.checkpointing.os, "replace", crash)  # a crash between writing and renaming
     with pytest.raises(OSError):
         write_summary(tmp_path, {"best_score": 0.9})
     assert json.loads((tmp_path / "summary.json").read_text()) == {"best_score": 0.75}  # the old one, intact

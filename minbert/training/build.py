@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import nn
 from torch.optim import SGD
 
-from minbert.bert import BertModel, BertTokenizer, from_pretrained
+from minbert.bert import BertConfig, BertModel, BertTokenizer, from_pretrained
 from minbert.bert.hub import resolve_model_dir
 from minbert.config import Config, ConfigError, TaskConfig
 from minbert.data import DataError, EncodedDataset, make_loader, read_examples, reversed_pairs
@@ -29,9 +29,9 @@ from minbert.optim.schedules import get_schedule
 from minbert.pairs import PAIR_MODES, PairMode, build_task_encoder
 from minbert.pooling import POOLINGS
 from minbert.regularizers import REGULARIZERS
-from minbert.runtime import rank, world_size
 from minbert.taskmodel import MultitaskModel
 from minbert.tasks import TaskSpec, load_task_specs
+from minbert.training.runtime import rank, world_size
 
 log = logging.getLogger(__name__)
 
@@ -213,17 +213,22 @@ def check(cfg: Config, pretrained: bool = True) -> dict[str, Task]:
     """Everything ``load_config`` cannot see, checked before any data or weights are read.
 
     ``pretrained=False`` skips the check of ``model.pretrained`` (a trained run brings its own
-    weights). Returns the resolved tasks (without data). Raises ``ConfigError`` naming the field.
+    weights). Returns the resolved tasks (without data; none for a pretraining config). Raises
+    ``ConfigError`` naming the field.
     """
-    tasks = resolve_tasks(cfg)
+    tasks = resolve_tasks(cfg) if cfg.pretrain is None else {}
+    if cfg.pretrain is not None:
+        check_pretraining(cfg)
     train, optim = cfg.train, cfg.optim
     with config_field("train.sampler"):
         SAMPLERS.build(train.sampler, **train.sampler_kwargs)  # cheap to build: checks values too
     with config_field("train.combiner"):
-        combiner = COMBINERS.build(train.combiner, list(tasks), **train.combiner_kwargs)
+        combiner = COMBINERS.build(train.combiner, list(tasks) or ["mlm"], **train.combiner_kwargs)
     if optim.combiner_lr is not None and not combiner.learns_weights:
-        raise ConfigError(f"config field 'optim.combiner_lr' is set but combiner '{train.combiner}' learns no "
-                          "weights; only a combiner with learned task weights (uncertainty) uses it")  # fmt: skip
+        raise ConfigError(
+            f"config field 'optim.combiner_lr' is set but combiner '{train.combiner}' learns no weights; "
+            "only a combiner with learned task weights (uncertainty) uses it"
+        )
     with config_field("optim.schedule"):  # on a stand-in optimizer: the real code path, values included
         get_schedule(optim.schedule, SGD([torch.zeros(1)], lr=optim.lr), 1, 0, **optim.schedule_kwargs)
     if optim.child_tuning is not None:
@@ -235,6 +240,29 @@ def check(cfg: Config, pretrained: bool = True) -> dict[str, Task]:
     if pretrained:
         resolve_model_dir(cfg.model.pretrained)
     return tasks
+
+
+def check_pretraining(cfg: Config) -> None:
+    """What a ``pretrain`` config cannot combine with: the fine-tuning techniques that need task heads."""
+    p = cfg.pretrain
+    for where, value in (("optim.child_tuning", cfg.optim.child_tuning), ("train.regularizer", cfg.train.regularizer)):
+        if value is not None:
+            raise ConfigError(f"config field '{where}' is for fine-tuning; masked-LM pretraining does not use it")
+    if cfg.train.mode != "finetune":
+        raise ConfigError("config field 'train.mode' must be finetune for masked-LM pretraining")
+    specs = load_task_specs(cfg.task_specs)
+    unknown = [name for name in p.tasks if name not in specs]
+    if unknown:
+        known = ", ".join(sorted(specs))
+        raise ConfigError(f"config field 'pretrain.tasks': unknown task {unknown[0]!r}; known: {known}")
+    if not p.tasks and not p.text_files:
+        raise ConfigError("no text to pretrain on: name tasks (--task) and/or text files (--text-file)")
+    names = {f.name for f in fields(BertConfig)}
+    bad = [k for k in p.bert if k not in names]
+    if bad:
+        raise ConfigError(
+            f"config field 'pretrain.bert.{bad[0]}' is not a BertConfig field; fields: {', '.join(sorted(names))}"
+        )
 
 
 def trained_sizes(model: MultitaskModel, tasks: dict[str, Task], frozen: bool) -> dict[str, int]:
