@@ -45,13 +45,13 @@ import torch
 import transformers
 from bench_train import machine  # benchmarks/ is the script's directory, so on sys.path
 from hf_loops import hf_finetune_sst, hf_predict_quora, hf_predict_sts
+from untrained import write_untrained_run
 
 from minbert import BertTokenizer, Predictor, from_pretrained, resolve_model_dir
 from minbert.config import load_config, resolve_data_dir
 from minbert.data import read_examples
 from minbert.optim import AdamW
 from minbert.pooling import pool
-from minbert.runs import write_untrained_run
 from minbert.runtime import autocast_for, cpu_has_native_bf16
 from minbert.tasks import get_task
 from minbert.train import fit, setup

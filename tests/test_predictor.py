@@ -17,9 +17,9 @@ from minbert.config import ConfigError, load_config
 from minbert.data import Example, read_examples
 from minbert.predict import predict_file, task_outputs
 from minbert.predictor import BinaryPrediction, ClassPrediction, ScorePrediction
-from minbert.runs import load_run, write_untrained_run
+from minbert.runs import load_run
 from minbert.tasks import BUILTIN_YAML
-from tests.tiny import tiny_config
+from tests.tiny import tiny_config, write_untrained_run
 
 FILES = {"sst": "ids-sst-test-student.csv", "quora": "quora-test-student.csv", "sts": "sts-test-student.csv",
          "sts_bi": "sts-test-student.csv"}  # fmt: skip
