@@ -8,14 +8,15 @@ works wherever the numbers are:
 - a grid directory of ``minbert ablate``: ``grid.json`` and one run directory per run,
   ``<variant>/seed<k>/`` (only runs with a ``summary.json`` count; their dev evaluations are the
   ``split: dev`` records of ``metrics.jsonl``; their resolved config is ``config.yaml``);
-- a directory holding only a committed ``report.json`` (``docs/results/<grid>/``: the run
-  directories, with their checkpoints, stay on the machine that ran them). A report.json keeps
-  every run's ``summary.json`` fields and dev evaluations (``runs.<variant>.<seed>``) and each
-  variant's config differences, so the report is redrawn from exactly the numbers it printed.
-  A run whose ``evaluations`` are missing or null gets ``dev: None`` (its learning curve is
-  unknown). ``inferred_evaluations`` in the report's ``records`` (the short-budget reports of
-  2026-11-22, whose runs were each evaluated once and had that evaluation rebuilt from their
-  ``best_metrics``) is carried over, so that their report keeps saying so.
+- a directory holding only a committed ``report.json`` (``docs/results/short-budget/<grid>/``; the
+  lab grids under ``docs/results/`` are grid directories, their runs' records committed without
+  checkpoints). A report.json keeps every run's ``summary.json`` fields and dev evaluations
+  (``runs.<variant>.<seed>``) and each variant's config differences, so the report is redrawn from
+  exactly the numbers it printed. A run whose ``evaluations`` are missing or null gets
+  ``dev: None`` (its learning curve is unknown). ``inferred_evaluations`` in the report's
+  ``records`` (the short-budget reports of 2026-11-22, whose runs were each evaluated once and had
+  that evaluation rebuilt from their ``best_metrics``) is carried over, so that their report keeps
+  saying so.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ NUMBERS = ("name", "baseline", "budget", "seeds", "variants", "tasks", "missing"
 
 
 def committed_copy(grid_dir: Path, to: Path) -> Path:
-    """What docs/results/<grid>/ holds: report.json, without grid.json or the run directories."""
+    """What docs/results/short-budget/<grid>/ holds: report.json, without grid.json or run directories."""
     to.mkdir()
     shutil.copy(grid_dir / "report.json", to / "report.json")
     return to
