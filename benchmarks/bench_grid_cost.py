@@ -47,7 +47,9 @@ from minbert.data import Forever
 from minbert.lab.grid import load_grid, run_config
 from minbert.lab.report import COST_BENCH
 from minbert.multitask import epoch_length
-from minbert.training.loop import Progress, set_train_mode, setup, train_step
+from minbert.training import setup
+from minbert.training.loop import train_step
+from minbert.training.state import Progress
 
 
 class Variant:
@@ -76,12 +78,12 @@ class Variant:
         self.todo = [k for k, n in share.items() for _ in range(n)]
         rng.shuffle(self.todo)
         self.todo.insert(0, rng.choice(steps))  # the untimed first step
-        self.iters = {n: Forever(t.train) for n, t in tr.tasks.items()}
+        self.iters = {n: Forever(loader) for n, loader in tr.objective.sources().items()}
         self.progress = Progress()
         self.scaler = torch.amp.GradScaler(tr.device.type, enabled=tr.precision == "fp16")
         self.warm = False
         self.times: dict[tuple, list[float]] = {k: [] for k in self.counts}
-        set_train_mode(tr)
+        tr.objective.train_mode()
 
     def run(self, n: int, clock) -> None:
         for _ in range(min(n, len(self.todo))):

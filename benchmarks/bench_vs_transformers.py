@@ -45,6 +45,7 @@ import torch
 import transformers
 from bench_train import machine  # benchmarks/ is the script's directory, so on sys.path
 from hf_loops import hf_finetune_sst, hf_predict_quora, hf_predict_sts
+from untrained import write_untrained_run
 
 from minbert import BertTokenizer, Predictor, from_pretrained, resolve_model_dir
 from minbert.config import load_config, resolve_data_dir
@@ -53,7 +54,6 @@ from minbert.optim import AdamW
 from minbert.pooling import pool
 from minbert.tasks import get_task
 from minbert.training import fit, setup
-from minbert.training.runs import write_untrained_run
 from minbert.training.runtime import autocast_for, cpu_has_native_bf16
 
 PRECISIONS = ("fp32", "bf16")

@@ -78,19 +78,6 @@ def spearman(preds: ArrayLike, labels: ArrayLike) -> float:
     return float(stats.spearmanr(p, y)[0])
 
 
-def roc_auc(scores: ArrayLike, labels: ArrayLike) -> float:
-    """Area under the ROC curve of scores for 0/1 labels: the probability that a random positive
-    outscores a random negative, ties counting half (the Mann-Whitney U over n_pos * n_neg).
-    Threshold-free, so steadier than a tuned accuracy when comparing two models on one dev set."""
-    s, y = _pair(scores, labels)
-    pos = y == 1
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError("roc_auc needs both labels present")
-    ranks = stats.rankdata(s)  # ties share their average rank
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 METRICS: dict[str, Callable[[ArrayLike, ArrayLike], float]] = {
     "accuracy": accuracy,
     "macro_f1": macro_f1,

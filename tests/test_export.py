@@ -13,7 +13,8 @@ from minbert import Predictor
 from minbert.cli import main as cli
 from minbert.config import load_config
 from minbert.data import read_examples
-from minbert.training.runs import load_run, write_untrained_run
+from minbert.training.runs import load_run
+from tests.tiny import write_untrained_run
 
 transformers = pytest.importorskip("transformers")
 

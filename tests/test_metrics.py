@@ -13,7 +13,6 @@ from minbert.metrics import (
     apply_threshold,
     macro_f1,
     pearson,
-    roc_auc,
     spearman,
     tune_threshold,
 )
@@ -188,16 +187,3 @@ def test_tune_threshold_on_float32_tensor_reaches_the_best_accuracy(seed):
     t = tune_threshold(probs, labels)
     _, best = brute_force_threshold(probs.double().numpy(), labels.numpy(), "accuracy")
     assert np.mean(apply_threshold(probs, t) == labels.numpy()) == pytest.approx(best)
-
-
-def test_roc_auc_hand_value_and_pair_count():
-    # positives 0.35, 0.8; negatives 0.1, 0.4: 3 of the 4 (pos, neg) pairs are ordered -> 0.75
-    assert roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
-    assert roc_auc([0.5, 0.5], [0, 1]) == pytest.approx(0.5)  # a tie counts half
-    rng = np.random.default_rng(0)
-    s, y = rng.integers(0, 5, 200).astype(float), rng.integers(0, 2, 200)  # many ties
-    pos, neg = s[y == 1], s[y == 0]
-    brute = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg))
-    assert roc_auc(s, y) == pytest.approx(brute, rel=1e-12)
-    with pytest.raises(ValueError, match="both labels"):
-        roc_auc([0.1, 0.2], [1, 1])

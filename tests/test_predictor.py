@@ -18,8 +18,8 @@ from minbert.data import Example, read_examples
 from minbert.predict import predict_file, task_outputs
 from minbert.predictor import BinaryPrediction, ClassPrediction, ScorePrediction
 from minbert.tasks import BUILTIN_YAML
-from minbert.training.runs import load_run, write_untrained_run
-from tests.tiny import tiny_config
+from minbert.training.runs import load_run
+from tests.tiny import tiny_config, write_untrained_run
 
 FILES = {"sst": "ids-sst-test-student.csv", "quora": "quora-test-student.csv", "sts": "sts-test-student.csv",
          "sts_bi": "sts-test-student.csv"}  # fmt: skip

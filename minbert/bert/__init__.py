@@ -7,6 +7,12 @@ Inside, imports run one way: ``model`` (torch only), ``checkpoint`` (files <-> d
 """
 
 from minbert.bert.checkpoint import CheckpointError, LoadReport
+from minbert.bert.heads import (
+    BertForMultipleChoice,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+)
 from minbert.bert.hub import resolve_model_dir
 from minbert.bert.model import BertConfig, BertModel, BertOutput
 from minbert.bert.pretrained import from_pretrained, load_pretrained, save_pretrained
@@ -14,6 +20,10 @@ from minbert.bert.tokenizer import BertTokenizer
 
 __all__ = [
     "BertConfig",
+    "BertForMultipleChoice",
+    "BertForQuestionAnswering",
+    "BertForSequenceClassification",
+    "BertForTokenClassification",
     "BertModel",
     "BertOutput",
     "BertTokenizer",

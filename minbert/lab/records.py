@@ -8,16 +8,15 @@ works wherever the numbers are:
 - a grid directory of ``minbert ablate``: ``grid.json`` and one run directory per run,
   ``<variant>/seed<k>/`` (only runs with a ``summary.json`` count; their dev evaluations are the
   ``split: dev`` records of ``metrics.jsonl``; their resolved config is ``config.yaml``);
-- a directory holding only a committed ``report.json`` (``docs/results/<grid>/``: the run
-  directories, with their checkpoints, stay on the machine that ran them). A report.json keeps
-  every run's ``summary.json`` fields and dev evaluations (``runs.<variant>.<seed>``) and each
-  variant's config differences, so the report is redrawn from exactly the numbers it printed.
-
-Reports written before the evaluations were kept per run (before 2026-12) hold only the mean
-over seeds at each step (``curves``). When a variant's recorded curve is a single step that all
-its runs evaluated and that is every run's ``best_step``, each run was evaluated once and that
-evaluation is its best checkpoint's, which ``best_metrics`` / ``best_score`` record: the
-evaluation is rebuilt from them. Otherwise the run's evaluations are unknown (``None``).
+- a directory holding only a committed ``report.json`` (``docs/results/short-budget/<grid>/``; the
+  lab grids under ``docs/results/`` are grid directories, their runs' records committed without
+  checkpoints). A report.json keeps every run's ``summary.json`` fields and dev evaluations
+  (``runs.<variant>.<seed>``) and each variant's config differences, so the report is redrawn from
+  exactly the numbers it printed. A run whose ``evaluations`` are missing or null gets
+  ``dev: None`` (its learning curve is unknown). ``inferred_evaluations`` in the report's
+  ``records`` (the short-budget reports of 2026-11-22, whose runs were each evaluated once and had
+  that evaluation rebuilt from their ``best_metrics``) is carried over, so that their report keeps
+  saying so.
 """
 
 from __future__ import annotations
@@ -115,25 +114,11 @@ def _run_from_report(r: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def _legacy_evaluations(report: dict, variant: str, per_seed: dict[str, dict]) -> list[list[dict]] | None:
-    """A pre-2026-12 report.json's runs, if each was provably evaluated once (module docstring)."""
-    curve = (report.get("curves") or {}).get("score", {}).get(variant) or []
-    if len(curve) != 1 or curve[0].get("n") != len(per_seed):
-        return None
-    if any(r.get("best_step") != curve[0]["step"] for r in per_seed.values()):
-        return None
-    return [
-        [{"step": r["best_step"], "split": "dev", "score": _nan(r["best_score"]), "tasks": _nan(r["best_metrics"])}]
-        for r in per_seed.values()
-    ]
-
-
 def from_report(path: Path) -> Records:
     """The records a report.json keeps (module docstring): its runs, their evaluations, its config diffs."""
     report = json.loads(path.read_text())
     variants = list(report["variants"])
     runs: dict[str, dict[int, dict]] = {}
-    inferred = []
     for v in variants:
         per_seed = report["runs"].get(v, {})
         evaluations: list[list[dict] | None] = [
@@ -141,9 +126,6 @@ def from_report(path: Path) -> Records:
                                                        for e in r["evaluations"]]
             for r in per_seed.values()
         ]  # fmt: skip
-        if None in evaluations and (rebuilt := _legacy_evaluations(report, v, per_seed)) is not None:
-            evaluations = list(rebuilt)
-            inferred.append(v)
         runs[v] = {
             int(s): {"summary": _run_from_report(r), "dev": dev, "dir": r["dir"]}
             for (s, r), dev in zip(per_seed.items(), evaluations, strict=True)
@@ -155,7 +137,7 @@ def from_report(path: Path) -> Records:
         "file": path.name,
         "generated": previous.get("generated", report.get("generated")),
         "machine": previous.get("machine", report.get("machine")),
-        "inferred_evaluations": sorted(set(previous.get("inferred_evaluations", [])) | set(inferred)),
+        "inferred_evaluations": sorted(previous.get("inferred_evaluations", [])),
     }
     diffs = {v: report["results"][v].get("config_diff", {}) for v in variants}
     return Records(info, runs, config_diffs=diffs, origin=origin)

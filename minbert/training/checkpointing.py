@@ -1,10 +1,19 @@
 """Writing files so that a crash never leaves half of one behind a valid name.
 
-Every artefact minbert writes goes through one of these: a file is written under a temporary
-name, flushed to disk and renamed over the old one (a rename is atomic on POSIX); a directory is
-filled as ``<name>.tmp``, flushed, and swapped in by two renames, the old one kept as
-``<name>.old`` until the new one is in place (:func:`recover` puts it back after a crash
-between the two).
+A file is written under a temporary name, flushed to disk and renamed over the old one (a rename
+is atomic on POSIX); a directory is filled as ``<name>.tmp``, flushed, and swapped in by two
+renames, the old one kept as ``<name>.old`` until the new one is in place (:func:`recover` puts
+it back after a crash between the two).
+
+The artefacts of a training run go through these (``config.yaml``, ``summary.json``, the ``best/``
+and ``last/`` checkpoints), as do ``minbert eval``'s ``eval-<split>.json``, ``minbert export``'s
+directory and the lab's ``grid.json``, reports, plots and results index. Not every file minbert
+writes does: ``minbert pretrain``'s output directory (``pretrain.write_output``) and prediction
+CSVs (``evaluate.write_predictions``) are written under a temporary name and renamed into place
+without being flushed to disk first, so a crash of the machine (not of the process) can leave an
+incomplete file behind the new name; ``minbert.bert``'s ``save_pretrained``, which may not import
+this module, writes its files the same way; and the logs (``metrics.jsonl``, a grid run's
+``train.log``, ``pretrain_log.jsonl``) are appended to line by line.
 
 :func:`crash_point` marks the moments in between where a crash is worth testing; it does
 nothing unless a test replaces it.

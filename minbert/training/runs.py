@@ -35,7 +35,7 @@ from minbert.bert.checkpoint import write_hf_dir
 from minbert.config import Config, config_yaml, load_config
 from minbert.taskmodel import MultitaskModel
 from minbert.training import distributed
-from minbert.training.build import Task, build_model, check, load_bert, make_tasks
+from minbert.training.build import Task, build_model, check, make_tasks
 from minbert.training.checkpointing import recover, write_dir_atomically, write_text_atomically
 from minbert.training.runtime import (
     check_finite_weights,
@@ -236,17 +236,3 @@ def load_run(run_dir: str | Path, data_dir: str | None = None) -> LoadedRun:
         t.threshold = meta.get("thresholds", {}).get(name)
     model.to(device).eval()
     return LoadedRun(cfg, tasks, model, tokenizer, ckpt)
-
-
-def write_untrained_run(cfg: Config, run_dir: str | Path) -> Path:
-    """A finished-looking run directory without training: ``best/`` holds the config's pretrained
-    encoder and freshly initialised task modules (thresholds 0.5). For benchmarks and tests that need
-    a run's shape (the pair modes, poolings, the real encoder) but not trained heads."""
-    run_dir = Path(run_dir)
-    tasks = check(cfg)
-    model = build_model(tasks, load_bert(cfg))
-    start_run_dir(run_dir, cfg)
-    tokenizer = BertTokenizer.from_pretrained(cfg.model.pretrained)
-    save_run_checkpoint(run_dir / "best", model, tokenizer, {name: None for name in tasks}, extra={"step": 0})
-    write_summary(run_dir, {"untrained": True})
-    return run_dir

@@ -8,14 +8,15 @@ import shutil
 import pytest
 import torch
 
-from minbert.bert.checkpoint import CheckpointError, LoadReport
-from minbert.bert.heads import (
+from minbert import (  # the public path: the classes users import
+    BertConfig,
     BertForMultipleChoice,
     BertForQuestionAnswering,
     BertForSequenceClassification,
     BertForTokenClassification,
+    CheckpointError,
+    LoadReport,
 )
-from minbert.bert.model import BertConfig
 from tests.tiny import TINY
 
 transformers = pytest.importorskip("transformers")
@@ -161,8 +162,6 @@ def test_multiple_choice(tmp_path):
 def test_save_pretrained_loads_in_transformers(tmp_path):
     """Our checkpoint (encoder keys under ``bert.``, head keys, id2label) loads in HF with equal logits."""
     torch.manual_seed(0)
-    from minbert.bert.model import BertConfig
-
     ours = BertForTokenClassification(BertConfig(**TINY), num_labels=4).eval()
     ours.save_pretrained(tmp_path / "ours")
     cfg = json.loads((tmp_path / "ours" / "config.json").read_text())
