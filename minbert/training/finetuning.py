@@ -66,6 +66,8 @@ class FineTuning:
     a task without parameters of its own is evaluated but never trained: ``build.trained_sizes``);
     ``frozen``: ``train.mode: last-layer``, the encoder stays in eval mode (no dropout)."""
 
+    command = "train"
+
     def __init__(
         self,
         model: MultitaskModel,

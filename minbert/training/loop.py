@@ -97,7 +97,7 @@ def fit(tr: Trainer, resume: bool = False) -> dict:
                 if due or signal:
                     save_last(tr, progress, rng, scaler)
                 if signal:
-                    raise Interrupted(signal, progress.step, tr.run_dir)
+                    raise Interrupted(signal, progress.step, tr.run_dir, tr.objective.command)
                 if progress.stopping:
                     break
             bar.close()
@@ -115,7 +115,7 @@ def fit(tr: Trainer, resume: bool = False) -> dict:
         save_last(tr, progress, rng, scaler)
         (signal,) = agree(signals.received)
         if signal:  # during the last evaluation: saved, and a resume only writes the summary
-            raise Interrupted(signal, progress.step, tr.run_dir)
+            raise Interrupted(signal, progress.step, tr.run_dir, tr.objective.command)
     summary = summarize(tr, progress)
     if main:
         write_summary(tr.run_dir, summary)

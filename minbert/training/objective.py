@@ -25,6 +25,7 @@ from minbert.training.runtime import AutocastFactory
 
 class Objective(Protocol):
     model: nn.Module  # the trained module: its parameters are optimised, its state_dict resumed
+    command: str  # the minbert subcommand that trains it (and resumes it: minbert <command> --resume)
 
     def sources(self) -> dict[str, DataLoader]:
         """The training batches of each source the sampler may draw from, by name."""

@@ -142,6 +142,8 @@ class MaskedLMLosses(nn.Module):
 class MaskedLM:
     """The masked-LM objective: see the module docstring."""
 
+    command = "pretrain"
+
     def __init__(self, cfg: Config, model: nn.Module, tokenizer: BertTokenizer, device: torch.device):
         p = cfg.pretrain
         self.model, self.tokenizer, self.device = model, tokenizer, device

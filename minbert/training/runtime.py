@@ -131,11 +131,11 @@ def check_finite_weights(model: torch.nn.Module, what: str) -> None:
 class Interrupted(Exception):
     """Training stopped by SIGINT / SIGTERM after a whole optimizer step, its state saved in last/."""
 
-    def __init__(self, signum: int, step: int, run_dir: Path):
+    def __init__(self, signum: int, step: int, run_dir: Path, command: str = "train"):
         name = signal.Signals(signum).name
         super().__init__(
             f"{name} received: stopped after step {step}, state saved in {run_dir / 'last'}; "
-            f"continue with: minbert train --resume {run_dir}"
+            f"continue with: minbert {command} --resume {run_dir}"
         )
         self.signum, self.exit_code = signum, 128 + signum  # the shell's convention: 130, 143
 

@@ -29,7 +29,7 @@ from minbert.multitask import epoch_length
 from minbert.training import distributed, setup
 from minbert.training.finetuning import task_loss
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WORLD = 2
 
 VARIANTS = {

@@ -29,7 +29,7 @@ from minbert.training.resume import (
     unflatten,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # -- the state files ------------------------------------------------------------------------
 

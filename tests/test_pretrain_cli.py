@@ -1,4 +1,5 @@
-"""``minbert pretrain`` end to end on a tiny random BERT and real task text."""
+"""``minbert pretrain`` end to end on a tiny random BERT and real task text: the application over the
+training engine (the objective itself: tests/training/test_pretraining.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from minbert.bert.mlm import BertForMaskedLM, BertForPreTraining
 from minbert.bert.pretrained import from_pretrained, load_pretrained
 from minbert.bert.tokenizer import BertTokenizer
 from minbert.config import ConfigError
-from minbert.pretrain import add_arguments, collect_documents, hold_out, run
+from minbert.pretrain import add_arguments, run
+from minbert.training.pretraining import collect_documents, hold_out
 
 transformers = pytest.importorskip("transformers")
 
@@ -55,18 +57,23 @@ def test_short_pretraining_lowers_mlm_loss_and_fine_tuning_starts_from_it(tiny_m
     out = tmp_path / "mlm"
     args = parse(
         ["--model", str(tiny_model_dir), "--task", "sst", "--output", str(out), "--max-steps", "100",
-         "--batch-size", "16", "--lr", "5e-3", "--eval-size", "200", "--max-length", "64", "--no-progress"]
+         "--batch-size", "16", "--lr", "5e-3", "--eval-size", "200", "--max-length", "64", "--no-progress",
+         "--precision", "fp32", "--data-dir", str(data_dir)]
     )  # fmt: skip
     assert run(args) == 0
-    assert not (tmp_path / ".mlm.partial").exists()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith((".tmp", ".old"))]
     summary = json.loads((out / "pretrain_summary.json").read_text())
-    assert summary["steps"] == 100 and summary["eval_sentences"] == 200
+    assert summary["steps"] == 100 and summary["eval_sentences"] == 200 and summary["precision"] == "fp32"
     assert summary["before"]["mlm_loss"] > 10.0  # a random model over 30522 tokens: about ln(30522) = 10.3
     assert summary["after"]["mlm_loss"] < summary["before"]["mlm_loss"] - 2.0
-    records = [json.loads(line) for line in (out / "pretrain_log.jsonl").read_text().splitlines()]
-    steps = [r for r in records if "step" in r]
-    assert [r["step"] for r in steps] == list(range(1, 101))
-    assert sum(r["loss"] for r in steps[-10:]) < sum(r["loss"] for r in steps[:10])
+    # the run directory is the engine's: config, a dev record before (step 0) and after, training records
+    run_dir = tmp_path / "mlm-run"
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    dev = [r for r in records if r["split"] == "dev"]
+    assert [r["step"] for r in dev] == [0, 100]
+    assert dev[0]["tasks"]["mlm"]["mlm_loss"] == pytest.approx(summary["before"]["mlm_loss"])
+    assert [r["step"] for r in records if r["split"] == "train"] == [50, 100]
+    assert json.loads((run_dir / "summary.json").read_text())["best_score"] == -summary["after"]["mlm_loss"]
 
     # Fine-tuning starts from it: the full encoder (pooler included) loads, the MLM head is reported unused.
     enc, report = load_pretrained(out)
@@ -98,11 +105,9 @@ def test_nsp_and_whole_word_run_writes_a_pretraining_checkpoint(tiny_model_dir, 
     out = tmp_path / "nsp"
     args = parse(
         ["--model", str(tiny_model_dir), "--task", "sts", "--output", str(out), "--max-steps", "4", "--nsp",
-         "--whole-word", "--batch-size", "8", "--eval-size", "50", "--no-progress"]
+         "--whole-word", "--batch-size", "8", "--eval-size", "50", "--no-progress", "--data-dir", str(data_dir)]
     )  # fmt: skip
     assert run(args) == 0
-    records = [json.loads(line) for line in (out / "pretrain_log.jsonl").read_text().splitlines()]
-    assert all("nsp_loss" in r for r in records if "step" in r)
     assert json.loads((out / "config.json").read_text())["architectures"] == ["BertForPreTraining"]
     hf = transformers.BertForPreTraining.from_pretrained(out).eval()
     ours = BertForPreTraining.from_pretrained(out).eval()
@@ -129,7 +134,7 @@ def test_from_scratch_builds_a_random_deepnorm_model_from_the_edited_config(tiny
     args = parse(
         ["--model", str(tiny_model_dir), "--task", "sts", "--output", str(out), "--max-steps", "3", "--from-scratch",
          "--bert", "num_hidden_layers=3", "--bert", "deepnorm=true", "--bert", "hidden_dropout_prob=0.0",
-         "--batch-size", "8", "--eval-size", "50", "--no-progress"]
+         "--batch-size", "8", "--eval-size", "50", "--no-progress", "--precision", "fp32", "--data-dir", str(data_dir)]
     )  # fmt: skip
     assert run(args) == 0
     cfg = json.loads((out / "config.json").read_text())
@@ -145,7 +150,9 @@ def test_deepnorm_on_a_pretrained_checkpoint_and_bad_overrides_are_user_errors(t
     base = ["--model", str(tiny_model_dir), "--task", "sts", "--output", str(tmp_path / "o"), "--no-progress"]
     with pytest.raises(CheckpointError, match="post-LN"):
         run(parse([*base, "--bert", "deepnorm=true"]))
-    with pytest.raises(ConfigError, match="FIELD=VALUE"):
+    with pytest.raises(ConfigError, match="'pretrain.bert.depth' is not a BertConfig field"):
         run(parse([*base, "--bert", "depth=48"]))
+    with pytest.raises(ConfigError, match="FIELD=VALUE"):
+        run(parse([*base, "--bert", "depth"]))
     with pytest.raises(ConfigError, match="multiple of num_attention_heads"):
         run(parse([*base, "--from-scratch", "--bert", "hidden_size=30"]))
