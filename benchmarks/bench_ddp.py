@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from minbert.training.runtime import cpu_model
+from minbert.runtime.process import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).with_name("results.jsonl")

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from minbert.config import load_config
+from minbert.runtime.process import cpu_has_native_bf16, cpu_model
 from minbert.training import fit, setup
-from minbert.training.runtime import cpu_has_native_bf16, cpu_model
 
 
 def machine() -> str:

@@ -51,10 +51,10 @@ from minbert import BertTokenizer, Predictor, from_pretrained, resolve_model_dir
 from minbert.config import load_config, resolve_data_dir
 from minbert.data import read_examples
 from minbert.optim import AdamW
-from minbert.pooling import pool
+from minbert.runtime.process import autocast_for, cpu_has_native_bf16
 from minbert.tasks import get_task
+from minbert.tasks.pooling import pool
 from minbert.training import fit, setup
-from minbert.training.runtime import autocast_for, cpu_has_native_bf16
 
 PRECISIONS = ("fp32", "bf16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

@@ -20,8 +20,8 @@ from torch import nn
 
 from minbert import resolve_model_dir
 from minbert.data import read_examples
+from minbert.runtime.process import autocast_for
 from minbert.tasks import get_task
-from minbert.training.runtime import autocast_for
 
 CPU = torch.device("cpu")
 

@@ -55,7 +55,7 @@ from tests.test_resume import (  # noqa: E402
     write_config,
 )
 
-from minbert.training.runtime import cpu_model  # noqa: E402
+from minbert.runtime.process import cpu_model  # noqa: E402
 from tests.conftest import find_data_dir  # noqa: E402
 from tests.tiny import save_tiny_bert  # noqa: E402
 

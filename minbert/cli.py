@@ -181,8 +181,8 @@ def cmd_train(args) -> int:
 
 
 def train_and_report(cfg, resume: bool = False) -> int:
+    from minbert.runtime.process import is_main_process
     from minbert.training import fit, setup
-    from minbert.training.runtime import is_main_process
 
     tr = setup(cfg)
     summary = fit(tr, resume=resume)
@@ -247,7 +247,7 @@ def cmd_predict(args) -> int:
         raise ConfigError(f"--output {args.output} exists; pass --overwrite to replace it")
     run = load_run(args.run)
     if args.precision:
-        from minbert.training.runtime import resolve_precision
+        from minbert.runtime.process import resolve_precision
 
         run.cfg.train.precision = resolve_precision(args.precision, run.device)
     n = predict_file(run, args.task, args.input, args.output)
@@ -280,9 +280,9 @@ def predict_sentences(args) -> int:
 def cmd_run(args) -> int:
     """The main job: train the default multitask config, predict the test files, print a table."""
     from minbert.predict import predict_file
+    from minbert.runtime.process import is_main_process
     from minbert.training import fit, setup
     from minbert.training.runs import load_run
-    from minbert.training.runtime import is_main_process
 
     flags = {}
     if args.data_dir:
@@ -351,9 +351,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
     from minbert.data import DataError
-    from minbert.training import distributed
+    from minbert.runtime import distributed
+    from minbert.runtime.process import Interrupted, NonFiniteError, is_main_process
     from minbert.training.resume import StateError
-    from minbert.training.runtime import Interrupted, NonFiniteError, is_main_process
 
     if not is_main_process():  # under torchrun the other ranks only warn
         logging.getLogger().setLevel(logging.WARNING)

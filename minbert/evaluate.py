@@ -5,7 +5,7 @@ Per label kind (the task spec says which):
 - classification: the loss's ``predict`` gives the class (argmax);
 - binary: the loss's ``predict`` gives a score in [0, 1] (a sigmoid probability, or a
   cosine mapped to [0, 1]); the class is ``score >= threshold``, the threshold 0.5 or
-  tuned on dev (``minbert.metrics.tune_threshold``) and stored with the model;
+  tuned on dev (``minbert.tasks.metrics.tune_threshold``) and stored with the model;
 - regression: the loss's ``predict`` gives a value in the label range.
 
 The checkpoint-selection score averages the primary metrics with Pearson mapped to
@@ -26,12 +26,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from minbert.data import Batch
-from minbert.metrics import METRICS, apply_threshold, tune_threshold
-from minbert.taskmodel import MultitaskModel
+from minbert.runtime import distributed
+from minbert.runtime.distributed import all_reduce_sum_, gather_objects, shard
+from minbert.runtime.process import NonFiniteError
 from minbert.tasks import TaskSpec
-from minbert.training import distributed
-from minbert.training.distributed import all_reduce_sum_, gather_objects, shard
-from minbert.training.runtime import NonFiniteError
+from minbert.tasks.metrics import METRICS, apply_threshold, tune_threshold
+from minbert.tasks.model import MultitaskModel
 
 
 @dataclass

@@ -21,11 +21,11 @@ from minbert.bert import BertTokenizer, from_pretrained
 from minbert.config import ConfigError, resolve_data_dir
 from minbert.data import DataError, Example, read_examples
 from minbert.evaluate import TaskOutputs, collect_outputs, write_predictions
-from minbert.metrics import pearson, spearman
-from minbert.pooling import pool
+from minbert.runtime.process import autocast_for
 from minbert.tasks import TaskSpec, get_task, load_task_specs
+from minbert.tasks.metrics import pearson, spearman
+from minbert.tasks.pooling import pool
 from minbert.training.runs import LoadedRun
-from minbert.training.runtime import autocast_for
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ How the work is done, per call:
 
 - inputs of any order and length are tokenized once, sorted by length and cut into batches of
   ``batch_size`` (little padding), and the results are put back in input order;
-- a pair mode's output is computed by parts (``minbert.pairs``): the joint part (a sentence, or a
+- a pair mode's output is computed by parts (``minbert.tasks.pairs``): the joint part (a sentence, or a
   cross-encoded ``[CLS] a [SEP] b [SEP]``) for every example, and the sentence vectors u, v of
   bi-encoder / cosine / hybrid modes from **each distinct sentence encoded once** (a Quora test
   file repeats questions). A cross-encoder reads both sentences at once, so nothing is shared
@@ -38,10 +38,10 @@ from tqdm.auto import tqdm
 from minbert.config import ConfigError
 from minbert.data import EncodedDataset, Example, make_loader
 from minbert.evaluate import decide
-from minbert.pairs import PairMode, encode_and_pool
+from minbert.runtime.process import autocast_for, resolve_precision
+from minbert.tasks.pairs import PairMode, encode_and_pool
 from minbert.training.build import Task
 from minbert.training.runs import LoadedRun, load_run
-from minbert.training.runtime import autocast_for, resolve_precision
 
 
 @dataclass(frozen=True)

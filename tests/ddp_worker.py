@@ -6,8 +6,9 @@ import sys
 from safetensors.torch import save_file
 
 from minbert.config import load_config
-from minbert.training import distributed, fit, setup
-from minbert.training.runtime import rank
+from minbert.runtime import distributed
+from minbert.runtime.process import rank
+from minbert.training import fit, setup
 
 if __name__ == "__main__":
     for path in sys.argv[1:]:

@@ -8,14 +8,14 @@ from collections.abc import Mapping
 import pytest
 
 from minbert.config import ConfigError
-from minbert.losses import LOSSES
 from minbert.multitask import COMBINERS, SAMPLERS
 from minbert.optim.child_tuning import CHILD_TUNING
 from minbert.optim.schedules import SCHEDULES
-from minbert.pairs import PAIR_MODES
-from minbert.pooling import POOLINGS
 from minbert.registry import Registry
 from minbert.regularizers import REGULARIZERS
+from minbert.tasks.losses import LOSSES
+from minbert.tasks.pairs import PAIR_MODES
+from minbert.tasks.pooling import POOLINGS
 from minbert.training.build import check
 from tests.tiny import tiny_config
 

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from minbert.bert.tokenizer import BertTokenizer, Encoding
 from minbert.data.augment import reversed_pairs
 from minbert.data.read import Example
-from minbert.tasks import INPUT_FORMATS, LABEL_KINDS
+from minbert.data.specs import INPUT_FORMATS, LABEL_KINDS
 
 # How a dataset encodes its examples: the task specs' formats, plus "hybrid" (cross and bi).
 DATASET_FORMATS = (*INPUT_FORMATS, "hybrid")
@@ -335,7 +335,7 @@ def leave_signals_to_main(main_pid: int, worker_id: int) -> None:
     every process of the group, DataLoader workers included. Left as they are, the workers end
     (SIGINT raises KeyboardInterrupt, torch's own handler ends on a SIGTERM from anyone but the
     parent) while the main process is still finishing its optimizer step and writing ``last/``
-    (``minbert.training.runtime.StopSignals``), which then fails with "DataLoader worker ... is killed by
+    (``minbert.runtime.process.StopSignals``), which then fails with "DataLoader worker ... is killed by
     signal". So a worker ignores SIGINT, and a thread takes each SIGTERM with its sender: from the
     main process (``Process.terminate()``, how torch and multiprocessing end a worker that does
     not stop by itself) the worker exits at once, as torch's handler would; from anyone else it is

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from minbert.tasks import TaskSpec
+from minbert.data.specs import TaskSpec
 
 
 @dataclass

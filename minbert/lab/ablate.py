@@ -33,9 +33,9 @@ from minbert.config import Config, ConfigError, config_diff, config_yaml, flatte
 from minbert.lab.grid import Grid, Run, load_grid, plan, run_config, stale_fields, write_grid_json
 from minbert.lab.records import finished_runs
 from minbert.lab.report import COST_BENCH, NOTES, RUN_LABELS, jsonl_to_tensorboard, write_report
-from minbert.training import distributed
+from minbert.runtime import distributed
+from minbert.runtime.process import is_main_process, pick_device, world_size
 from minbert.training.checkpointing import write_text_atomically
-from minbert.training.runtime import is_main_process, pick_device, world_size
 
 
 class RunFailed(RuntimeError):

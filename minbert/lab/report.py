@@ -245,7 +245,7 @@ def curve_variants(summary: dict[str, Any]) -> dict[str, list[str]]:
 def machine() -> str:
     import torch
 
-    from minbert.training.runtime import cpu_model
+    from minbert.runtime.process import cpu_model
 
     return (f"{platform.system()} {platform.machine()} ({cpu_model()}), {os.cpu_count()} CPU cores, "
             f"torch {torch.__version__}, python {platform.python_version()}")  # fmt: skip

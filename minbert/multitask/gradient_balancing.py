@@ -28,7 +28,7 @@ from torch import Tensor
 
 from minbert.multitask.surgery import GradientSurgery
 from minbert.multitask.weighting import COMBINERS
-from minbert.training.distributed import mean_over_ranks
+from minbert.runtime.distributed import mean_over_ranks
 
 
 def _norms(gram: Tensor) -> Tensor:

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from minbert.multitask.weighting import COMBINERS, LossWeighting
-from minbert.training.distributed import mean_over_ranks
+from minbert.runtime.distributed import mean_over_ranks
 
 EPS = 1e-12  # a loss at or below it counts as EPS, so that 1 / L stays finite
 

@@ -35,9 +35,9 @@ from scipy.optimize import minimize
 from torch import Tensor
 
 from minbert.multitask.weighting import COMBINERS, Combiner
-from minbert.training import distributed
-from minbert.training.distributed import all_reduce_mean_, all_reduce_sum_
-from minbert.training.runtime import python_rng_state, set_python_rng_state
+from minbert.runtime import distributed
+from minbert.runtime.distributed import all_reduce_mean_, all_reduce_sum_
+from minbert.runtime.process import python_rng_state, set_python_rng_state
 
 # 2-D shared parameters with at least this many rows are treated as embedding tables, whose
 # gradients are zero outside the rows of the tokens in the step's batches (the word embeddings).

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from minbert.registry import Registry
-from minbert.training.distributed import mean_over_ranks
+from minbert.runtime.distributed import mean_over_ranks
 
 COMBINERS: Registry[type[Combiner]] = Registry("combiner")
 Scale = Callable[[Tensor], Tensor]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from torch import nn
 
-from minbert.losses import LOSSES
 from minbert.registry import Registry
 from minbert.regularizers.smart import (
     DIVERGENCES,
@@ -26,12 +25,13 @@ from minbert.regularizers.smart import (
     symmetric_kl,
     symmetric_kl_bernoulli,
 )
+from minbert.tasks.losses import LOSSES
 
 REGULARIZERS: Registry[type[Regularizer]] = Registry("regularizer")
 REGULARIZERS.register("none")(Regularizer)
 REGULARIZERS.register("smart")(SMART)
 
-# The output kind of each training loss in ``minbert.losses`` (which divergence SMART uses).
+# The output kind of each training loss in ``minbert.tasks.losses`` (which divergence SMART uses).
 LOSS_KINDS = {name: loss.output_kind for name, loss in LOSSES.items()}
 
 

@@ -90,7 +90,7 @@ def ascent_step(delta: Tensor, grad: Tensor, eta: float, eps: float, norm: str, 
 
 
 class PerturbedEncoder:
-    """An ``encode`` callable (see ``minbert.pairs``): BERT on word embeddings + delta.
+    """An ``encode`` callable (see ``minbert.tasks.pairs``): BERT on word embeddings + delta.
 
     One delta (B, T, H) per encoder call of a forward pass (a hybrid pair task calls the encoder
     twice: the cross sequence, then both sentences stacked), each drawn on the first pass with the

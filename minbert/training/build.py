@@ -22,16 +22,16 @@ from minbert.bert import BertConfig, BertModel, BertTokenizer, from_pretrained
 from minbert.bert.hub import resolve_model_dir
 from minbert.config import Config, ConfigError, TaskConfig
 from minbert.data import DataError, EncodedDataset, make_loader, read_examples, reversed_pairs
-from minbert.losses import HybridLoss, build_loss
 from minbert.multitask import COMBINERS, SAMPLERS
 from minbert.optim.child_tuning import CHILD_TUNING
 from minbert.optim.schedules import get_schedule
-from minbert.pairs import PAIR_MODES, PairMode, build_task_encoder
-from minbert.pooling import POOLINGS
 from minbert.regularizers import REGULARIZERS
-from minbert.taskmodel import MultitaskModel
+from minbert.runtime.process import rank, world_size
 from minbert.tasks import TaskSpec, load_task_specs
-from minbert.training.runtime import rank, world_size
+from minbert.tasks.losses import HybridLoss, build_loss
+from minbert.tasks.model import MultitaskModel
+from minbert.tasks.pairs import PAIR_MODES, PairMode, build_task_encoder
+from minbert.tasks.pooling import POOLINGS
 
 log = logging.getLogger(__name__)
 

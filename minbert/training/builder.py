@@ -22,12 +22,12 @@ from minbert.multitask import COMBINERS, SAMPLERS, epoch_length
 from minbert.optim import AdamW, WeightAverage, build_param_groups, combiner_group, get_schedule, with_head_lr
 from minbert.optim.child_tuning import CHILD_TUNING, eligible_parameters
 from minbert.regularizers import REGULARIZERS
-from minbert.training import distributed
+from minbert.runtime import distributed
+from minbert.runtime.process import autocast_for, pick_device, resolve_precision, seed_everything
 from minbert.training.build import build_model, check, config_field, load_bert, make_tasks, trained_sizes
 from minbert.training.finetuning import FineTuning, run_fisher_pass
 from minbert.training.objective import Objective
 from minbert.training.pretraining import MaskedLM, build_pretraining_model
-from minbert.training.runtime import autocast_for, pick_device, resolve_precision, seed_everything
 from minbert.training.state import BestKeeper, Trainer
 
 log = logging.getLogger(__name__)

@@ -23,11 +23,11 @@ from minbert.data import Batch
 from minbert.evaluate import collect_outputs, compute_metrics, fit_threshold, mean_score
 from minbert.optim.child_tuning import compute_fisher
 from minbert.regularizers import Regularizer
-from minbert.taskmodel import MultitaskModel
+from minbert.runtime.distributed import all_reduce_mean_, broadcast_object
+from minbert.runtime.process import AutocastFactory, is_main_process
+from minbert.tasks.model import MultitaskModel
 from minbert.training.build import Task
-from minbert.training.distributed import all_reduce_mean_, broadcast_object
 from minbert.training.runs import save_run_checkpoint
-from minbert.training.runtime import AutocastFactory, is_main_process
 
 
 def task_loss(model: MultitaskModel, task: Task, batch: Batch, autocast, regularizer=None) -> torch.Tensor:

@@ -32,8 +32,9 @@ from tqdm.auto import tqdm
 from minbert.config import TrainConfig
 from minbert.data import Batch, Forever
 from minbert.multitask import epoch_length
-from minbert.training import distributed
-from minbert.training.distributed import agree, average_outside_ddp, mean_over_ranks, no_sync, unwrap
+from minbert.runtime import distributed
+from minbert.runtime.distributed import agree, average_outside_ddp, mean_over_ranks, no_sync, unwrap
+from minbert.runtime.process import Interrupted, NonFiniteError, StopSignals, is_main_process
 from minbert.training.resume import checkpoint_due, restore, save_last, set_rng_states
 from minbert.training.runs import (
     RunLogger,
@@ -44,7 +45,6 @@ from minbert.training.runs import (
     train_record,
     write_summary,
 )
-from minbert.training.runtime import Interrupted, NonFiniteError, StopSignals, is_main_process
 from minbert.training.state import Progress, Trainer
 
 log = logging.getLogger(__name__)

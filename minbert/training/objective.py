@@ -20,7 +20,7 @@ from typing import Protocol
 from torch import nn
 from torch.utils.data import DataLoader
 
-from minbert.training.runtime import AutocastFactory
+from minbert.runtime.process import AutocastFactory
 
 
 class Objective(Protocol):

@@ -27,9 +27,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from minbert.config import TrainConfig, changed_fields, to_dict, with_defaults
-from minbert.training.checkpointing import recover, write_dir_atomically
-from minbert.training.distributed import gather_objects
-from minbert.training.runtime import (
+from minbert.runtime.distributed import gather_objects
+from minbert.runtime.process import (
     check_finite_weights,
     is_main_process,
     python_rng_state,
@@ -37,6 +36,7 @@ from minbert.training.runtime import (
     set_python_rng_state,
     world_size,
 )
+from minbert.training.checkpointing import recover, write_dir_atomically
 from minbert.training.state import Progress, Trainer
 
 TENSORS, SKELETON = "state.safetensors", "state.json"

@@ -33,11 +33,8 @@ from tqdm.auto import tqdm
 from minbert.bert import BertConfig, BertModel, BertTokenizer, CheckpointError
 from minbert.bert.checkpoint import write_hf_dir
 from minbert.config import Config, config_yaml, load_config
-from minbert.taskmodel import MultitaskModel
-from minbert.training import distributed
-from minbert.training.build import Task, build_model, check, make_tasks
-from minbert.training.checkpointing import recover, write_dir_atomically, write_text_atomically
-from minbert.training.runtime import (
+from minbert.runtime import distributed
+from minbert.runtime.process import (
     check_finite_weights,
     cpu_model,
     peak_memory_mb,
@@ -45,6 +42,9 @@ from minbert.training.runtime import (
     resolve_precision,
     world_size,
 )
+from minbert.tasks.model import MultitaskModel
+from minbert.training.build import Task, build_model, check, make_tasks
+from minbert.training.checkpointing import recover, write_dir_atomically, write_text_atomically
 from minbert.training.state import Progress, Trainer
 
 log = logging.getLogger(__name__)

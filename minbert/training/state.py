@@ -21,8 +21,8 @@ from minbert.multitask import Combiner, TaskSampler
 from minbert.optim import AdamW, WeightAverage
 from minbert.optim.child_tuning import ChildTuningD, ChildTuningF
 from minbert.regularizers import Regularizer
+from minbert.runtime.process import AutocastFactory
 from minbert.training.objective import Objective
-from minbert.training.runtime import AutocastFactory
 
 
 @dataclass(kw_only=True)

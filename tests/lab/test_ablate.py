@@ -15,7 +15,7 @@ import minbert.training as train_lib
 from minbert.lab import ablate
 from minbert.lab.ablate import PUBLISHED, add_arguments, execute, run
 from minbert.lab.grid import GridError, load_grid, plan, run_config
-from minbert.training.runtime import cpu_model
+from minbert.runtime.process import cpu_model
 from tests.lab.grids import SHIPPED, cli, needs_later_checkpoint, tiny_grid, write_grid
 
 

@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from minbert.bert import BertConfig, BertModel, from_pretrained
 from minbert.bert.tokenizer import BertTokenizer
 from minbert.data import EncodedDataset, make_loader
-from minbert.heads import ClassifierHead
-from minbert.pairs import HybridEncoder, build_task_encoder
 from minbert.regularizers import LOSS_KINDS, REGULARIZERS, SMART, Regularizer, build_regularizer, divergence
 from minbert.regularizers.smart import ascent_step, per_example_norm, project
-from minbert.taskmodel import MultitaskModel
+from minbert.tasks.heads import ClassifierHead
+from minbert.tasks.model import MultitaskModel
+from minbert.tasks.pairs import HybridEncoder, build_task_encoder
 from tests.tiny import pair_examples
 
 TINY = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)

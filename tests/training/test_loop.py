@@ -14,10 +14,10 @@ from safetensors.torch import load_file
 from minbert.config import ConfigError
 from minbert.evaluate import TaskOutputs, write_predictions
 from minbert.multitask import COMBINERS, SAMPLERS
+from minbert.runtime.process import NonFiniteError, cpu_has_native_bf16
 from minbert.tasks import get_task
 from minbert.training import fit, setup
 from minbert.training.runs import save_run_checkpoint
-from minbert.training.runtime import NonFiniteError, cpu_has_native_bf16
 from tests.tiny import tiny_config
 
 

@@ -21,10 +21,10 @@ from minbert.bert.mlm import BertForMaskedLM
 from minbert.bert.tokenizer import BertTokenizer
 from minbert.config import load_config
 from minbert.data import Forever, make_loader
+from minbert.runtime.process import NonFiniteError
 from minbert.training import fit, setup
 from minbert.training.pretraining import EVAL_MASK_SEED, MaskedLMLosses
-from minbert.training.runtime import NonFiniteError
-from tests.training.test_distributed import WORLD, free_port
+from tests.runtime.test_distributed import WORLD, free_port
 from tests.training.test_resume import assert_same_run, finish, kill_when_training
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""Pair modes (minbert.pairs): each mode's module against hand-built encoder calls, and the
+"""Pair modes (minbert.tasks.pairs): each mode's module against hand-built encoder calls, and the
 dataset format each declares."""
 
 from __future__ import annotations
@@ -10,8 +10,15 @@ import torch.nn.functional as F
 from minbert import BertModel, from_pretrained
 from minbert.bert.tokenizer import BertTokenizer
 from minbert.data import EncodedDataset, make_loader
-from minbert.heads import ClassifierHead
-from minbert.pairs import PAIR_MODES, HybridEncoder, build_task_encoder, check_features, pair_features, stack_segments
+from minbert.tasks.heads import ClassifierHead
+from minbert.tasks.pairs import (
+    PAIR_MODES,
+    HybridEncoder,
+    build_task_encoder,
+    check_features,
+    pair_features,
+    stack_segments,
+)
 from tests.tiny import pair_examples
 
 

@@ -13,7 +13,7 @@ how it builds its module from a task config (``create``):
 - ``CosineEncoder`` (``cosine``): Sentence-BERT scoring: cos(u, v), no head parameters.
 - ``HybridEncoder`` (``hybrid``): a head over the cross-encoded pair and cos(u, v) over the
   same encoder; the loss trains each and predicts a blend of the two
-  (``minbert.losses.HybridLoss``).
+  (``minbert.tasks.losses.HybridLoss``).
 
 Both bi-encoders run the two sides through the encoder in one call: the two (B, T)
 batches are padded to a common width and stacked to (2B, T).
@@ -42,10 +42,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from minbert.bert.model import BertOutput
-from minbert.heads import ClassifierHead
-from minbert.losses import LOSSES
-from minbert.pooling import pool
 from minbert.registry import Registry
+from minbert.tasks.heads import ClassifierHead
+from minbert.tasks.losses import LOSSES
+from minbert.tasks.pooling import pool
 
 EncodeFn = Callable[..., BertOutput]
 Segments = Sequence[dict[str, torch.Tensor]]
@@ -98,7 +98,7 @@ class PairMode(nn.Module):
     """Base class of the pair modes: what each declares, and how it is built from a task config.
 
     ``create(hidden_size, num_outputs, pooling, features, head)`` builds the module;
-    ``head`` holds :class:`~minbert.heads.ClassifierHead`'s ``hidden_size``, ``activation`` and
+    ``head`` holds :class:`~minbert.tasks.heads.ClassifierHead`'s ``hidden_size``, ``activation`` and
     ``dropout``. ``forward(encode, segments)`` returns the task's raw output.
     """
 

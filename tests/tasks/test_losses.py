@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minbert.losses import (
+from minbert.tasks.losses import (
     LOSSES,
     BinaryCrossEntropyLoss,
     CoSENTLoss,

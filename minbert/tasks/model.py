@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from minbert.bert.model import BertModel
-from minbert.pairs import EncodeFn
+from minbert.tasks.pairs import EncodeFn
 
 
 class MultitaskModel(nn.Module):

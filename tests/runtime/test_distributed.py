@@ -26,7 +26,8 @@ from safetensors.torch import load_file
 from minbert.config import load_config
 from minbert.data import Forever, make_loader
 from minbert.multitask import epoch_length
-from minbert.training import distributed, setup
+from minbert.runtime import distributed
+from minbert.training import setup
 from minbert.training.finetuning import task_loss
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ A head maps pooled features to the task's raw output:
 - optionally one hidden layer first: Linear -> activation -> dropout -> Linear.
 
 Which features (one sentence vector, pair features, a joint cross-encoding) is
-the pair encoder's business (``minbert.pairs``); the head only sees a (B, F) tensor.
+the pair encoder's business (``minbert.tasks.pairs``); the head only sees a (B, F) tensor.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minbert.pooling import POOLINGS, pool
+from minbert.tasks.pooling import POOLINGS, pool
 
 # B=2, T=3, H=2. Row 0 has three real tokens; row 1 has two and one padded position whose
 # state (100, 100) would win a max and shift a mean if padding leaked in.

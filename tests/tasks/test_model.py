@@ -1,4 +1,4 @@
-"""The shared encoder and its task modules (minbert.taskmodel): parameter names, the shared /
+"""The shared encoder and its task modules (minbert.tasks.model): parameter names, the shared /
 task-specific split that gradient surgery and Child-Tuning use, and the ``encode`` override."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from minbert.bert.model import BertConfig, BertModel
-from minbert.pairs import build_task_encoder
-from minbert.taskmodel import MultitaskModel
+from minbert.tasks.model import MultitaskModel
+from minbert.tasks.pairs import build_task_encoder
 from tests.tiny import TINY
 
 

@@ -1,4 +1,4 @@
-"""Where and how a run computes (minbert.training.runtime): precision resolved for the hardware, autocast."""
+"""Where and how a run computes (minbert.runtime.process): precision resolved for the hardware, autocast."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from minbert.config import ConfigError
-from minbert.training.runtime import autocast_for, is_main_process, pick_device, rank, resolve_precision, world_size
+from minbert.runtime.process import autocast_for, is_main_process, pick_device, rank, resolve_precision, world_size
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The task head (minbert.heads): shapes, the optional hidden layer, and its output by hand."""
+"""The task head (minbert.tasks.heads): shapes, the optional hidden layer, and its output by hand."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from minbert.heads import ClassifierHead
+from minbert.tasks.heads import ClassifierHead
 
 
 def test_output_shapes_and_the_squeeze_of_a_single_output():

@@ -83,7 +83,7 @@ class BinaryCrossEntropyLoss(nn.Module):
 
     Inputs: logits (B,) or (B, 1), targets (B,) 0/1 (any dtype; cast to float).
     ``predict``: the probability sigmoid(logit), (B,) float; pick the decision threshold
-    with ``minbert.metrics.tune_threshold`` and apply it with ``apply_threshold``.
+    with ``minbert.tasks.metrics.tune_threshold`` and apply it with ``apply_threshold``.
     """
     output_kind = "binary"  # what the raw output is, for SMART's divergence
 

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from minbert.training.runtime import world_size
+from minbert.runtime.process import world_size
 
 # Long enough for rank 0 to write a checkpoint or evaluate while the others wait at a collective.
 TIMEOUT = datetime.timedelta(minutes=30)

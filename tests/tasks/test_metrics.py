@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import stats
 
-from minbert.metrics import (
+from minbert.tasks.metrics import (
     METRICS,
     accuracy,
     apply_threshold,
