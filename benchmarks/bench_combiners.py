@@ -78,17 +78,29 @@ def step(run: Run) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/default.yaml")
-    p.add_argument("--combiners", nargs="+", default=["sum", "pcgrad", "gradvac", "cagrad", "normalised_gradients",
-                                                      "gradnorm", "mgda", "primary"])  # fmt: skip
-    p.add_argument("--kwargs", nargs="*", default=[], metavar="COMBINER=KEY:VALUE",
-                   help="a combiner keyword argument, e.g. primary=primary:sts (values read as YAML)")
+    p.add_argument(
+        "--combiners",
+        nargs="+",
+        default=["sum", "pcgrad", "gradvac", "cagrad", "normalised_gradients", "gradnorm", "mgda", "primary"],
+    )
+    p.add_argument(
+        "--kwargs",
+        nargs="*",
+        default=[],
+        metavar="COMBINER=KEY:VALUE",
+        help="a combiner keyword argument, e.g. primary=primary:sts (values read as YAML)",
+    )
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                   help="wall time, or this process's CPU time (with --threads 1: the work done, which other "
-                        "processes on a shared machine inflate far less than the wall time)")
+    p.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall time, or this process's CPU time (with --threads 1: the work done, which other "
+        "processes on a shared machine inflate far less than the wall time)",
+    )
     args = p.parse_args()
 
     kwargs: dict[str, dict] = {}
@@ -116,8 +128,10 @@ def main() -> None:
     results = {name: statistics.median(run.times) for name, run in runs.items()}
 
     print(f"machine: {machine()}, {torch.get_num_threads()} threads, precision {tr.precision}")
-    print(f"tasks: {', '.join(tr.objective.tasks)}; batch {args.batch_size} per task; median of {args.steps} steps, "
-          f"{args.clock} clock")
+    print(
+        f"tasks: {', '.join(tr.objective.tasks)}; batch {args.batch_size} per task; median of {args.steps} steps, "
+        f"{args.clock} clock"
+    )
     base = results.get("sum")
     for name, sec in results.items():
         ratio = f"{sec / base:.3f}x" if base else ""

@@ -41,18 +41,42 @@ def free_port() -> int:
 
 def train(run_dir: Path, ranks: int, steps: int, data_dir: str | None) -> dict:
     sets = [
-        f"train.max_steps={steps}", "train.evals_per_epoch=null", "train.eval_every=null", "train.epochs=1",
-        "train.max_minutes=null", "train.progress=false", "train.checkpoint_minutes=null",
-        f"tasks.sst.batch_size={32 // ranks}", f"tasks.sts.batch_size={32 // ranks}",
-        "tasks.sst.dev_limit=64", "tasks.sts.dev_limit=64", f"train.threads={1 if ranks > 1 else os.cpu_count()}",
-    ]  # fmt: skip
-    args = ["-m", "minbert", "train", "--config", "configs/default.yaml", "--task", "sst", "--task", "sts",
-            "--run-dir", str(run_dir)]  # fmt: skip
+        f"train.max_steps={steps}",
+        "train.evals_per_epoch=null",
+        "train.eval_every=null",
+        "train.epochs=1",
+        "train.max_minutes=null",
+        "train.progress=false",
+        "train.checkpoint_minutes=null",
+        f"tasks.sst.batch_size={32 // ranks}",
+        f"tasks.sts.batch_size={32 // ranks}",
+        "tasks.sst.dev_limit=64",
+        "tasks.sts.dev_limit=64",
+        f"train.threads={1 if ranks > 1 else os.cpu_count()}",
+    ]
+    args = [
+        "-m",
+        "minbert",
+        "train",
+        "--config",
+        "configs/default.yaml",
+        "--task",
+        "sst",
+        "--task",
+        "sts",
+        "--run-dir",
+        str(run_dir),
+    ]
     args += [a for s in sets for a in ("--set", s)] + (["--data-dir", data_dir] if data_dir else [])
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     if ranks > 1:
-        launcher = ["-m", "torch.distributed.run", f"--nproc-per-node={ranks}", "--master-addr=127.0.0.1",
-                    f"--master-port={free_port()}"]  # fmt: skip
+        launcher = [
+            "-m",
+            "torch.distributed.run",
+            f"--nproc-per-node={ranks}",
+            "--master-addr=127.0.0.1",
+            f"--master-port={free_port()}",
+        ]
         cmd = [sys.executable, *launcher, *args]
     else:
         cmd = [sys.executable, *args]
@@ -80,13 +104,23 @@ def main() -> None:
                 print(f"round {r + 1}: {kind:6s} {ranks} rank(s): {summary['examples_per_second']:.1f} examples/s")
     ddp, single = statistics.median(rates["ddp"]), statistics.median(rates["single"])
     cpu = cpu_model()
-    print(f"{args.ranks} ranks x 1 thread: {ddp:.1f} examples/s; 1 rank x {os.cpu_count()} threads: {single:.1f}; "
-          f"ratio {ddp / single:.2f} ({cpu}, {precision}, torch {torch.__version__})")  # fmt: skip
+    print(
+        f"{args.ranks} ranks x 1 thread: {ddp:.1f} examples/s; 1 rank x {os.cpu_count()} threads: {single:.1f}; "
+        f"ratio {ddp / single:.2f} ({cpu}, {precision}, torch {torch.__version__})"
+    )
     if args.record:
-        record = {"date": datetime.date.today().isoformat(), "benchmark": "bench_ddp", "cpu": cpu,
-                  "cores": os.cpu_count(), "precision": precision, "steps": args.steps, "ranks": args.ranks,
-                  "ddp_examples_per_second": rates["ddp"], "single_examples_per_second": rates["single"],
-                  "ratio": round(ddp / single, 3)}  # fmt: skip
+        record = {
+            "date": datetime.date.today().isoformat(),
+            "benchmark": "bench_ddp",
+            "cpu": cpu,
+            "cores": os.cpu_count(),
+            "precision": precision,
+            "steps": args.steps,
+            "ranks": args.ranks,
+            "ddp_examples_per_second": rates["ddp"],
+            "single_examples_per_second": rates["single"],
+            "ratio": round(ddp / single, 3),
+        }
         with open(RESULTS, "a") as f:
             f.write(json.dumps(record) + "\n")
 

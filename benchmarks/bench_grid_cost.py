@@ -109,20 +109,33 @@ class Variant:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("grid", help="a grid file (configs/ablations/*.yaml)")
-    p.add_argument("--variant", action="append", default=None, help="only this variant (repeatable; the "
-                   "baseline is always measured)")  # fmt: skip
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=None,
+        help="only this variant (repeatable; the baseline is always measured)",
+    )
     p.add_argument("--data-dir", default=None)
     p.add_argument("--set", action="append", default=[], help="KEY=VALUE for every variant, as in minbert ablate")
-    p.add_argument("--steps", type=int, default=48, help="timed optimizer steps per variant (after the first; at "
-                   "least 4 of each kind of step)")  # fmt: skip
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=48,
+        help="timed optimizer steps per variant (after the first; at least 4 of each kind of step)",
+    )
     p.add_argument("--block", type=int, default=8, help="steps of one variant before the next one's turn")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the grid's config)")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     p.add_argument("--seed", type=int, default=0, help="which of the run's steps are sampled")
     p.add_argument("--out", default="benchmarks/results.jsonl")
-    p.add_argument("--save", metavar="GRID_DIR", type=Path, help="also write the record to GRID_DIR/cost.json (e.g. "
-                   "runs/ablations/<grid> or docs/results/<grid>): the grid's report then shows it and the results "
-                   "index takes its time ratios")  # fmt: skip
+    p.add_argument(
+        "--save",
+        metavar="GRID_DIR",
+        type=Path,
+        help="also write the record to GRID_DIR/cost.json (e.g. "
+        "runs/ablations/<grid> or docs/results/<grid>): the grid's report then shows it and the results "
+        "index takes its time ratios",
+    )
     args = p.parse_args()
 
     grid = load_grid(args.grid)
@@ -150,25 +163,48 @@ def main() -> None:
     for v in variants:
         run_s, se = v.estimate()
         ratio = run_s / base_s
-        rows.append({
-            "variant": v.name, "step_s": run_s / v.steps, "step_s_se": se / v.steps, "timed_steps": v.timed,
-            "run_steps": v.steps, "run_s": run_s, "ratio": ratio,
-            "ratio_se": 0.0 if v is base else ratio * math.hypot(se / run_s, base_se / base_s), "setup_s": v.setup_s,
-        })  # fmt: skip
+        rows.append(
+            {
+                "variant": v.name,
+                "step_s": run_s / v.steps,
+                "step_s_se": se / v.steps,
+                "timed_steps": v.timed,
+                "run_steps": v.steps,
+                "run_s": run_s,
+                "ratio": ratio,
+                "ratio_se": 0.0 if v is base else ratio * math.hypot(se / run_s, base_se / base_s),
+                "setup_s": v.setup_s,
+            }
+        )
     precision = base.tr.precision
     print(f"\nmachine: {machine()}, {torch.get_num_threads()} threads, precision {precision}, {args.clock} clock")
-    print(f"grid {grid.name}: about {args.steps} sampled steps per variant (by kind), blocks of {args.block}, "
-          "rotating order")  # fmt: skip
-    print(f"{'variant':22s} {'s/step':>14s} {'run steps':>9s} {'run train s':>11s} {'vs ' + grid.baseline:>16s} "
-          f"{'setup s':>8s}")  # fmt: skip
+    print(
+        f"grid {grid.name}: about {args.steps} sampled steps per variant (by kind), blocks of {args.block}, "
+        "rotating order"
+    )
+    print(
+        f"{'variant':22s} {'s/step':>14s} {'run steps':>9s} {'run train s':>11s} {'vs ' + grid.baseline:>16s} "
+        f"{'setup s':>8s}"
+    )
     for r in rows:
-        print(f"{r['variant']:22s} {r['step_s']:7.3f} ± {r['step_s_se']:.3f} {r['run_steps']:9d} {r['run_s']:11.0f} "
-              f"{r['ratio']:9.2f}x ± {r['ratio_se']:.2f} {r['setup_s']:8.1f}")  # fmt: skip
+        print(
+            f"{r['variant']:22s} {r['step_s']:7.3f} ± {r['step_s_se']:.3f} {r['run_steps']:9d} {r['run_s']:11.0f} "
+            f"{r['ratio']:9.2f}x ± {r['ratio_se']:.2f} {r['setup_s']:8.1f}"
+        )
     record = {
-        "benchmark": "grid_cost", "date": datetime.date.today().isoformat(), "machine": machine(),
-        "threads": torch.get_num_threads(), "precision": precision, "clock": args.clock, "grid": args.grid,
-        "set": grid.extra, "steps": args.steps, "block": args.block, "baseline": grid.baseline, "rows": rows,
-    }  # fmt: skip
+        "benchmark": "grid_cost",
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "threads": torch.get_num_threads(),
+        "precision": precision,
+        "clock": args.clock,
+        "grid": args.grid,
+        "set": grid.extra,
+        "steps": args.steps,
+        "block": args.block,
+        "baseline": grid.baseline,
+        "rows": rows,
+    }
     with open(args.out, "a") as f:
         f.write(json.dumps(record) + "\n")
     print(f"record appended to {args.out}")

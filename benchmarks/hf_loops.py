@@ -48,8 +48,15 @@ class MeanPoolClassifier(nn.Module):
         return self.out(self.dropout(mean_pool(h, batch["attention_mask"])))
 
 
-def hf_finetune_sst(data_dir: Path, precision: str, train_limit: int | None = None, dev_limit: int | None = None,
-                    lr: float = 5e-5, batch_size: int = 32, epochs: int = 1) -> tuple[float, float]:  # fmt: skip
+def hf_finetune_sst(
+    data_dir: Path,
+    precision: str,
+    train_limit: int | None = None,
+    dev_limit: int | None = None,
+    lr: float = 5e-5,
+    batch_size: int = 32,
+    epochs: int = 1,
+) -> tuple[float, float]:
     """Seconds (loading included) and dev accuracy of ``epochs`` of SST-5 fine-tuning."""
     t0 = time.perf_counter()
     torch.manual_seed(0)
@@ -60,8 +67,9 @@ def hf_finetune_sst(data_dir: Path, precision: str, train_limit: int | None = No
     model = MeanPoolClassifier(bert, spec.num_classes).train()
     no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
     decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=lr, eps=1e-6)  # fmt: skip
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=lr, eps=1e-6
+    )
 
     def collate(examples):
         enc = tok([e.texts[0] for e in examples], padding=True, truncation=True, max_length=128, return_tensors="pt")
@@ -134,7 +142,9 @@ def hf_predict_sts(run, pairs: list[tuple[str, str]], precision: str) -> list[fl
         with autocast():
             u, v = _encode(tok, bert, a), _encode(tok, bert, b)
             cos = F.cosine_similarity(u, v, dim=-1)
-            views = [loss.predict(torch.stack([head(_encode(tok, bert, x, y)).reshape(-1).float(), cos], -1))
-                     for x, y in ((a, b), (b, a))]  # fmt: skip
+            views = [
+                loss.predict(torch.stack([head(_encode(tok, bert, x, y)).reshape(-1).float(), cos], -1))
+                for x, y in ((a, b), (b, a))
+            ]
         out += ((views[0] + views[1]) / 2).clamp(lo, hi).tolist()
     return out

@@ -192,9 +192,16 @@ def main() -> None:
         "machine": f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "beside": args.beside,
         "command": "python benchmarks/stress_resume.py " + " ".join(sys.argv[1:]),
-        "kills": kills, "runs": runs, "lost_runs": len(lost), "lost_kills": lost_kills, "restarts": restarts,
-        "kinds": dict(sorted(kinds.items())), "variants": variants, "minutes": round(minutes, 1), "lost": lost,
-    }  # fmt: skip
+        "kills": kills,
+        "runs": runs,
+        "lost_runs": len(lost),
+        "lost_kills": lost_kills,
+        "restarts": restarts,
+        "kinds": dict(sorted(kinds.items())),
+        "variants": variants,
+        "minutes": round(minutes, 1),
+        "lost": lost,
+    }
     with open(args.out, "a") as f:
         f.write(json.dumps(record) + "\n")
 

@@ -61,27 +61,40 @@ def main() -> None:
             loss.backward()
             grads[name], losses[name] = flat_grad(shared), float(loss.detach())
         total = sum(grads.values())
-        rows.append({
-            "step": step,
-            "loss": losses,
-            "norm": {n: float(g.norm()) for n, g in grads.items()},
-            "cosine": {f"{a}/{b}": float(grads[a] @ grads[b] / (grads[a].norm() * grads[b].norm()))
-                       for a, b in itertools.combinations(names, 2)},
-            "share": {n: float(g @ total / (total @ total)) for n, g in grads.items()},
-        })  # fmt: skip
+        rows.append(
+            {
+                "step": step,
+                "loss": losses,
+                "norm": {n: float(g.norm()) for n, g in grads.items()},
+                "cosine": {
+                    f"{a}/{b}": float(grads[a] @ grads[b] / (grads[a].norm() * grads[b].norm()))
+                    for a, b in itertools.combinations(names, 2)
+                },
+                "share": {n: float(g @ total / (total @ total)) for n, g in grads.items()},
+            }
+        )
 
     print(f"machine: {machine()}, {torch.get_num_threads()} threads, precision {tr.precision}")
-    print(f"grid {grid.name}, variant {args.variant or grid.baseline}, seed {args.seed}: {args.steps} mixed batches "
-          f"at the pretrained weights (no step taken); mean [min, max] over the batches")
+    print(
+        f"grid {grid.name}, variant {args.variant or grid.baseline}, seed {args.seed}: {args.steps} mixed batches "
+        f"at the pretrained weights (no step taken); mean [min, max] over the batches"
+    )
     for key in ("loss", "norm", "share", "cosine"):
         for name in rows[0][key]:
             xs = [r[key][name] for r in rows]
             print(f"{key:7s} {name:12s} {statistics.mean(xs):8.4f}  [{min(xs):8.4f}, {max(xs):8.4f}]")
     if args.out:
         when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        record = {"benchmark": "benchmarks/task_gradients.py", "date": when, "machine": machine(),
-                  "precision": tr.precision, "grid": grid.name, "variant": args.variant or grid.baseline,
-                  "seed": args.seed, "rows": rows}  # fmt: skip
+        record = {
+            "benchmark": "benchmarks/task_gradients.py",
+            "date": when,
+            "machine": machine(),
+            "precision": tr.precision,
+            "grid": grid.name,
+            "variant": args.variant or grid.baseline,
+            "seed": args.seed,
+            "rows": rows,
+        }
         Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
         print(f"written: {args.out}")
 

@@ -115,8 +115,14 @@ def test_evaluation_interval_fields(overrides, message):
 def test_evals_per_epoch_evaluates_at_the_ends_of_equal_parts_of_each_epoch(
     tiny_model_dir, data_dir, tmp_path, train_limit, accum, steps
 ):
-    cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst"], train={"epochs": 2, "evals_per_epoch": 2},
-                      optim={"grad_accum": accum})  # fmt: skip
+    cfg = tiny_config(
+        tiny_model_dir,
+        data_dir,
+        tmp_path,
+        ["sst"],
+        train={"epochs": 2, "evals_per_epoch": 2},
+        optim={"grad_accum": accum},
+    )
     cfg.tasks["sst"].train_limit = train_limit
     tr = setup(cfg)
     fit(tr)
@@ -169,16 +175,22 @@ def test_out_of_range_values_are_config_errors_naming_the_field(override, field)
 
 
 NUMBERS = st.one_of(
-    st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**6, 10**6), st.sampled_from([0, -0.0, 1, 0.5])
+    st.floats(allow_nan=True, allow_infinity=True), st.integers(-(10**6), 10**6), st.sampled_from([0, -0.0, 1, 0.5])
 )
 # What each field may hold, written out here (not read from minbert.config): lr > 0, a dropout < 1, ...
 ALLOWED = {
-    "optim.lr": lambda v: v > 0, "optim.weight_decay": lambda v: v >= 0, "optim.grad_clip": lambda v: v > 0,
-    "optim.warmup": lambda v: v >= 0, "optim.layer_decay": lambda v: 0 < v <= 1,
-    "model.hidden_dropout": lambda v: 0 <= v < 1, "tasks.sst.head_dropout": lambda v: 0 <= v < 1,
-    "tasks.sst.batch_size": lambda v: v >= 1, "train.max_minutes": lambda v: v > 0,
-    "train.ema_decay": lambda v: 0 < v < 1, "tasks.sts.hybrid.blend": lambda v: 0 <= v <= 1,
-}  # fmt: skip
+    "optim.lr": lambda v: v > 0,
+    "optim.weight_decay": lambda v: v >= 0,
+    "optim.grad_clip": lambda v: v > 0,
+    "optim.warmup": lambda v: v >= 0,
+    "optim.layer_decay": lambda v: 0 < v <= 1,
+    "model.hidden_dropout": lambda v: 0 <= v < 1,
+    "tasks.sst.head_dropout": lambda v: 0 <= v < 1,
+    "tasks.sst.batch_size": lambda v: v >= 1,
+    "train.max_minutes": lambda v: v > 0,
+    "train.ema_decay": lambda v: 0 < v < 1,
+    "tasks.sts.hybrid.blend": lambda v: 0 <= v <= 1,
+}
 
 
 @settings(max_examples=300, deadline=None)

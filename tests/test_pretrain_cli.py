@@ -56,10 +56,30 @@ def test_hold_out_is_disjoint_and_keeps_order():
 def test_short_pretraining_lowers_mlm_loss_and_fine_tuning_starts_from_it(tiny_model_dir, data_dir, tmp_path):
     out = tmp_path / "mlm"
     args = parse(
-        ["--model", str(tiny_model_dir), "--task", "sst", "--output", str(out), "--max-steps", "100",
-         "--batch-size", "16", "--lr", "5e-3", "--eval-size", "200", "--max-length", "64", "--no-progress",
-         "--precision", "fp32", "--data-dir", str(data_dir)]
-    )  # fmt: skip
+        [
+            "--model",
+            str(tiny_model_dir),
+            "--task",
+            "sst",
+            "--output",
+            str(out),
+            "--max-steps",
+            "100",
+            "--batch-size",
+            "16",
+            "--lr",
+            "5e-3",
+            "--eval-size",
+            "200",
+            "--max-length",
+            "64",
+            "--no-progress",
+            "--precision",
+            "fp32",
+            "--data-dir",
+            str(data_dir),
+        ]
+    )
     assert run(args) == 0
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith((".tmp", ".old"))]
     summary = json.loads((out / "pretrain_summary.json").read_text())
@@ -104,9 +124,26 @@ def test_short_pretraining_lowers_mlm_loss_and_fine_tuning_starts_from_it(tiny_m
 def test_nsp_and_whole_word_run_writes_a_pretraining_checkpoint(tiny_model_dir, data_dir, tmp_path):
     out = tmp_path / "nsp"
     args = parse(
-        ["--model", str(tiny_model_dir), "--task", "sts", "--output", str(out), "--max-steps", "4", "--nsp",
-         "--whole-word", "--batch-size", "8", "--eval-size", "50", "--no-progress", "--data-dir", str(data_dir)]
-    )  # fmt: skip
+        [
+            "--model",
+            str(tiny_model_dir),
+            "--task",
+            "sts",
+            "--output",
+            str(out),
+            "--max-steps",
+            "4",
+            "--nsp",
+            "--whole-word",
+            "--batch-size",
+            "8",
+            "--eval-size",
+            "50",
+            "--no-progress",
+            "--data-dir",
+            str(data_dir),
+        ]
+    )
     assert run(args) == 0
     assert json.loads((out / "config.json").read_text())["architectures"] == ["BertForPreTraining"]
     hf = transformers.BertForPreTraining.from_pretrained(out).eval()
@@ -132,10 +169,33 @@ def test_bad_arguments_are_config_errors(tiny_model_dir, tmp_path):
 def test_from_scratch_builds_a_random_deepnorm_model_from_the_edited_config(tiny_model_dir, data_dir, tmp_path):
     out = tmp_path / "scratch"
     args = parse(
-        ["--model", str(tiny_model_dir), "--task", "sts", "--output", str(out), "--max-steps", "3", "--from-scratch",
-         "--bert", "num_hidden_layers=3", "--bert", "deepnorm=true", "--bert", "hidden_dropout_prob=0.0",
-         "--batch-size", "8", "--eval-size", "50", "--no-progress", "--precision", "fp32", "--data-dir", str(data_dir)]
-    )  # fmt: skip
+        [
+            "--model",
+            str(tiny_model_dir),
+            "--task",
+            "sts",
+            "--output",
+            str(out),
+            "--max-steps",
+            "3",
+            "--from-scratch",
+            "--bert",
+            "num_hidden_layers=3",
+            "--bert",
+            "deepnorm=true",
+            "--bert",
+            "hidden_dropout_prob=0.0",
+            "--batch-size",
+            "8",
+            "--eval-size",
+            "50",
+            "--no-progress",
+            "--precision",
+            "fp32",
+            "--data-dir",
+            str(data_dir),
+        ]
+    )
     assert run(args) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["num_hidden_layers"] == 3 and cfg["deepnorm"] is True and cfg["hidden_dropout_prob"] == 0.0

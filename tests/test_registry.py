@@ -122,8 +122,23 @@ KINDS = {
     "pair_mode": (PAIR_MODES, ["bi", "cosine", "cross", "hybrid", "single"], "tasks.sst.pair_mode", "siamese"),
     "combiner": (
         COMBINERS,
-        ["cagrad", "dwa", "equal", "fixed", "generalised_mean", "gradnorm", "gradvac", "initial_loss", "mgda",
-         "normalised_gradients", "pcgrad", "primary", "realtime_loss", "sum", "uncertainty"],
+        [
+            "cagrad",
+            "dwa",
+            "equal",
+            "fixed",
+            "generalised_mean",
+            "gradnorm",
+            "gradvac",
+            "initial_loss",
+            "mgda",
+            "normalised_gradients",
+            "pcgrad",
+            "primary",
+            "realtime_loss",
+            "sum",
+            "uncertainty",
+        ],
         "train.combiner",
         "magic",
     ),
@@ -161,9 +176,7 @@ def test_the_table_covers_every_registry():
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_unknown_name_in_the_config_lists_the_known_names_and_names_the_field(
-    kind, tiny_model_dir, data_dir, tmp_path
-):
+def test_unknown_name_in_the_config_lists_the_known_names_and_names_the_field(kind, tiny_model_dir, data_dir, tmp_path):
     registry, known, field, bad = KINDS[kind]
     assert sorted(registry) == known
     listed = "known: " + ", ".join(f"'{n}'" for n in known)
@@ -194,8 +207,14 @@ def test_bad_keyword_in_the_config_names_the_field_and_the_keyword(kind, tiny_mo
 
 
 # Positional arguments each kind's entries are built with (the rest come from the config).
-BUILD_ARGS = {"loss": (), "schedule": (0,), "child_tuning": ([], None), "regularizer": (None,),
-              "combiner": (["sst"],), "sampler": ()}  # fmt: skip
+BUILD_ARGS = {
+    "loss": (),
+    "schedule": (0,),
+    "child_tuning": ([], None),
+    "regularizer": (None,),
+    "combiner": (["sst"],),
+    "sampler": (),
+}
 SCHEDULE_KWARGS = {"warmup": 0, "total": 1}  # given by get_schedule, not by the config
 
 

@@ -227,8 +227,7 @@ def execute(
     todo = [r for r in runs if not r.finished]
     for r in runs:
         if r.finished and (fields := stale_fields(r)):
-            echo(f"warning: {r.run_dir} is finished but was run with other values of {fields}; "
-                 f"delete it to rerun it")  # fmt: skip
+            echo(f"warning: {r.run_dir} is finished but was run with other values of {fields}; delete it to rerun it")
     echo(f"grid {grid.name}: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run")
     durations = [json.loads((r.run_dir / "summary.json").read_text())["train_seconds"] for r in runs if r.finished]
     fresh: list[float] = []
@@ -238,8 +237,10 @@ def execute(
             distributed.barrier()  # every rank has looked before rank 0 copies
             if main:
                 summary = reuse_run(src, r)
-                echo(f"[{runs.index(r) + 1}/{len(runs)}] {r.variant} seed {r.seed}: reused {src} "
-                     f"(the same config and seed), score {summary['best_score']:.4f}")  # fmt: skip
+                echo(
+                    f"[{runs.index(r) + 1}/{len(runs)}] {r.variant} seed {r.seed}: reused {src} "
+                    f"(the same config and seed), score {summary['best_score']:.4f}"
+                )
                 refresh_outputs(grid.output, r, echo, publish_to)
             distributed.barrier()
             todo.remove(r)
@@ -251,8 +252,10 @@ def execute(
         start = time.time()
         summary = run_one(r, isolate)
         fresh.append(time.time() - start)
-        echo(f"[{k}/{len(runs)}] {r.variant} seed {r.seed} done in {_fmt_duration(fresh[-1])}: "
-             f"score {summary['best_score']:.4f} at step {summary['best_step']}")  # fmt: skip
+        echo(
+            f"[{k}/{len(runs)}] {r.variant} seed {r.seed} done in {_fmt_duration(fresh[-1])}: "
+            f"score {summary['best_score']:.4f} at step {summary['best_step']}"
+        )
         if main:
             drop_resume_state(r.run_dir)
             refresh_outputs(grid.output, r, echo, publish_to)
@@ -263,31 +266,53 @@ def execute(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("grid", help="grid YAML (configs/ablations/*.yaml), or with --report-only a grid directory "
-                        "or a directory holding a committed report.json (docs/results/<grid>)")  # fmt: skip
+    parser.add_argument(
+        "grid",
+        help="grid YAML (configs/ablations/*.yaml), or with --report-only a grid directory "
+        "or a directory holding a committed report.json (docs/results/<grid>)",
+    )
     parser.add_argument("--variant", action="append", metavar="NAME", help="run only this variant (repeatable)")
     parser.add_argument("--seeds", nargs="+", type=int, metavar="K", help="these seeds instead of the grid's")
-    parser.add_argument("--report-only", action="store_true",
-                        help="redraw report.md, report.json and plots/ from the finished runs (or from report.json "
-                             "alone); trains nothing")  # fmt: skip
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="redraw report.md, report.json and plots/ from the finished runs (or from report.json "
+        "alone); trains nothing",
+    )
     parser.add_argument("--dry-run", action="store_true", help="validate every variant and show the plan; no training")
     parser.add_argument("--output", help="grid directory (default: the grid's output, else runs/ablations/<name>)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a field of every run, before the variants' overrides (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field of every run, before the variants' overrides (repeatable)",
+    )
     parser.add_argument("--data-dir", help="task data directory (same as --set data_dir=DIR)")
-    parser.add_argument("--publish", metavar="DIR",
-                        help="after each finished run (or with --report-only), copy grid.json, notes.md, cost.json "
-                             "and each finished run's summary.json, metrics.jsonl, config.yaml and train.log into DIR "
-                             "and write the report there (docs/results/<grid>); no checkpoints. Commit DIR as runs "
-                             "finish and a lost machine loses only the run in progress: --reuse DIR gets the "
-                             "rest back")  # fmt: skip
-    parser.add_argument("--reuse", action="append", type=Path, default=[], metavar="DIR",
-                        help="before training a run, look under DIR (e.g. runs/ablations, or another grid's directory) "
-                             "for a finished run with the same config and seed, and copy it instead (its summary "
-                             "says reused_from); repeatable")  # fmt: skip
-    parser.add_argument("--in-process", action="store_true",
-                        help="train in this process instead of one subprocess per run (peak memory is then "
-                             "the whole grid's)")  # fmt: skip
+    parser.add_argument(
+        "--publish",
+        metavar="DIR",
+        help="after each finished run (or with --report-only), copy grid.json, notes.md, cost.json "
+        "and each finished run's summary.json, metrics.jsonl, config.yaml and train.log into DIR "
+        "and write the report there (docs/results/<grid>); no checkpoints. Commit DIR as runs "
+        "finish and a lost machine loses only the run in progress: --reuse DIR gets the "
+        "rest back",
+    )
+    parser.add_argument(
+        "--reuse",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="before training a run, look under DIR (e.g. runs/ablations, or another grid's directory) "
+        "for a finished run with the same config and seed, and copy it instead (its summary "
+        "says reused_from); repeatable",
+    )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="train in this process instead of one subprocess per run (peak memory is then the whole grid's)",
+    )
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -303,8 +328,10 @@ def _command(args: argparse.Namespace) -> str:
 
 def print_plan(grid: Grid, runs: list[Run], echo: Callable[[str], None] = print) -> None:
     budget = ", ".join(f"{k}={v}" for k, v in grid.budget.items())
-    echo(f"grid {grid.name}: {len({r.variant for r in runs})} variant(s) x {len({r.seed for r in runs})} seed(s) "
-         f"= {len(runs)} runs, budget {budget}, baseline {grid.baseline} -> {grid.output}")  # fmt: skip
+    echo(
+        f"grid {grid.name}: {len({r.variant for r in runs})} variant(s) x {len({r.seed for r in runs})} seed(s) "
+        f"= {len(runs)} runs, budget {budget}, baseline {grid.baseline} -> {grid.output}"
+    )
     base = flatten(to_dict(run_config(grid, grid.baseline, runs[0].seed if runs else 0)))
     for v in dict.fromkeys(r.variant for r in runs):
         diff = config_diff(base, flatten(to_dict(next(r.config for r in runs if r.variant == v))), RUN_LABELS)
@@ -341,8 +368,9 @@ def run(args: argparse.Namespace) -> int:
         distributed.init(pick_device(runs[0].config.train.device) if runs else torch.device("cpu"))
     try:
         publish_to = Path(args.publish) if args.publish else None
-        execute(grid, runs, isolate=not args.in_process, command=_command(args), reuse=args.reuse,
-                publish_to=publish_to)  # fmt: skip
+        execute(
+            grid, runs, isolate=not args.in_process, command=_command(args), reuse=args.reuse, publish_to=publish_to
+        )
     except KeyboardInterrupt:
         print("\ninterrupted: finished runs are kept; rerun the same command to resume", file=sys.stderr)
         status = 130
@@ -359,8 +387,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m minbert.lab.ablate GRID.yaml ...`` (the same as ``minbert ablate``)."""
-    parser = argparse.ArgumentParser(prog="minbert ablate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="minbert ablate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:

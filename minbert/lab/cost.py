@@ -94,8 +94,14 @@ def grid_costs(results: dict[str, Any], baseline: str, bench: dict[str, Any] | N
                 continue
             extra = row["setup_s"] - base["setup_s"]
             counted = extra if extra > SETUP_SHOWN * base["run_s"] else 0.0
-            out[v] = Cost(train_s=row["run_s"], setup_s=counted, ratio=row["ratio"], ratio_se=row["ratio_se"],
-                          setup_ratio=counted / base["run_s"], source=SIDE_BY_SIDE)  # fmt: skip
+            out[v] = Cost(
+                train_s=row["run_s"],
+                setup_s=counted,
+                ratio=row["ratio"],
+                ratio_se=row["ratio_se"],
+                setup_ratio=counted / base["run_s"],
+                source=SIDE_BY_SIDE,
+            )
         return Costs(SIDE_BY_SIDE, bench, out)
     base_s = results[baseline]["cost"]["train_seconds"]["mean"] if results.get(baseline, {}).get("n") else None
     out = {}
@@ -109,6 +115,8 @@ def cost_source_text(costs: Costs) -> str:
     """Where a grid's times come from, in one sentence part (for a plot's axis and a report's caption)."""
     if costs.source == SIDE_BY_SIDE:
         b = costs.bench or {}
-        return (f"measured side by side (benchmarks/bench_grid_cost.py, {b.get('date')}, {b.get('threads')} "
-                f"thread(s), {b.get('precision')}, {b.get('clock')} clock)")  # fmt: skip
+        return (
+            f"measured side by side (benchmarks/bench_grid_cost.py, {b.get('date')}, {b.get('threads')} "
+            f"thread(s), {b.get('precision')}, {b.get('clock')} clock)"
+        )
     return "each run's own wall clock: runs trained one at a time, not side by side, possibly on different days"

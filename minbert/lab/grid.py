@@ -44,8 +44,18 @@ from minbert.config import (
 from minbert.training import build
 from minbert.training.checkpointing import write_text_atomically
 
-GRID_FIELDS = ("name", "description", "base", "base_config", "overrides", "budget", "seeds", "baseline", "variants",
-               "output")  # fmt: skip
+GRID_FIELDS = (
+    "name",
+    "description",
+    "base",
+    "base_config",
+    "overrides",
+    "budget",
+    "seeds",
+    "baseline",
+    "variants",
+    "output",
+)
 BUDGET_FIELDS = ("max_steps", "max_minutes")
 
 
@@ -146,8 +156,11 @@ def grid_from_dict(data: dict[str, Any], source: str | Path | None = None) -> Gr
     variants = {}
     for v, overrides in raw_variants.items():
         if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]*", v):
-            raise _fail(f"variants.{v}", "name must be a string of letters, digits, _ . + - (it becomes a directory; "
-                        "quote YAML's on / off / yes / no)")  # fmt: skip
+            raise _fail(
+                f"variants.{v}",
+                "name must be a string of letters, digits, _ . + - (it becomes a directory; "
+                "quote YAML's on / off / yes / no)",
+            )
         variants[v] = _as_overrides(overrides, f"variants.{v}")
     baseline = str(data.get("baseline", next(iter(variants))))
     if baseline not in variants:

@@ -155,10 +155,19 @@ class DefaultJob:
             raise ValueError(f"--default-job {name}: no grid {grid!r} with a variant {variant!r} among the reports")
         report = by_name[grid]
         runs = {int(s): r for s, r in report["runs"][variant].items()}
-        reused = {r["dir"]: r["reused_from"] for _, rep in reports for per_seed in rep["runs"].values()
-                  for r in per_seed.values() if r.get("reused_from")}  # fmt: skip
-        return cls(set(report["tasks"]), {s: r["best_score"] for s, r in runs.items()},
-                   {s: r["dir"] for s, r in runs.items()}, reused)  # fmt: skip
+        reused = {
+            r["dir"]: r["reused_from"]
+            for _, rep in reports
+            for per_seed in rep["runs"].values()
+            for r in per_seed.values()
+            if r.get("reused_from")
+        }
+        return cls(
+            set(report["tasks"]),
+            {s: r["best_score"] for s, r in runs.items()},
+            {s: r["dir"] for s, r in runs.items()},
+            reused,
+        )
 
     def relation(self, report: dict[str, Any]) -> str:
         """``"is"`` (the grid's baseline runs are the default job's, trained or reused), ``"other"``
@@ -248,12 +257,17 @@ def write_index(results_dir: str | Path, default_job: str | None = None) -> Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m minbert.lab.index", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m minbert.lab.index", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("results_dir", help="a directory of grid reports (<grid>/report.json) with a README.md")
-    parser.add_argument("--default-job", metavar="GRID/VARIANT", help="the default job's runs (e.g. "
-                        "lab-baseline/mean_full): the answers table also compares with them the variants of grids "
-                        "whose baseline is another config")  # fmt: skip
+    parser.add_argument(
+        "--default-job",
+        metavar="GRID/VARIANT",
+        help="the default job's runs (e.g. "
+        "lab-baseline/mean_full): the answers table also compares with them the variants of grids "
+        "whose baseline is another config",
+    )
     args = parser.parse_args(argv)
     try:
         print(f"index written to {write_index(args.results_dir, args.default_job)}")

@@ -13,8 +13,12 @@ from typing import Any
 
 from minbert.lab.cost import cost_source_text, grid_costs
 
-COST_HEADERS = {"train_seconds": "train time (s)", "examples_per_second": "examples/s",
-                "peak_memory_mb": "peak memory (MB)", "steps": "steps"}  # fmt: skip
+COST_HEADERS = {
+    "train_seconds": "train time (s)",
+    "examples_per_second": "examples/s",
+    "peak_memory_mb": "peak memory (MB)",
+    "steps": "steps",
+}
 NO_MATPLOTLIB = "(no plots: matplotlib is not installed)"
 
 
@@ -57,14 +61,18 @@ def header(s: dict[str, Any], meta: dict[str, str]) -> list[str]:
     lines.append(f"Command: `{s['command'] or 'minbert ablate ' + str(s['source'])}`  ")
     rec = s.get("records")
     if rec:
-        lines.append(f"Runs reported {rec['generated']} on {rec['machine']}; this report redrawn "
-                     f"{meta['generated']} on {meta['machine']} from the committed `{rec['file']}`, not from run "
-                     "directories.  ")  # fmt: skip
+        lines.append(
+            f"Runs reported {rec['generated']} on {rec['machine']}; this report redrawn "
+            f"{meta['generated']} on {meta['machine']} from the committed `{rec['file']}`, not from run "
+            "directories.  "
+        )
         if inferred := rec.get("inferred_evaluations"):
             every = set(inferred) >= {v for v in s["variants"] if res[v]["n"]}
             which = "each run" if every else f"each run of {_names(inferred)}"
-            lines.append(f"The record predates per-run evaluations: {which} was evaluated once, at its best step, so "
-                         "that evaluation is its `best_metrics`.  ")  # fmt: skip
+            lines.append(
+                f"The record predates per-run evaluations: {which} was evaluated once, at its best step, so "
+                "that evaluation is its `best_metrics`.  "
+            )
     else:
         lines.append(f"Generated {meta['generated']} on {meta['machine']}.  ")
     where = [
@@ -89,11 +97,14 @@ def curve_text(s: dict[str, Any], plots: dict[str, str | None] | None) -> list[s
     drawn, few, unknown = (s["curve_variants"][k] for k in ("drawn", "few", "unknown"))
     lines = []
     if drawn and plots and plots.get("curves"):
-        lines += [f"![learning curves](plots/{plots['curves']})", "",
-                  "Dev metric against optimizer steps: the mean over seeds (line) and the lowest to the highest "
-                  "seed (band), at every step that all of a variant's runs evaluated (a time budget stops seeds "
-                  "at slightly different steps; the points only some seeds reached are left out, and the tables "
-                  "above give each run's best checkpoint)."]  # fmt: skip
+        lines += [
+            f"![learning curves](plots/{plots['curves']})",
+            "",
+            "Dev metric against optimizer steps: the mean over seeds (line) and the lowest to the highest "
+            "seed (band), at every step that all of a variant's runs evaluated (a time budget stops seeds "
+            "at slightly different steps; the points only some seeds reached are left out, and the tables "
+            "above give each run's best checkpoint).",
+        ]
     elif drawn:
         lines.append(NO_MATPLOTLIB)
     if few:
@@ -105,11 +116,17 @@ def curve_text(s: dict[str, Any], plots: dict[str, str | None] | None) -> list[s
             why = f"{runs} was evaluated once (at step {at})"
         else:
             why = f"the runs of {_names(few)} share fewer than two evaluation steps"
-        lines.append(f"No learning curves drawn: {why}, so a curve would be a single point per variant; the "
-                     "tables above give that evaluation." if not drawn else f"Not drawn: {why}.")  # fmt: skip
+        lines.append(
+            f"No learning curves drawn: {why}, so a curve would be a single point per variant; the "
+            "tables above give that evaluation."
+            if not drawn
+            else f"Not drawn: {why}."
+        )
     if unknown:
-        lines.append(f"No curves for {_names(unknown)}: their runs' dev evaluations are not in the records this "
-                     "report was made from.")  # fmt: skip
+        lines.append(
+            f"No curves for {_names(unknown)}: their runs' dev evaluations are not in the records this "
+            "report was made from."
+        )
     return lines
 
 
@@ -117,15 +134,28 @@ def cost_bench_text(bench: dict[str, Any] | None) -> list[str]:
     """The side-by-side cost measurement (``cost.json``), when the grid has one."""
     if not bench:
         return []
-    lines = ["", "### Measured side by side", "",
-             f"`benchmarks/bench_grid_cost.py` ({bench['date']}, {bench['machine']}, {bench['threads']} thread(s), "
-             f"{bench['precision']}, {bench['clock']} clock): every variant built in one process and trained in "
-             f"turns, about {bench['steps']} sampled steps each, so that whatever else ran hit all alike. A run's "
-             "training time is predicted from its step plan; ± a standard error. Setup: model, data and one-off "
-             "work before the first step (Child-Tuning D's Fisher pass), which the train time above leaves out.",
-             ""]  # fmt: skip
-    rows = [[r["variant"], f"{r['step_s']:.3f} ± {r['step_s_se']:.3f}", str(r["run_steps"]), f"{r['run_s']:.0f}",
-             f"{r['ratio']:.2f}x ± {r['ratio_se']:.2f}", f"{r['setup_s']:.1f}"] for r in bench["rows"]]  # fmt: skip
+    lines = [
+        "",
+        "### Measured side by side",
+        "",
+        f"`benchmarks/bench_grid_cost.py` ({bench['date']}, {bench['machine']}, {bench['threads']} thread(s), "
+        f"{bench['precision']}, {bench['clock']} clock): every variant built in one process and trained in "
+        f"turns, about {bench['steps']} sampled steps each, so that whatever else ran hit all alike. A run's "
+        "training time is predicted from its step plan; ± a standard error. Setup: model, data and one-off "
+        "work before the first step (Child-Tuning D's Fisher pass), which the train time above leaves out.",
+        "",
+    ]
+    rows = [
+        [
+            r["variant"],
+            f"{r['step_s']:.3f} ± {r['step_s_se']:.3f}",
+            str(r["run_steps"]),
+            f"{r['run_s']:.0f}",
+            f"{r['ratio']:.2f}x ± {r['ratio_se']:.2f}",
+            f"{r['setup_s']:.1f}",
+        ]
+        for r in bench["rows"]
+    ]
     header_ = ["variant", "s / step", "steps", "train time (s)", f"vs {bench['baseline']}", "setup (s)"]
     return lines + table(header_, rows)
 
@@ -147,61 +177,99 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, str], plots: dict[s
     if plots is None:
         lines.append(NO_MATPLOTLIB)
     elif plots.get("effect"):
-        lines += [f"![effect against {s['baseline']}](plots/{plots['effect']})", "",
-                  "Each panel: variant minus baseline, paired by seed; the point is the mean difference, the bar "
-                  "its 95% paired t interval (blue: the interval excludes 0; grey: it includes 0; a hollow point: "
-                  "one pair, no interval). Variants are sorted by their difference in mean score, largest "
-                  "first."]  # fmt: skip
+        lines += [
+            f"![effect against {s['baseline']}](plots/{plots['effect']})",
+            "",
+            "Each panel: variant minus baseline, paired by seed; the point is the mean difference, the bar "
+            "its 95% paired t interval (blue: the interval excludes 0; grey: it includes 0; a hollow point: "
+            "one pair, no interval). Variants are sorted by their difference in mean score, largest "
+            "first.",
+        ]
     else:
         lines.append("(no differences to draw yet: no variant has a run with a seed the baseline also has)")
-    lines += ["", "## Dev results", "",
-              "The dev metrics of each run's best checkpoint (by mean score): mean ± sd over seeds.", ""]  # fmt: skip
+    lines += [
+        "",
+        "## Dev results",
+        "",
+        "The dev metrics of each run's best checkpoint (by mean score): mean ± sd over seeds.",
+        "",
+    ]
     rows = [
-        [name(v), str(res[v]["n"]), *(_mean_sd(res[v]["tasks"].get(t, {}).get(m, {})) for t, m in tasks.items()),
-         _mean_sd(res[v]["score"])]
+        [
+            name(v),
+            str(res[v]["n"]),
+            *(_mean_sd(res[v]["tasks"].get(t, {}).get(m, {})) for t, m in tasks.items()),
+            _mean_sd(res[v]["score"]),
+        ]
         for v in s["variants"]
-    ]  # fmt: skip
+    ]
     lines += table(["variant", "seeds", *cols], rows)
     lines += ["", f"## Difference against `{s['baseline']}`", ""]
-    lines += ["Variant minus baseline, paired by seed: mean [95% CI], a t interval on the per-seed differences; "
-              "in the effect plot's order.", ""]  # fmt: skip
+    lines += [
+        "Variant minus baseline, paired by seed: mean [95% CI], a t interval on the per-seed differences; "
+        "in the effect plot's order.",
+        "",
+    ]
     rows = [
-        [v, str((res[v]["delta"].get("score") or {}).get("n", 0)), *(_delta(res[v]["delta"].get(t)) for t in tasks),
-         _delta(res[v]["delta"].get("score"))]
+        [
+            v,
+            str((res[v]["delta"].get("score") or {}).get("n", 0)),
+            *(_delta(res[v]["delta"].get(t)) for t in tasks),
+            _delta(res[v]["delta"].get("score")),
+        ]
         for v in order
-    ]  # fmt: skip
+    ]
     lines += table(["variant", "pairs", *cols], rows)
-    lines += ["", "## Cost", "", "Each run's own records, means over seeds: its wall clock, taken when and beside "
-              "whatever it ran (runs train one at a time, often on different days), so two variants' times compare "
-              "only roughly; the side-by-side measurement below, where there is one, is the grid's cost. Train time "
-              "excludes dev evaluations. Peak memory: the training process's maximum resident set size (CPU) or "
-              "allocated memory (CUDA).", ""]  # fmt: skip
+    lines += [
+        "",
+        "## Cost",
+        "",
+        "Each run's own records, means over seeds: its wall clock, taken when and beside "
+        "whatever it ran (runs train one at a time, often on different days), so two variants' times compare "
+        "only roughly; the side-by-side measurement below, where there is one, is the grid's cost. Train time "
+        "excludes dev evaluations. Peak memory: the training process's maximum resident set size (CPU) or "
+        "allocated memory (CUDA).",
+        "",
+    ]
     rows = [[name(v), *(_f1(res[v]["cost"][f]) for f in COST_HEADERS)] for v in s["variants"]]
     lines += table(["variant", *COST_HEADERS.values()], rows)
     lines += cost_bench_text(meta.get("cost_bench"))
     if plots and plots.get("cost"):
         costs = grid_costs(res, s["baseline"], meta.get("cost_bench"))
-        lines += ["", f"![cost against effect](plots/{plots['cost']})", "",
-                  f"Each variant's cost per run (the axis starts at 0), {cost_source_text(costs)}, with one-off "
-                  "setup beyond the baseline's added where it exceeds 5% of the baseline's training time, against "
-                  "its mean-score difference with the 95% interval; the baseline sits at 0. Every marker is at its "
-                  "variant's cost; the labels right of the panel, joined to their markers, give each one's cost as "
-                  "a multiple of the baseline's."]  # fmt: skip
+        lines += [
+            "",
+            f"![cost against effect](plots/{plots['cost']})",
+            "",
+            f"Each variant's cost per run (the axis starts at 0), {cost_source_text(costs)}, with one-off "
+            "setup beyond the baseline's added where it exceeds 5% of the baseline's training time, against "
+            "its mean-score difference with the 95% interval; the baseline sits at 0. Every marker is at its "
+            "variant's cost; the labels right of the panel, joined to their markers, give each one's cost as "
+            "a multiple of the baseline's.",
+        ]
         if costs.missing:
-            lines.append(f"Not drawn: {_names(costs.missing)}, which the side-by-side measurement did not include "
-                         "(their runs' times were taken on other days and are not mixed in).")  # fmt: skip
+            lines.append(
+                f"Not drawn: {_names(costs.missing)}, which the side-by-side measurement did not include "
+                "(their runs' times were taken on other days and are not mixed in)."
+            )
     lines += ["", "## Learning curves", "", *curve_text(s, plots)]
     lines += ["", f"## Config differences against `{s['baseline']}`", ""]
     rows = [[v, f"`{k}`", f"`{a}`", f"`{b}`"] for v in order for k, (a, b) in res[v]["config_diff"].items()]
     lines += table(["variant", "field", "baseline", "variant"], rows)
     lines += ["", "## Runs", ""]
     rows = [
-        [v, seed, _f(r["best_score"]), str(r["best_step"]), str(r["steps"]),
-         "?" if r.get("evaluations") is None else str(len(r["evaluations"])), str(r["train_seconds"]),
-         f"`{r['dir']}`"]
+        [
+            v,
+            seed,
+            _f(r["best_score"]),
+            str(r["best_step"]),
+            str(r["steps"]),
+            "?" if r.get("evaluations") is None else str(len(r["evaluations"])),
+            str(r["train_seconds"]),
+            f"`{r['dir']}`",
+        ]
         for v, per_seed in s["runs"].items()
         for seed, r in per_seed.items()
-    ]  # fmt: skip
+    ]
     header_ = ["variant", "seed", "mean score", "best step", "steps", "dev evaluations", "train time (s)", "directory"]
     lines += table(header_, rows)
     return "\n".join(lines) + "\n"

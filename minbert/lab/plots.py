@@ -82,8 +82,16 @@ def effect_figure(summary: dict[str, Any]) -> tuple[Figure | None, dict[str, Any
         for v in order:
             d = res[v]["delta"].get(key)
             if d and _finite(d["mean"]):
-                points.append({"variant": v, "mean": d["mean"], "lo": d["lo"], "hi": d["hi"], "n": d["n"],
-                               "excludes_zero": excludes_zero(d)})  # fmt: skip
+                points.append(
+                    {
+                        "variant": v,
+                        "mean": d["mean"],
+                        "lo": d["lo"],
+                        "hi": d["hi"],
+                        "n": d["n"],
+                        "excludes_zero": excludes_zero(d),
+                    }
+                )
         data["panels"][key] = {"title": title, "points": points}
     if not any(p["points"] for p in data["panels"].values()):
         return None, data
@@ -111,10 +119,14 @@ def effect_figure(summary: dict[str, Any]) -> tuple[Figure | None, dict[str, Any
         ax.margins(x=0.15)
     axes[0][0].set_yticks(range(k), labels=list(reversed(order)), fontsize=10)
     axes[0][0].set_ylim(-0.6, k - 0.4)
-    fig.suptitle(f"{summary['name']}: variant − {summary['baseline']} (the baseline), paired by seed: "
-                 "mean and 95% t interval", fontsize=12)  # fmt: skip
-    handles = [Line2D([], [], color=EXCLUDES_ZERO, lw=3, marker="o", label="interval excludes 0"),
-               Line2D([], [], color=INCLUDES_ZERO, lw=3, marker="o", label="interval includes 0")]  # fmt: skip
+    fig.suptitle(
+        f"{summary['name']}: variant − {summary['baseline']} (the baseline), paired by seed: mean and 95% t interval",
+        fontsize=12,
+    )
+    handles = [
+        Line2D([], [], color=EXCLUDES_ZERO, lw=3, marker="o", label="interval excludes 0"),
+        Line2D([], [], color=INCLUDES_ZERO, lw=3, marker="o", label="interval includes 0"),
+    ]
     if hollow:
         handles.append(
             Line2D([], [], ls="none", marker="o", mfc="white", mec=INCLUDES_ZERO, label="one pair: no interval")
@@ -142,10 +154,18 @@ def curve_figure(summary: dict[str, Any]) -> tuple[Figure | None, dict[str, Any]
             colour, marker = style[v]
             steps = [p["step"] for p in points]
             label = f"{v} (baseline)" if v == summary["baseline"] else v
-            ax.fill_between(steps, [p["min"] for p in points], [p["max"] for p in points], color=colour, alpha=0.18,
-                            lw=0, gid=f"band:{v}")  # fmt: skip
-            ax.plot(steps, [p["mean"] for p in points], marker=marker, ms=4, color=colour, label=label,
-                    gid=f"curve:{v}")  # fmt: skip
+            ax.fill_between(
+                steps,
+                [p["min"] for p in points],
+                [p["max"] for p in points],
+                color=colour,
+                alpha=0.18,
+                lw=0,
+                gid=f"band:{v}",
+            )
+            ax.plot(
+                steps, [p["mean"] for p in points], marker=marker, ms=4, color=colour, label=label, gid=f"curve:{v}"
+            )
         ax.set_title(panel["title"], fontsize=11)
         ax.set_xlabel("optimizer step", fontsize=10)  # per panel: a figure-wide label collides with the legend
         ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
@@ -201,11 +221,25 @@ def cost_figure(summary: dict[str, Any], bench: dict[str, Any] | None = None) ->
         if cost is None:
             not_drawn.append(v)
             continue
-        points.append({"variant": v, "seconds": cost.seconds, "train_seconds": cost.train_s,
-                       "setup_seconds": cost.setup_s, "time": cost.text(), "mean": d["mean"], "lo": d["lo"],
-                       "hi": d["hi"]})  # fmt: skip
-    data = {"baseline": baseline, "source": costs.source, "x": f"seconds per run, {cost_source_text(costs)}",
-            "points": points, "not_drawn": not_drawn}  # fmt: skip
+        points.append(
+            {
+                "variant": v,
+                "seconds": cost.seconds,
+                "train_seconds": cost.train_s,
+                "setup_seconds": cost.setup_s,
+                "time": cost.text(),
+                "mean": d["mean"],
+                "lo": d["lo"],
+                "hi": d["hi"],
+            }
+        )
+    data = {
+        "baseline": baseline,
+        "source": costs.source,
+        "x": f"seconds per run, {cost_source_text(costs)}",
+        "points": points,
+        "not_drawn": not_drawn,
+    }
     if len(points) < 2:
         return None, data
     style = colours(summary)
@@ -216,8 +250,18 @@ def cost_figure(summary: dict[str, Any], bench: dict[str, Any] | None = None) ->
         colour, marker = style[v]
         if p["lo"] is not None:
             ax.vlines(p["seconds"], p["lo"], p["hi"], colors=colour, lw=2.5, alpha=0.6, gid=f"interval:{v}")
-        ax.plot([p["seconds"]], [p["mean"]], marker=marker, ms=8, ls="none", color=colour, alpha=0.8, mec="black",
-                mew=0.5, gid=f"point:{v}")  # fmt: skip
+        ax.plot(
+            [p["seconds"]],
+            [p["mean"]],
+            marker=marker,
+            ms=8,
+            ls="none",
+            color=colour,
+            alpha=0.8,
+            mec="black",
+            mew=0.5,
+            gid=f"point:{v}",
+        )
     ax.margins(y=0.1)
     ax.set_xlim(0, max(p["seconds"] for p in points) * 1.08)  # from 0: time differences at their true proportion
     ax.axhline(0, color="black", lw=0.9, zorder=0)
@@ -244,12 +288,29 @@ def label_column(fig: Figure, ax: Any, points: list[dict[str, Any]], style: dict
     for p in order:
         v = p["variant"]
         text = f"{v} (baseline): {p['seconds']:.0f} s" if v == baseline else f"{v}: {p['time']}"
-        labels.append(ax.annotate(
-            text, xy=(p["seconds"], p["mean"]), xycoords="data", xytext=(1.04, 0.5), textcoords="axes fraction",
-            va="center", ha="left", fontsize=9, annotation_clip=False, gid=f"label:{v}",
-            arrowprops={"arrowstyle": "-", "color": style[v][0], "lw": 0.8, "alpha": 0.7, "relpos": (0, 0.5),
-                        "shrinkA": 2, "shrinkB": 4},
-        ))  # fmt: skip
+        labels.append(
+            ax.annotate(
+                text,
+                xy=(p["seconds"], p["mean"]),
+                xycoords="data",
+                xytext=(1.04, 0.5),
+                textcoords="axes fraction",
+                va="center",
+                ha="left",
+                fontsize=9,
+                annotation_clip=False,
+                gid=f"label:{v}",
+                arrowprops={
+                    "arrowstyle": "-",
+                    "color": style[v][0],
+                    "lw": 0.8,
+                    "alpha": 0.7,
+                    "relpos": (0, 0.5),
+                    "shrinkA": 2,
+                    "shrinkB": 4,
+                },
+            )
+        )
     fig.draw_without_rendering()  # the layout makes room for the labels' width and fixes the panel
     fig.set_layout_engine("none")  # and stays so: the heights below are fractions of this panel
     gap = LABEL_GAP / (ax.get_window_extent().height / fig.dpi)

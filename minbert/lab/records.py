@@ -91,9 +91,12 @@ def from_grid_dir(grid_dir: Path) -> Records:
         return grid["configs"][v]
 
     info = {k: grid.get(k) for k in GRID_KEYS}
-    info.update(description=grid.get("description", ""), variants=variants,
-                primary_metrics=dict(grid.get("primary_metrics") or {}),
-                budget=effective_budget(grid, grid["baseline"]))  # fmt: skip
+    info.update(
+        description=grid.get("description", ""),
+        variants=variants,
+        primary_metrics=dict(grid.get("primary_metrics") or {}),
+        budget=effective_budget(grid, grid["baseline"]),
+    )
     return Records(info, runs, configs={v: resolved_config(v) for v in variants})
 
 
@@ -122,14 +125,15 @@ def from_report(path: Path) -> Records:
     for v in variants:
         per_seed = report["runs"].get(v, {})
         evaluations: list[list[dict] | None] = [
-            None if r.get("evaluations") is None else [{**e, "score": _nan(e.get("score")), "tasks": _nan(e["tasks"])}
-                                                       for e in r["evaluations"]]
+            None
+            if r.get("evaluations") is None
+            else [{**e, "score": _nan(e.get("score")), "tasks": _nan(e["tasks"])} for e in r["evaluations"]]
             for r in per_seed.values()
-        ]  # fmt: skip
+        ]
         runs[v] = {
             int(s): {"summary": _run_from_report(r), "dev": dev, "dir": r["dir"]}
             for (s, r), dev in zip(per_seed.items(), evaluations, strict=True)
-        }  # fmt: skip
+        }
     info = {k: report.get(k) for k in GRID_KEYS}
     info.update(variants=variants, primary_metrics=dict(report["tasks"]))
     previous = report.get("records") or {}

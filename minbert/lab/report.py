@@ -117,8 +117,16 @@ def learning_curve(runs: dict[int, dict], task: str | None, metric: str | None) 
     curve = []
     for step in shared:
         x = describe([v[step] for v in per_run])
-        curve.append({"step": step, "mean": x["mean"], "min": min(x["values"]), "max": max(x["values"]),
-                      "sd": x["std"], "n": x["n"]})  # fmt: skip
+        curve.append(
+            {
+                "step": step,
+                "mean": x["mean"],
+                "min": min(x["values"]),
+                "max": max(x["values"]),
+                "sd": x["std"],
+                "n": x["n"],
+            }
+        )
     return curve
 
 
@@ -247,8 +255,10 @@ def machine() -> str:
 
     from minbert.runtime.process import cpu_model
 
-    return (f"{platform.system()} {platform.machine()} ({cpu_model()}), {os.cpu_count()} CPU cores, "
-            f"torch {torch.__version__}, python {platform.python_version()}")  # fmt: skip
+    return (
+        f"{platform.system()} {platform.machine()} ({cpu_model()}), {os.cpu_count()} CPU cores, "
+        f"torch {torch.__version__}, python {platform.python_version()}"
+    )
 
 
 def _clean(x: Any) -> Any:

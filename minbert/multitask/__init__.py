@@ -21,8 +21,27 @@ def build_combiner(name: str, tasks: list[str], **kwargs) -> Combiner:
 
 
 __all__ = [
-    "CAGrad", "COMBINERS", "Combiner", "DWA", "Equal", "Fixed", "GeneralisedMean", "GradNorm", "GradVac",
-    "GradientSurgery", "InitialLoss", "LossWeighting", "MGDA", "NormalisedGradients", "PCGrad",
-    "PrimaryAuxiliary", "RealTimeLoss", "SAMPLERS", "TaskSampler", "Uncertainty",
-    "build_combiner", "build_sampler", "epoch_length",
-]  # fmt: skip
+    "CAGrad",
+    "COMBINERS",
+    "Combiner",
+    "DWA",
+    "Equal",
+    "Fixed",
+    "GeneralisedMean",
+    "GradNorm",
+    "GradVac",
+    "GradientSurgery",
+    "InitialLoss",
+    "LossWeighting",
+    "MGDA",
+    "NormalisedGradients",
+    "PCGrad",
+    "PrimaryAuxiliary",
+    "RealTimeLoss",
+    "SAMPLERS",
+    "TaskSampler",
+    "Uncertainty",
+    "build_combiner",
+    "build_sampler",
+    "epoch_length",
+]

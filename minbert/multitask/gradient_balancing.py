@@ -100,8 +100,9 @@ class GradNorm(GradientSurgery):
     ``initial_losses`` (``(K,)`` float64 buffers, NaN = not yet seen), saved with the combiner.
     """
 
-    def __init__(self, tasks: list[str], alpha: float = 1.5, lr: float = 0.025, seed: int = 0,
-                 retain_graph: bool = False):  # fmt: skip
+    def __init__(
+        self, tasks: list[str], alpha: float = 1.5, lr: float = 0.025, seed: int = 0, retain_graph: bool = False
+    ):
         super().__init__(tasks, seed=seed, retain_graph=retain_graph)
         if alpha < 0 or lr <= 0:
             raise ValueError(f"need alpha >= 0 and lr > 0, got {alpha}, {lr}")
@@ -206,8 +207,9 @@ class MGDA(GradientSurgery):
     like CAGrad's. Deterministic: ``seed`` is accepted only for a uniform interface.
     """
 
-    def __init__(self, tasks: list[str], max_iter: int = 1000, tol: float = 1e-10, seed: int = 0,
-                 retain_graph: bool = False):  # fmt: skip
+    def __init__(
+        self, tasks: list[str], max_iter: int = 1000, tol: float = 1e-10, seed: int = 0, retain_graph: bool = False
+    ):
         super().__init__(tasks, seed=seed, retain_graph=retain_graph)
         if max_iter < 1 or tol < 0:
             raise ValueError(f"need max_iter >= 1 and tol >= 0, got {max_iter}, {tol}")
@@ -230,8 +232,14 @@ class PrimaryAuxiliary(GradientSurgery):
     task (a sampler drew an auxiliary one) is the plain ``lam``-weighted sum.
     """
 
-    def __init__(self, tasks: list[str], primary: str | None = None, aux_weight: float = 1.0, seed: int = 0,
-                 retain_graph: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        tasks: list[str],
+        primary: str | None = None,
+        aux_weight: float = 1.0,
+        seed: int = 0,
+        retain_graph: bool = False,
+    ):
         super().__init__(tasks, seed=seed, retain_graph=retain_graph)
         self.primary = self.tasks[0] if primary is None else primary
         if self.primary not in self.tasks or aux_weight < 0:

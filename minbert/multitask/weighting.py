@@ -172,12 +172,16 @@ class DWA(LossWeighting):
 
     def idle_reason(self, epochs, calls):
         if self.window is None and epochs <= 2:
-            return (f"DWA weighs by the ratio of the last two epochs' mean losses, from the third epoch on; "
-                    f"this run has {epochs:g} epochs, so every weight stays 1; set train.combiner_kwargs.window "
-                    f"to weigh by windows of steps instead")  # fmt: skip
+            return (
+                f"DWA weighs by the ratio of the last two epochs' mean losses, from the third epoch on; "
+                f"this run has {epochs:g} epochs, so every weight stays 1; set train.combiner_kwargs.window "
+                f"to weigh by windows of steps instead"
+            )
         if self.window is not None and calls <= 2 * self.window:
-            return (f"DWA weighs once two windows of {self.window} batches are averaged; this run has {calls} "
-                    f"batches, so every weight stays 1; use a smaller train.combiner_kwargs.window")  # fmt: skip
+            return (
+                f"DWA weighs once two windows of {self.window} batches are averaged; this run has {calls} "
+                f"batches, so every weight stays 1; use a smaller train.combiner_kwargs.window"
+            )
         return None
 
     def current_weights(self) -> dict[str, float]:

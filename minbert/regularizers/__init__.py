@@ -41,6 +41,16 @@ def build_regularizer(name: str, model: nn.Module, **kwargs) -> Regularizer:
 
 
 __all__ = [
-    "DIVERGENCES", "KINDS", "LOSS_KINDS", "REGULARIZERS", "SMART", "PerturbedEncoder", "Regularizer",
-    "build_regularizer", "divergence", "project", "symmetric_kl", "symmetric_kl_bernoulli",
-]  # fmt: skip
+    "DIVERGENCES",
+    "KINDS",
+    "LOSS_KINDS",
+    "REGULARIZERS",
+    "SMART",
+    "PerturbedEncoder",
+    "Regularizer",
+    "build_regularizer",
+    "divergence",
+    "project",
+    "symmetric_kl",
+    "symmetric_kl_bernoulli",
+]

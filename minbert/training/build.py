@@ -272,8 +272,12 @@ def trained_sizes(model: MultitaskModel, tasks: dict[str, Task], frozen: bool) -
     tuned on dev) but never drawn, so no step is spent on it. Refuses a run where no task trains."""
     idle = [n for n in tasks if frozen and not model.task_parameters(n)]
     if idle:
-        log.warning("train.mode last-layer: %s %s no trainable parameters (a frozen encoder and a parameter-free "
-                    "head): evaluated, not trained", ", ".join(idle), "has" if len(idle) == 1 else "have")  # fmt: skip
+        log.warning(
+            "train.mode last-layer: %s %s no trainable parameters (a frozen encoder and a parameter-free "
+            "head): evaluated, not trained",
+            ", ".join(idle),
+            "has" if len(idle) == 1 else "have",
+        )
     sizes = {n: len(t.train) for n, t in tasks.items() if n not in idle}
     if not sizes:
         raise ConfigError(

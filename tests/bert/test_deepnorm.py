@@ -29,8 +29,14 @@ def test_alpha_and_beta_are_the_encoder_only_formulas():
 def test_init_is_xavier_normal_scaled_by_beta():
     torch.manual_seed(0)
     n = 6
-    cfg = BertConfig(vocab_size=100, hidden_size=256, num_hidden_layers=n, num_attention_heads=4,
-                     intermediate_size=1024, deepnorm=True)  # fmt: skip
+    cfg = BertConfig(
+        vocab_size=100,
+        hidden_size=256,
+        num_hidden_layers=n,
+        num_attention_heads=4,
+        intermediate_size=1024,
+        deepnorm=True,
+    )
     model = BertModel(cfg)
     beta = 48**-0.25
     xavier = {  # gain * sqrt(2 / (fan_in + fan_out))

@@ -29,9 +29,17 @@ transformers = pytest.importorskip("transformers")
 
 def test_the_api_is_exported_from_minbert_and_minbert_bert():
     names = [
-        "BertConfig", "BertModel", "BertOutput", "BertTokenizer", "CheckpointError", "LoadReport",
-        "from_pretrained", "load_pretrained", "save_pretrained", "resolve_model_dir",
-    ]  # fmt: skip
+        "BertConfig",
+        "BertModel",
+        "BertOutput",
+        "BertTokenizer",
+        "CheckpointError",
+        "LoadReport",
+        "from_pretrained",
+        "load_pretrained",
+        "save_pretrained",
+        "resolve_model_dir",
+    ]
     for name in names:
         assert getattr(minbert, name) is getattr(minbert.bert, name), name
     assert sorted(minbert.bert.__all__) == sorted(names)

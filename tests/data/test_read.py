@@ -163,8 +163,7 @@ def test_missing_header_column_is_fatal_even_in_skip_mode(tmp_path):
     with pytest.raises(DataError) as err:
         read_examples(SST, path, skip_bad=True)
     assert str(err.value) == (
-        f"{path}:1: missing column(s) 'sentence' needed by task 'sst'; "
-        "columns found: 'id', 'text', 'sentiment'"
+        f"{path}:1: missing column(s) 'sentence' needed by task 'sst'; columns found: 'id', 'text', 'sentiment'"
     )
 
 
@@ -204,9 +203,7 @@ def test_new_task_needs_only_a_yaml_entry(tmp_path, tok):
     )
     write(
         tmp_path,
-        "\tid\tpremise\thypothesis\tlabel\n"
-        "0\tn1\tA dog runs.\tAn animal moves.\t0\n"
-        "1\tn2\tIt rains.\tIt is dry.\t2\n",
+        "\tid\tpremise\thypothesis\tlabel\n0\tn1\tA dog runs.\tAn animal moves.\t0\n1\tn2\tIt rains.\tIt is dry.\t2\n",
         "nli-train.csv",
     )
     spec = get_task("nli", yaml_file)
@@ -223,11 +220,19 @@ def test_new_task_needs_only_a_yaml_entry(tmp_path, tok):
 
 # Row counts from ../shared/data/README.md (data rows, header excluded).
 REAL_FILES = {
-    ("sst", "train"): 7543, ("sst", "dev"): 1001, ("sst", "test"): 1101,
-    ("cfimdb", "train"): 1507, ("cfimdb", "dev"): 200, ("cfimdb", "test"): 245,
-    ("quora", "train"): 14215, ("quora", "dev"): 1999, ("quora", "test"): 4000,
-    ("sts", "train"): 5340, ("sts", "dev"): 700, ("sts", "test"): 863,
-}  # fmt: skip
+    ("sst", "train"): 7543,
+    ("sst", "dev"): 1001,
+    ("sst", "test"): 1101,
+    ("cfimdb", "train"): 1507,
+    ("cfimdb", "dev"): 200,
+    ("cfimdb", "test"): 245,
+    ("quora", "train"): 14215,
+    ("quora", "dev"): 1999,
+    ("quora", "test"): 4000,
+    ("sts", "train"): 5340,
+    ("sts", "dev"): 700,
+    ("sts", "test"): 863,
+}
 QUORA_BAD_LINES = [5378, 9547]  # found by grepping for empty label fields
 
 

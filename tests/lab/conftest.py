@@ -20,10 +20,15 @@ def grid_dir(tmp_path) -> Path:
         "solo": {"name": "g-solo", "tasks": {"sst": {"pooling": "max"}}, "train": {"seed": 0}},
     }
     grid = {
-        "name": "g", "command": "minbert ablate g.yaml", "baseline": "base", "budget": {"max_minutes": 5},
-        "seeds": [0, 1, 2], "variants": {v: {} for v in configs}, "configs": configs,
+        "name": "g",
+        "command": "minbert ablate g.yaml",
+        "baseline": "base",
+        "budget": {"max_minutes": 5},
+        "seeds": [0, 1, 2],
+        "variants": {v: {} for v in configs},
+        "configs": configs,
         "primary_metrics": {"sst": "accuracy", "sts": "pearson"},
-    }  # fmt: skip
+    }
     (g / "grid.json").write_text(json.dumps(grid))
     write_run(g / "base" / "seed0", BASELINE[0], 0.5, [(100, 0.6), (200, 0.7), (250, BASELINE[0])])
     write_run(g / "base" / "seed1", BASELINE[1], 0.6, [(100, 0.5), (200, 0.6), (230, BASELINE[1])])

@@ -56,10 +56,16 @@ def cli(*argv: str) -> int:
 def write_run(d: Path, score: float, sts: float, evals: list[tuple[int, float]], seconds: float = 10.0) -> None:
     d.mkdir(parents=True)
     records = [
-        {"step": s, "epoch": 0, "split": "dev", "score": v, "tasks": {"sst": {"accuracy": v, "macro_f1": v / 2},
-         "sts": {"pearson": 2 * v - 1, "spearman": 0.0}}, "elapsed_s": 1.0}
+        {
+            "step": s,
+            "epoch": 0,
+            "split": "dev",
+            "score": v,
+            "tasks": {"sst": {"accuracy": v, "macro_f1": v / 2}, "sts": {"pearson": 2 * v - 1, "spearman": 0.0}},
+            "elapsed_s": 1.0,
+        }
         for s, v in evals
-    ]  # fmt: skip
+    ]
     records.insert(1, {"step": 50, "epoch": 0, "split": "train", "loss": {"sst": 1.2, "sts": 0.5}, "lr": 1e-4})
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     summary = {

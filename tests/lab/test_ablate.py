@@ -71,8 +71,11 @@ def test_grid_report_numbers_equal_the_runs_files(tiny_model_dir, data_dir, tmp_
         assert [p["step"] for p in report["curves"]["sst"][v]] == [1, 2]
         for p in report["curves"]["sst"][v]:
             assert p["mean"] == pytest.approx((dev[0][p["step"]] + dev[1][p["step"]]) / 2, abs=1e-15)
-            assert (p["min"], p["max"], p["n"]) == (min(dev[0][p["step"]], dev[1][p["step"]]),
-                                                    max(dev[0][p["step"]], dev[1][p["step"]]), 2)  # fmt: skip
+            assert (p["min"], p["max"], p["n"]) == (
+                min(dev[0][p["step"]], dev[1][p["step"]]),
+                max(dev[0][p["step"]], dev[1][p["step"]]),
+                2,
+            )
     diffs = [
         report["results"]["mean"]["score"]["values"][i] - report["results"]["cls"]["score"]["values"][i] for i in (0, 1)
     ]
@@ -315,8 +318,20 @@ def test_publish_copies_the_records_and_the_report_rebuilds_from_them(tiny_model
     path = write_grid(tmp_path, tiny_grid(tiny_model_dir, data_dir, out))
     assert cli(str(path)) == 0
     (out / "notes.md").write_text("Beside it: a test suite, 12:00-12:08.\n")
-    (out / "cost.json").write_text(json.dumps({"date": "2026-12-03", "machine": "m", "threads": 1, "precision": "fp32",
-                                               "clock": "cpu", "steps": 8, "baseline": "cls", "rows": []}))
+    (out / "cost.json").write_text(
+        json.dumps(
+            {
+                "date": "2026-12-03",
+                "machine": "m",
+                "threads": 1,
+                "precision": "fp32",
+                "clock": "cpu",
+                "steps": 8,
+                "baseline": "cls",
+                "rows": [],
+            }
+        )
+    )
     assert cli(str(path), "--report-only", "--publish", str(dest)) == 0
     files = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file() and "plots" not in p.parts)
     runs = [f"{v}/seed{k}/{name}" for v in ("cls", "mean") for k in (0, 1) for name in PUBLISHED]
@@ -338,6 +353,7 @@ def test_publish_copies_the_records_and_the_report_rebuilds_from_them(tiny_model
     (dest / "report.md").unlink()
     assert cli(str(dest), "--report-only") == 0
     assert json.loads((dest / "report.json").read_text())["results"] == ours["results"]
+
     def undated(text: str) -> list[str]:
         return [line for line in text.splitlines() if not line.startswith("Generated ")]
 

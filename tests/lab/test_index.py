@@ -79,8 +79,12 @@ def test_answers_table_has_a_line_per_variant_with_each_tasks_difference(grid_di
     lines = readme.read_text().splitlines()
     table = lines[lines.index(ANSWERS_START) + 1 : lines.index(ANSWERS_END)]
     header = [c.strip() for c in table[0].strip("|").split("|")]
-    assert header[1:] == [f"{t} {m}" for t, m in alpha["tasks"].items()] + ["quora accuracy", "mean score",
-                                                                           "training time", "verdict"]  # fmt: skip
+    assert header[1:] == [f"{t} {m}" for t, m in alpha["tasks"].items()] + [
+        "quora accuracy",
+        "mean score",
+        "training time",
+        "verdict",
+    ]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
     assert [r[0] for r in rows] == [f"[g](alpha/report.md): `{v}` (vs `base`)" for v in alpha["effect_order"]] + [
         f"[b](beta/report.md): `{v}` (vs `base`)" for v in alpha["effect_order"]
@@ -103,13 +107,37 @@ def test_answers_table_has_a_line_per_variant_with_each_tasks_difference(grid_di
 
 def test_a_side_by_side_cost_measurement_is_reported_and_preferred_to_the_runs_times(grid_dir, tmp_path):
     bench = {
-        "benchmark": "grid_cost", "date": "2026-12-03", "machine": "AMD EPYC", "threads": 1, "precision": "bf16",
-        "clock": "cpu", "steps": 96, "baseline": "base",
-        "rows": [{"variant": "base", "step_s": 0.5, "step_s_se": 0.02, "run_steps": 100, "run_s": 50.0,
-                  "ratio": 1.0, "ratio_se": 0.0, "setup_s": 2.0},
-                 {"variant": "cls", "step_s": 0.6, "step_s_se": 0.03, "run_steps": 100, "run_s": 60.0,
-                  "ratio": 1.2, "ratio_se": 0.08, "setup_s": 310.5}],
-    }  # fmt: skip
+        "benchmark": "grid_cost",
+        "date": "2026-12-03",
+        "machine": "AMD EPYC",
+        "threads": 1,
+        "precision": "bf16",
+        "clock": "cpu",
+        "steps": 96,
+        "baseline": "base",
+        "rows": [
+            {
+                "variant": "base",
+                "step_s": 0.5,
+                "step_s_se": 0.02,
+                "run_steps": 100,
+                "run_s": 50.0,
+                "ratio": 1.0,
+                "ratio_se": 0.0,
+                "setup_s": 2.0,
+            },
+            {
+                "variant": "cls",
+                "step_s": 0.6,
+                "step_s_se": 0.03,
+                "run_steps": 100,
+                "run_s": 60.0,
+                "ratio": 1.2,
+                "ratio_se": 0.08,
+                "setup_s": 310.5,
+            },
+        ],
+    }
     (grid_dir / "cost.json").write_text(json.dumps(bench))
     report_md = write_report(grid_dir).read_text()
     assert "| cls | 0.600 ± 0.030 | 100 | 60 | 1.20x ± 0.08 | 310.5 |" in report_md
@@ -185,8 +213,10 @@ def test_answers_compare_a_weaker_baseline_with_the_default_job(grid_dir, tmp_pa
     mixed_cls = rows["[mixed](mixed/report.md): `cls` (vs `base`)"]
     assert mixed_cls[-3] == want
     assert f"(against the default job: {want}, no detectable effect (2 of 3 seeds))" in index["mixed"]
-    assert mixed_cls[-1] == ("no detectable effect (2 of 3 seeds) against `base`; against the default job: "
-                             "no detectable effect (2 of 3 seeds)")  # fmt: skip
+    assert mixed_cls[-1] == (
+        "no detectable effect (2 of 3 seeds) against `base`; against the default job: "
+        "no detectable effect (2 of 3 seeds)"
+    )
     # the default job's runs are the job's own: its seed 2 (no cls run there) is not paired
     assert mixed_cls[-3] != rows["[mixed](mixed/report.md): `solo` (vs `base`)"][-3]
     for name in ("g", "reuse", "again"):

@@ -165,7 +165,7 @@ def test_one_evaluation_per_run_draws_no_curves_and_says_why(tmp_path):
         "configs": {"a": {}, "b": {}},
         "primary_metrics": {"sst": "accuracy"},
     }
-    (g / "grid.json").write_text(json.dumps(grid))  # fmt: skip
+    (g / "grid.json").write_text(json.dumps(grid))
     for v, scores in (("a", (0.5, 0.6)), ("b", (0.55, 0.62))):
         for seed, score in enumerate(scores):
             write_run(g / v / f"seed{seed}", score, 2 * score - 1, [(120, score)])
@@ -174,8 +174,10 @@ def test_one_evaluation_per_run_draws_no_curves_and_says_why(tmp_path):
     assert curve_figure(summarize(g))[0] is None
     md = write_report(g).read_text()
     assert not (g / "plots" / "curves.png").exists() and (g / "plots" / "effect.png").is_file()
-    assert ("No learning curves drawn: every run was evaluated once (at step 120), so a curve would be a single "
-            "point per variant") in md  # fmt: skip
+    assert (
+        "No learning curves drawn: every run was evaluated once (at step 120), so a curve would be a single "
+        "point per variant"
+    ) in md
     assert json.loads((g / "report.json").read_text())["plots"]["curves"] is None
 
 
@@ -224,7 +226,10 @@ def test_cost_plot_draws_each_point_at_its_runs_time_without_a_side_by_side_meas
     # the labels name the source: a ratio of run times is marked so; by hand, cls: (20 + 30) / 2 / 10
     labels = labels_of(ax)
     assert {v: t.get_text() for v, t in labels.items()} == {
-        "base": "base (baseline): 10 s", "solo": "solo: 1.00x (run times)", "cls": "cls: 2.50x (run times)"}
+        "base": "base (baseline): 10 s",
+        "solo": "solo: 1.00x (run times)",
+        "cls": "cls: 2.50x (run times)",
+    }
     assert "not side by side" in ax.get_xlabel() and data["source"] == "run times"
     for v, t in labels.items():  # each leader line ends at its own point
         assert t.xy == (points[v].get_xdata()[0], points[v].get_ydata()[0])
@@ -238,10 +243,20 @@ def test_cost_plot_draws_each_point_at_its_runs_time_without_a_side_by_side_meas
 
 
 def test_cost_plot_takes_the_side_by_side_measurement_and_counts_setup_alike(grid_dir):
-    bench = {"benchmark": "grid_cost", "date": "2026-12-07", "machine": "x", "threads": 2, "precision": "bf16",
-             "clock": "wall", "steps": 96, "baseline": "base",
-             "rows": [{"variant": "base", "run_s": 50.0, "ratio": 1.0, "ratio_se": 0.0, "setup_s": 2.0},
-                      {"variant": "cls", "run_s": 60.0, "ratio": 1.2, "ratio_se": 0.08, "setup_s": 4.0}]}  # fmt: skip
+    bench = {
+        "benchmark": "grid_cost",
+        "date": "2026-12-07",
+        "machine": "x",
+        "threads": 2,
+        "precision": "bf16",
+        "clock": "wall",
+        "steps": 96,
+        "baseline": "base",
+        "rows": [
+            {"variant": "base", "run_s": 50.0, "ratio": 1.0, "ratio_se": 0.0, "setup_s": 2.0},
+            {"variant": "cls", "run_s": 60.0, "ratio": 1.2, "ratio_se": 0.08, "setup_s": 4.0},
+        ],
+    }
     fig, data = cost_figure(summarize(grid_dir), bench)
     (ax,) = fig.axes
     points = drawn(ax, "point")
@@ -291,7 +306,7 @@ def test_the_committed_reports_redraw_readably(path, tmp_path):
     points = drawn(ax, "point")
     assert set(points) == {p["variant"] for p in data["points"]} and len(points) >= 2
     for v, point in points.items():
-        (x, _), = drawn_xy(ax, point)
+        ((x, _),) = drawn_xy(ax, point)
         assert x == pytest.approx(costs.variants[v].seconds, rel=1e-9), v
         if bench is None:
             assert x == pytest.approx(summary["results"][v]["cost"]["train_seconds"]["mean"], rel=1e-9), v

@@ -33,8 +33,12 @@ def test_a_report_redraws_from_its_report_json_alone(grid_dir, tmp_path):
     redrawn = json.loads((copy / "report.json").read_text())
     assert {k: redrawn[k] for k in NUMBERS} == {k: original[k] for k in NUMBERS}
     assert redrawn["runs"] == original["runs"]  # every summary field and every dev evaluation
-    assert redrawn["records"] == {"file": "report.json", "generated": original["generated"],
-                                  "machine": original["machine"], "inferred_evaluations": []}  # fmt: skip
+    assert redrawn["records"] == {
+        "file": "report.json",
+        "generated": original["generated"],
+        "machine": original["machine"],
+        "inferred_evaluations": [],
+    }
     assert sorted(p.name for p in (copy / "plots").glob("*.png")) == ["cost.png", "curves.png", "effect.png"]
     # the Markdown differs only in the line saying where the numbers came from
     differing = set(md.splitlines()) ^ set(redrawn_md.splitlines())

@@ -81,15 +81,33 @@ def test_summarize_takes_its_numbers_from_the_runs(grid_dir):
     assert summarize(grid_dir)["results"]["cls"]["config_diff"] == {"tasks.sst.pooling": ["mean", "cls_raw"]}
     # curves: at the steps all of a variant's runs evaluated (base: 100 and 200, not 230 / 240 / 250)
     assert s["curves"]["sst"]["base"] == [
-        {"step": 100, "mean": pytest.approx((0.6 + 0.5 + 0.5) / 3), "min": 0.5, "max": 0.6,
-         "sd": pytest.approx(statistics.stdev([0.6, 0.5, 0.5])), "n": 3},
-        {"step": 200, "mean": pytest.approx((0.7 + 0.6 + 0.55) / 3), "min": 0.55, "max": 0.7,
-         "sd": pytest.approx(statistics.stdev([0.7, 0.6, 0.55])), "n": 3},
-    ]  # fmt: skip
+        {
+            "step": 100,
+            "mean": pytest.approx((0.6 + 0.5 + 0.5) / 3),
+            "min": 0.5,
+            "max": 0.6,
+            "sd": pytest.approx(statistics.stdev([0.6, 0.5, 0.5])),
+            "n": 3,
+        },
+        {
+            "step": 200,
+            "mean": pytest.approx((0.7 + 0.6 + 0.55) / 3),
+            "min": 0.55,
+            "max": 0.7,
+            "sd": pytest.approx(statistics.stdev([0.7, 0.6, 0.55])),
+            "n": 3,
+        },
+    ]
     assert s["curves"]["sts"]["cls"] == [
-        {"step": 100, "mean": pytest.approx(-0.3), "min": pytest.approx(-0.4), "max": pytest.approx(-0.2),
-         "sd": pytest.approx(statistics.stdev([-0.4, -0.2])), "n": 2}
-    ]  # fmt: skip
+        {
+            "step": 100,
+            "mean": pytest.approx(-0.3),
+            "min": pytest.approx(-0.4),
+            "max": pytest.approx(-0.2),
+            "sd": pytest.approx(statistics.stdev([-0.4, -0.2])),
+            "n": 2,
+        }
+    ]
     assert s["curves"]["score"]["solo"] == [{"step": 100, "mean": 0.4, "min": 0.4, "max": 0.4, "sd": None, "n": 1}]
     # the runs' own dev records are kept (report.json is then enough to redraw the report)
     assert [r["step"] for r in s["runs"]["base"]["1"]["evaluations"]] == [100, 200, 230]

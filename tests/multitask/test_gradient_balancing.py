@@ -22,8 +22,10 @@ def run(comb, grads: list[list[float]], values: list[float] | None = None) -> tu
     value values[i]. Returns (the logged weights, x.grad)."""
     x = nn.Parameter(torch.zeros(len(grads[0]), dtype=torch.float64))
     values = values or [1.0] * len(grads)
-    losses = {f"t{i}": (torch.tensor(g, dtype=torch.float64) * x).sum() + v
-              for i, (g, v) in enumerate(zip(grads, values, strict=True))}  # fmt: skip
+    losses = {
+        f"t{i}": (torch.tensor(g, dtype=torch.float64) * x).sum() + v
+        for i, (g, v) in enumerate(zip(grads, values, strict=True))
+    }
     w = comb.backward(losses, [x])
     return w, x.grad.tolist()
 
@@ -33,7 +35,8 @@ def tasks(k: int) -> list[str]:
 
 
 vec3 = st.lists(st.floats(-10, 10, allow_nan=False), min_size=3, max_size=3).filter(
-    lambda v: sum(x * x for x in v) > 1e-2)
+    lambda v: sum(x * x for x in v) > 1e-2
+)
 
 
 # ---------------------------------------------------------------- gradient normalisation
@@ -105,11 +108,16 @@ def test_gradnorm_equalises_gradient_norms_of_tasks_100x_apart():
     ratios = []  # |w_big g_big| / |w_small g_small| on the trunk, measured independently each step
     for _ in range(150):
         batch = {t: torch.randn(64, 4, generator=gen) for t in heads}
-        losses = {t: (100.0 if t == "big" else 1.0) * nn.functional.mse_loss(heads[t](torch.tanh(trunk(x))), x @ true_w)
-                  for t, x in batch.items()}  # fmt: skip
-        norms = {t: torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(trunk.parameters()),
-                                                                        retain_graph=True)]).norm()
-                 for t, loss in losses.items()}  # fmt: skip
+        losses = {
+            t: (100.0 if t == "big" else 1.0) * nn.functional.mse_loss(heads[t](torch.tanh(trunk(x))), x @ true_w)
+            for t, x in batch.items()
+        }
+        norms = {
+            t: torch.cat(
+                [g.flatten() for g in torch.autograd.grad(loss, list(trunk.parameters()), retain_graph=True)]
+            ).norm()
+            for t, loss in losses.items()
+        }
         opt.zero_grad()
         w = comb.backward(losses, list(trunk.parameters()))
         opt.step()
@@ -161,9 +169,15 @@ def qp_min_norm(g: np.ndarray) -> float:
     """|d|^2 of the min-norm point, by SLSQP on the simplex (an independent solver)."""
     m = g @ g.T
     k = len(g)
-    res = minimize(lambda a: a @ m @ a, np.full(k, 1 / k), jac=lambda a: 2 * m @ a, method="SLSQP",
-                   bounds=[(0, 1)] * k, constraints={"type": "eq", "fun": lambda a: a.sum() - 1},
-                   options={"ftol": 1e-15, "maxiter": 500})  # fmt: skip
+    res = minimize(
+        lambda a: a @ m @ a,
+        np.full(k, 1 / k),
+        jac=lambda a: 2 * m @ a,
+        method="SLSQP",
+        bounds=[(0, 1)] * k,
+        constraints={"type": "eq", "fun": lambda a: a.sum() - 1},
+        options={"ftol": 1e-15, "maxiter": 500},
+    )
     return float(res.fun)
 
 
@@ -203,8 +217,13 @@ def test_primary_auxiliary_hand_computed():
 def test_primary_auxiliary_without_the_primary_in_the_step_is_the_weighted_sum():
     comb = PrimaryAuxiliary(["p", "a", "b"], primary="p", aux_weight=0.5)
     x = nn.Parameter(torch.zeros(2, dtype=torch.float64))
-    comb.backward({"a": (torch.tensor([1.0, 0.0], dtype=torch.float64) * x).sum(),
-                   "b": (torch.tensor([-3.0, 1.0], dtype=torch.float64) * x).sum()}, [x])  # fmt: skip
+    comb.backward(
+        {
+            "a": (torch.tensor([1.0, 0.0], dtype=torch.float64) * x).sum(),
+            "b": (torch.tensor([-3.0, 1.0], dtype=torch.float64) * x).sum(),
+        },
+        [x],
+    )
     assert x.grad.tolist() == pytest.approx([-1.0, 0.5])
 
 

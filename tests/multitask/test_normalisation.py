@@ -125,8 +125,10 @@ def test_generalised_mean_limits():
     g_log = torch.tensor(step(build_combiner("realtime_loss", ["a", "b"]), [1.0, 2.0])[2])
     torch.testing.assert_close(g0, g_log * math.sqrt(30) / 2)
     # growing gamma leans on the worst task (a, L = 6); gamma = 200 is nearly the max, without overflow
-    ratios = [(lambda w: w["a"] / w["b"])(step(GeneralisedMean(["a", "b"], gamma=g), [1.0, 2.0])[0])
-              for g in (1.0, 2.0, 8.0, 200.0)]  # fmt: skip
+    ratios = [
+        (lambda w: w["a"] / w["b"])(step(GeneralisedMean(["a", "b"], gamma=g), [1.0, 2.0])[0])
+        for g in (1.0, 2.0, 8.0, 200.0)
+    ]
     assert ratios == sorted(ratios) and ratios[-1] > 1e10
     w, total, _ = step(GeneralisedMean(["a", "b"], gamma=200.0), [1.0, 2.0])
     assert total == pytest.approx(6 * 0.5 ** (1 / 200), rel=1e-9)  # (6^200 (1 + (5/6)^200) / 2)^(1/200)

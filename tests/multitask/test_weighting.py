@@ -56,8 +56,22 @@ def test_uncertainty_gradients_match_the_formula():
     assert "log_vars" in comb.state_dict()
 
 
-@pytest.mark.parametrize("name", ["sum", "uncertainty", "dwa", "pcgrad", "initial_loss", "realtime_loss",
-                                  "generalised_mean", "normalised_gradients", "gradnorm", "mgda", "primary"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "sum",
+        "uncertainty",
+        "dwa",
+        "pcgrad",
+        "initial_loss",
+        "realtime_loss",
+        "generalised_mean",
+        "normalised_gradients",
+        "gradnorm",
+        "mgda",
+        "primary",
+    ],
+)
 def test_the_loop_scale_multiplies_the_whole_objective(name):
     # The loop passes scale(t) = scaler_factor * t / grad_accum. Whatever the combiner, the
     # gradients must be `factor / accum` times those of the unscaled objective, so that unscaling
@@ -120,8 +134,9 @@ def test_dwa_weights_from_the_last_two_epochs():
     assert comb.current_weights() == pytest.approx(expected, abs=1e-6)
     x, losses = two_losses()
     assert comb.backward(losses, [x]) == pytest.approx(expected, abs=1e-6)
-    assert x.grad.tolist() == pytest.approx([expected["a"] * 2 + expected["b"] * 2,
-                                             expected["a"] * 2 + expected["b"] * 4], abs=1e-5)
+    assert x.grad.tolist() == pytest.approx(
+        [expected["a"] * 2 + expected["b"] * 2, expected["a"] * 2 + expected["b"] * 4], abs=1e-5
+    )
     comb.end_epoch({"a": 0.5, "b": 0.25})  # only the last two epochs count: r = [1, 0.25]
     w = comb.current_weights()
     assert w["a"] / w["b"] == pytest.approx(math.exp((1 - 0.25) / 2))
@@ -165,9 +180,22 @@ def test_dwa_says_when_a_run_is_too_short_for_it_to_weigh(window, epochs, per_ep
 
 def test_registry_names_and_errors():
     assert set(COMBINERS) == {
-        "sum", "equal", "fixed", "uncertainty", "dwa", "pcgrad", "gradvac", "cagrad", "initial_loss",
-        "realtime_loss", "generalised_mean", "normalised_gradients", "gradnorm", "mgda", "primary",
-    }  # fmt: skip
+        "sum",
+        "equal",
+        "fixed",
+        "uncertainty",
+        "dwa",
+        "pcgrad",
+        "gradvac",
+        "cagrad",
+        "initial_loss",
+        "realtime_loss",
+        "generalised_mean",
+        "normalised_gradients",
+        "gradnorm",
+        "mgda",
+        "primary",
+    }
     with pytest.raises(ValueError, match="nash_mtl"):
         build_combiner("nash_mtl", ["a"])
     with pytest.raises(ValueError, match="temp"):

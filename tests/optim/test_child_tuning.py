@@ -201,8 +201,10 @@ def test_d_random_mask_keeps_the_reserve_ratio_without_the_fisher(tiny_model):
     def no_fisher():
         raise AssertionError("the random mask must not run the Fisher pass")
 
-    masks = [build_child_tuning("D", 0.3, eligible, no_fisher, generator=torch.Generator().manual_seed(s),
-                                mask="random") for s in (0, 0, 1)]  # fmt: skip
+    masks = [
+        build_child_tuning("D", 0.3, eligible, no_fisher, generator=torch.Generator().manual_seed(s), mask="random")
+        for s in (0, 0, 1)
+    ]
     for ct in masks:
         assert sum(int(m.sum()) for m in ct.masks.values()) == round(0.3 * n)  # exactly the reserve ratio
     same, other = masks[0].state_dict(), masks[2].state_dict()

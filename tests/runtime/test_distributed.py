@@ -57,9 +57,17 @@ def config_dict(tiny_model_dir, data_dir, run_dir: Path, variant: str) -> dict:
         "run_dir": str(run_dir),
         "tasks": {"sst": dict(limits), "quora": {**limits, "pair_mode": "cosine", "loss": "cosent"}, "sts": limits},
         "optim": {"lr": 1e-3, "warmup": 0, "schedule": "constant", "grad_clip": 1.0},
-        "train": {"epochs": 2, "sampler": "proportional", "steps_per_epoch": "sum", "threads": 1,
-                  "progress": False, "eval_every": 4, "max_steps": 6, "precision": "fp32"},
-    }  # fmt: skip
+        "train": {
+            "epochs": 2,
+            "sampler": "proportional",
+            "steps_per_epoch": "sum",
+            "threads": 1,
+            "progress": False,
+            "eval_every": 4,
+            "max_steps": 6,
+            "precision": "fp32",
+        },
+    }
     for section, values in VARIANTS.get(variant, {}).items():
         cfg[section].update(values)
     return cfg
@@ -75,8 +83,15 @@ def torchrun(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={WORLD}",
-           "--master-addr=127.0.0.1", f"--master-port={free_port()}", *argv]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={WORLD}",
+        "--master-addr=127.0.0.1",
+        f"--master-port={free_port()}",
+        *argv,
+    ]
     return subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True, timeout=timeout)
 
 
@@ -85,10 +100,12 @@ def reference_weights(cfg) -> dict[str, torch.Tensor]:
     tr = setup(cfg)
     train = cfg.train
     shards = {
-        n: [make_loader(t.train.dataset, t.cfg.batch_size, shuffle=True, seed=train.seed, num_replicas=WORLD, rank=r)
-            for r in range(WORLD)]
+        n: [
+            make_loader(t.train.dataset, t.cfg.batch_size, shuffle=True, seed=train.seed, num_replicas=WORLD, rank=r)
+            for r in range(WORLD)
+        ]
         for n, t in tr.objective.tasks.items()
-    }  # fmt: skip
+    }
     iters = {n: [Forever(loader) for loader in ls] for n, ls in shards.items()}
     sizes = {n: len(ls[0]) for n, ls in shards.items()}  # batches per rank, as each rank counts them
     rng, accum, micro, step = random.Random(train.seed), cfg.optim.grad_accum, 0, 0
@@ -210,8 +227,19 @@ def test_sigterm_to_torchrun_saves_last_and_a_2_rank_resume_reproduces_the_unint
     whole = torchrun("-m", "minbert", "train", "--config", str(config("whole")))
     assert whole.returncode == 0, whole.stderr[-3000:]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={WORLD}", "--master-addr=127.0.0.1",
-           f"--master-port={free_port()}", "-m", "minbert", "train", "--config", str(config("cut"))]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={WORLD}",
+        "--master-addr=127.0.0.1",
+        f"--master-port={free_port()}",
+        "-m",
+        "minbert",
+        "train",
+        "--config",
+        str(config("cut")),
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     state = tmp_path / "cut" / "last" / "state.json"
     deadline = time.time() + 240
@@ -235,8 +263,13 @@ def test_sigterm_to_torchrun_saves_last_and_a_2_rank_resume_reproduces_the_unint
     b = load_file(str(tmp_path / "cut" / "last" / "state.safetensors"))
     for name in (n for n in a if n.startswith(("model.", "optimizer."))):
         torch.testing.assert_close(b[name], a[name], rtol=1e-6, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
-    records = [[{k: v for k, v in json.loads(line).items() if k != "elapsed_s"}  # (wall-clock time differs)
-                for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in ("cut", "whole")]
+    records = [
+        [
+            {k: v for k, v in json.loads(line).items() if k != "elapsed_s"}  # (wall-clock time differs)
+            for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        ]
+        for run in ("cut", "whole")
+    ]
     assert records[0] == records[1] and len(records[0]) >= 3
 
 

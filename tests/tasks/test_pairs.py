@@ -73,7 +73,6 @@ def test_each_pair_mode_reads_the_dataset_format_it_declares(tok, tiny_model_dir
     assert module(bert, batch.inputs).shape == shape
 
 
-
 # -- the pieces: pair features, stacked segments, the bi-encoder's single encoder call -----
 
 
@@ -89,8 +88,11 @@ def test_pair_features_hand_values():
 
 
 def test_stack_segments_right_pads_the_narrower_side_with_zeros():
-    a = {"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.tensor([[1, 1, 1]]),
-         "token_type_ids": torch.tensor([[0, 0, 0]])}  # fmt: skip
+    a = {
+        "input_ids": torch.tensor([[5, 6, 7]]),
+        "attention_mask": torch.tensor([[1, 1, 1]]),
+        "token_type_ids": torch.tensor([[0, 0, 0]]),
+    }
     b = {"input_ids": torch.tensor([[8]]), "attention_mask": torch.tensor([[1]]), "token_type_ids": torch.tensor([[1]])}
     both = stack_segments(a, b)
     assert both["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]

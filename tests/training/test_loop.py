@@ -74,8 +74,13 @@ def test_last_layer_mode_evaluates_a_task_with_nothing_to_train_and_never_draws_
 ):
     # quora as a cosine of the frozen encoder's sentence vectors has no parameters: it is scored on
     # dev (threshold tuned) but no step is spent on it; sst's head trains on every step
-    cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst", "quora"], train={"mode": "last-layer",
-                      "sampler": "proportional", "steps_per_epoch": "sum"})  # fmt: skip
+    cfg = tiny_config(
+        tiny_model_dir,
+        data_dir,
+        tmp_path,
+        ["sst", "quora"],
+        train={"mode": "last-layer", "sampler": "proportional", "steps_per_epoch": "sum"},
+    )
     cfg.tasks["quora"].pair_mode, cfg.tasks["quora"].loss = "cosine", "cosent"
     with caplog.at_level("WARNING", logger="minbert.training.build"):
         tr = setup(cfg)
@@ -137,8 +142,9 @@ def test_hybrid_multitask_run_trains_and_predicts(tiny_model_dir, data_dir, tmp_
 
 def test_grad_accumulation_and_eval_every(tiny_model_dir, data_dir, tmp_path):
     # 64 examples / batch 16 = 4 micro-batches per epoch, 2 epochs, 2 micro-batches per optimizer step
-    cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst"], optim={"grad_accum": 2},
-                      train={"epochs": 2, "eval_every": 3})
+    cfg = tiny_config(
+        tiny_model_dir, data_dir, tmp_path, ["sst"], optim={"grad_accum": 2}, train={"epochs": 2, "eval_every": 3}
+    )
     tr = setup(cfg)
     assert tr.total_steps == 4
     summary = fit(tr)
@@ -149,8 +155,9 @@ def test_grad_accumulation_and_eval_every(tiny_model_dir, data_dir, tmp_path):
 
 def test_early_stopping_stops_after_patience_evaluations(tiny_model_dir, data_dir, tmp_path):
     # lr 0: the model never changes, so the dev score never improves after the first evaluation
-    cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst"], optim={"lr": 1e-12},
-                      train={"epochs": 10, "early_stopping": 2})
+    cfg = tiny_config(
+        tiny_model_dir, data_dir, tmp_path, ["sst"], optim={"lr": 1e-12}, train={"epochs": 10, "early_stopping": 2}
+    )
     tr = setup(cfg)
     summary = fit(tr)
     assert [r["epoch"] for r in tr.keeper.history] == [0, 1, 2]  # best at 0, then 2 without improvement
@@ -168,8 +175,11 @@ def test_auto_precision_is_recorded_in_the_summary(tiny_model_dir, data_dir, tmp
 # ------------------------------------------------------------------ multitask: every sampler and combiner
 
 TASKS = ["sst", "quora", "sts"]
-SAMPLER_KWARGS = {"annealed": {"anneal_epochs": 2}, "annealed_linear": {"anneal_epochs": 2},
-                  "annealed_pals": {"num_epochs": 2}}  # fmt: skip
+SAMPLER_KWARGS = {
+    "annealed": {"anneal_epochs": 2},
+    "annealed_linear": {"anneal_epochs": 2},
+    "annealed_pals": {"num_epochs": 2},
+}
 COMBINER_KWARGS = {
     "fixed": {"weights": {"sst": 1.0, "quora": 0.5, "sts": 2.0}},
     "initial_loss": {"batches": 1, "initial": {"sst": 1.6094}},  # log 5 for the 5-class head, measured for the rest
@@ -220,8 +230,14 @@ def test_combiner_lr_lets_uncertainty_weights_move_toward_log_loss(tiny_model_di
     # move in a short run, with optim.combiner_lr they head for it: up where L_i > 1, down where L_i < 1.
     moved = {}
     for lr in (None, 0.05):
-        cfg = tiny_config(tiny_model_dir, data_dir, tmp_path / str(lr), TASKS, train={
-            "sampler": "mixed", "combiner": "uncertainty", "max_steps": 8}, optim={"lr": 1e-4, "combiner_lr": lr})
+        cfg = tiny_config(
+            tiny_model_dir,
+            data_dir,
+            tmp_path / str(lr),
+            TASKS,
+            train={"sampler": "mixed", "combiner": "uncertainty", "max_steps": 8},
+            optim={"lr": 1e-4, "combiner_lr": lr},
+        )
         cfg.tasks["sts"].pair_mode = "bi"
         tr = setup(cfg)
         assert [g["lr"] for g in tr.optimizer.param_groups if g.get("name") == "combiner"] == [lr or 1e-4]
@@ -233,23 +249,34 @@ def test_combiner_lr_lets_uncertainty_weights_move_toward_log_loss(tiny_model_di
     clear = {t: math.log(loss) for t, loss in losses.items() if abs(math.log(loss)) > 0.2}
     assert clear, losses
     assert all(moved[0.05][t] * log_loss > 0 and abs(moved[0.05][t]) > 0.1 for t, log_loss in clear.items()), (
-        moved, losses)
+        moved,
+        losses,
+    )
 
 
 def test_combiner_lr_for_a_combiner_without_learned_weights_is_a_config_error(tiny_model_dir, data_dir, tmp_path):
-    cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, TASKS, train={"sampler": "mixed", "combiner": "pcgrad"},
-                      optim={"combiner_lr": 0.01})  # fmt: skip
+    cfg = tiny_config(
+        tiny_model_dir,
+        data_dir,
+        tmp_path,
+        TASKS,
+        train={"sampler": "mixed", "combiner": "pcgrad"},
+        optim={"combiner_lr": 0.01},
+    )
     with pytest.raises(ConfigError, match=r"'optim.combiner_lr' is set but combiner 'pcgrad' learns no weights"):
         setup(cfg)
 
 
-@pytest.mark.parametrize("train, warned", [
-    ({"epochs": 2}, "this run has 2 epochs, so every weight stays 1"),
-    ({"epochs": 3}, None),
-    ({"epochs": 3, "max_steps": 5}, "this run has 1.25 epochs, so every weight stays 1"),  # 5 steps of 4 a epoch
-    ({"epochs": 1, "combiner_kwargs": {"window": 1}}, None),
-    ({"epochs": 1, "combiner_kwargs": {"window": 2}}, "this run has 4 batches, so every weight stays 1"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "train, warned",
+    [
+        ({"epochs": 2}, "this run has 2 epochs, so every weight stays 1"),
+        ({"epochs": 3}, None),
+        ({"epochs": 3, "max_steps": 5}, "this run has 1.25 epochs, so every weight stays 1"),  # 5 steps of 4 a epoch
+        ({"epochs": 1, "combiner_kwargs": {"window": 1}}, None),
+        ({"epochs": 1, "combiner_kwargs": {"window": 2}}, "this run has 4 batches, so every weight stays 1"),
+    ],
+)
 def test_setup_warns_when_dwa_cannot_weigh_in_the_run(train, warned, tiny_model_dir, data_dir, tmp_path, caplog):
     """DWA needs two epochs (or windows) of losses before it weighs; a run too short for that trains as
     summed losses, and setup says so. 64 examples of each task, batch 16, mixed: 4 steps an epoch."""
@@ -316,8 +343,11 @@ def test_skip_leaves_nan_batches_out_and_counts_them(tiny_model_dir, data_dir, t
     assert summary["skipped_nonfinite"] == 2 and summary["steps"] == tr.total_steps
     assert all_finite(tr.model.state_dict().values())
     assert all_finite(load_file(str(tmp_path / "run" / "last" / "state.safetensors")).values())
-    losses = [r["loss"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
-              if r["split"] == "train"]  # fmt: skip
+    losses = [
+        r["loss"]
+        for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+        if r["split"] == "train"
+    ]
     assert all(np.isfinite(v) for rec in losses for v in rec.values())
 
 

@@ -32,10 +32,30 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def pretrain_args(tiny_model_dir, data_dir, out: Path, *extra: str) -> list[str]:
     return [
-        "pretrain", "--model", str(tiny_model_dir), "--task", "sts", "--data-dir", str(data_dir),
-        "--output", str(out), "--batch-size", "8", "--max-length", "32", "--eval-size", "40", "--lr", "1e-3",
-        "--precision", "fp32", "--threads", "1", "--no-progress", *extra,
-    ]  # fmt: skip
+        "pretrain",
+        "--model",
+        str(tiny_model_dir),
+        "--task",
+        "sts",
+        "--data-dir",
+        str(data_dir),
+        "--output",
+        str(out),
+        "--batch-size",
+        "8",
+        "--max-length",
+        "32",
+        "--eval-size",
+        "40",
+        "--lr",
+        "1e-3",
+        "--precision",
+        "fp32",
+        "--threads",
+        "1",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def minbert(*argv: str) -> subprocess.Popen:
@@ -89,8 +109,9 @@ def test_a_nan_loss_stops_pretraining_or_is_skipped(tiny_model_dir, data_dir, tm
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     for rule in ("stop", "skip"):
-        argv = pretrain_args(tiny_model_dir, data_dir, tmp_path / rule, "--max-steps", "4", "--set",
-                             f"train.nonfinite={rule}")[1:]  # fmt: skip
+        argv = pretrain_args(
+            tiny_model_dir, data_dir, tmp_path / rule, "--max-steps", "4", "--set", f"train.nonfinite={rule}"
+        )[1:]
         tr = setup(config_from_args(parser.parse_args(argv)))
         net, calls = tr.net, []
 
@@ -152,8 +173,17 @@ def test_two_ranks_pretrain_what_one_process_computes_from_their_batches(tiny_mo
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={WORLD}", "--master-addr=127.0.0.1",
-           f"--master-port={free_port()}", "-m", "minbert", *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={WORLD}",
+        "--master-addr=127.0.0.1",
+        f"--master-port={free_port()}",
+        "-m",
+        "minbert",
+        *args,
+    ]
     done = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp-run" / "summary.json").read_text())

@@ -114,9 +114,16 @@ def write_config(path: Path, tiny_model_dir, data_dir, run_dir: Path, variant: s
         "run_dir": str(run_dir),
         "tasks": {"sst": dict(limits), "quora": {**limits, "pair_mode": "cosine", "loss": "cosent"}, "sts": limits},
         "optim": {"lr": 1e-3, "warmup": 0.1},
-        "train": {"epochs": 3, "sampler": "proportional", "steps_per_epoch": "sum", "threads": 1,
-                  "progress": False, "checkpoint_every": 1, "eval_every": 5},
-    }  # fmt: skip
+        "train": {
+            "epochs": 3,
+            "sampler": "proportional",
+            "steps_per_epoch": "sum",
+            "threads": 1,
+            "progress": False,
+            "checkpoint_every": 1,
+            "eval_every": 5,
+        },
+    }
     for section, values in VARIANTS[variant].items():
         cfg[section].update(values)
     path.write_text(yaml.safe_dump(cfg))
@@ -125,8 +132,15 @@ def write_config(path: Path, tiny_model_dir, data_dir, run_dir: Path, variant: s
 
 def minbert(*argv: str, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "minbert", *argv], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "minbert", *argv],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kw,
+    )
 
 
 def finish(proc: subprocess.Popen) -> tuple[int, str]:
@@ -299,8 +313,15 @@ def test_a_signal_to_the_process_group_with_dataloader_workers(reference, tiny_m
 def crash(point: str, n: int, *argv: str, **kw) -> subprocess.Popen:
     """``minbert *argv`` that SIGKILLs itself the n-th time it passes ``point`` (tests/crash.py)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "tests.crash", point, str(n), *argv], cwd=ROOT, env=env,
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.crash", point, str(n), *argv],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kw,
+    )
 
 
 def saved(directory: Path) -> tuple[int, int]:
