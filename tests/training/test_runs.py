@@ -47,7 +47,7 @@ def test_checkpoint_round_trip_restores_outputs_thresholds_and_fields(tiny_run, 
     with torch.no_grad():
         model.tasks["sst"].head.out.bias.fill_(0.5)  # a hand value no initialisation gives
     thresholds = {"sst": None, "quora": 0.37}
-    save_run_checkpoint(run_dir / "best", model, tiny_run.tokenizer, thresholds, extra={"step": 7})
+    save_run_checkpoint(run_dir / "best", model, tiny_run.objective.tokenizer, thresholds, extra={"step": 7})
     # replaced whole: nothing of the swap is left beside best/
     assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith("best")) == ["best"]
     assert json.loads((run_dir / "best" / "meta.json").read_text()) == {"step": 7, "thresholds": thresholds}
@@ -63,7 +63,7 @@ def test_checkpoint_round_trip_restores_outputs_thresholds_and_fields(tiny_run, 
     assert run.tokenizer(["hello world"])["input_ids"].tolist() == [[CLS, HELLO, WORLD, SEP]]
     assert torch.equal(run.model.tasks["sst"].head.out.bias, torch.full((5,), 0.5))
     with torch.no_grad():
-        for name, task in tiny_run.tasks.items():
+        for name, task in tiny_run.objective.tasks.items():
             batch = next(iter(task.dev))
             expected = model(name, batch.inputs)
             assert torch.equal(run.model(name, batch.inputs), expected), name
