@@ -25,7 +25,18 @@ def entry(**overrides) -> dict:
 
 
 def test_builtin_yaml_ships_inside_the_package():
-    assert BUILTIN_YAML.parent.name == "minbert" and BUILTIN_YAML.is_file()
+    """The specs file lies in the package and a package-data pattern of pyproject.toml covers it,
+    so an installed (non-editable) minbert has it too."""
+    import fnmatch
+
+    import tomllib
+
+    package = Path(__file__).resolve().parents[2] / "minbert"
+    assert BUILTIN_YAML.is_file() and BUILTIN_YAML.resolve().is_relative_to(package)
+    rel = BUILTIN_YAML.resolve().relative_to(package).as_posix()
+    pyproject = tomllib.loads((package.parent / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["minbert"]
+    assert any(fnmatch.fnmatch(rel, p) for p in patterns), (rel, patterns)
 
 
 def test_builtin_specs_match_the_cs224n_files():
