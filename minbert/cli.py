@@ -1,7 +1,7 @@
 """``minbert`` command line: train | eval | predict | run | similarity | export | ablate | pretrain.
 
-This module only parses and dispatches; the work is done in ``train``, ``predict``, ``runs``,
-``lab.ablate`` and ``pretrain``. Errors a user can fix (a bad config field, a missing file, a
+This module only parses and dispatches; the work is done in ``train``, ``predict``,
+``similarity``, ``runs``, ``lab.ablate`` and ``pretrain``. Errors a user can fix (a bad config field, a missing file, a
 malformed data row) print one line naming the problem and exit with status 2, without a traceback.
 """
 
@@ -307,7 +307,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_similarity(args) -> int:
-    from minbert.predict import zero_shot_similarity
+    from minbert.similarity import zero_shot_similarity
 
     print(zero_shot_similarity(args.model, args.data_dir, args.pooling))
     return 0

@@ -1,5 +1,5 @@
-"""Using a trained run: its outputs on any examples, prediction files, the zero-shot check, and
-the shell's sentence inputs (``--text``, JSON lines) for ``minbert.Predictor``.
+"""Using a trained run: its outputs on any examples, prediction files, and the shell's sentence
+inputs (``--text``, JSON lines) for ``minbert.Predictor``.
 
 >>> run = load_run("runs/multitask")
 >>> predict_file(run, "sst", "data/ids-sst-test-student.csv", "predictions/sst-test-output.csv")
@@ -13,19 +13,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
-import numpy as np
-import torch
-from tqdm.auto import tqdm
-
-from minbert.bert import BertTokenizer, from_pretrained
-from minbert.config import ConfigError, resolve_data_dir
+from minbert.config import ConfigError
 from minbert.data import DataError, Example, read_examples
 from minbert.evaluate import TaskOutputs, collect_outputs, write_predictions
-from minbert.metrics import pearson, spearman
-from minbert.pooling import pool
 from minbert.runs import LoadedRun
 from minbert.runtime import autocast_for
-from minbert.tasks import TaskSpec, get_task, load_task_specs
+from minbert.tasks import TaskSpec, load_task_specs
 
 log = logging.getLogger(__name__)
 
@@ -51,31 +44,6 @@ def predict_file(run: LoadedRun, task: str, input_path: str | Path, output_path:
     examples, _ = read_examples(t.spec, input_path, labeled=False)
     write_predictions(output_path, t.spec, task_outputs(run, task, examples), t.threshold)
     return len(examples)
-
-
-@torch.no_grad()
-def zero_shot_similarity(model_dir: str | None, data_dir: str | None, pooling: str = "mean") -> str:
-    """STS dev Pearson / Spearman of cos(u, v) from a pretrained encoder, without any training."""
-    spec = get_task("sts")
-    path = spec.path("dev", resolve_data_dir(data_dir))
-    examples, _ = read_examples(spec, path)
-    model = from_pretrained(model_dir).eval()
-    tok = BertTokenizer.from_pretrained(model_dir)
-    cos = []
-    for i in tqdm(range(0, len(examples), 64), desc="encoding STS dev"):
-        chunk = examples[i : i + 64]
-        vecs = []
-        for side in (0, 1):
-            b = tok([e.texts[side] for e in chunk])
-            out = model(**b)
-            vecs.append(pool(pooling, out.last_hidden_state, b["attention_mask"], out.pooler_output))
-        cos.append(torch.nn.functional.cosine_similarity(*vecs).numpy())
-    scores = np.concatenate(cos)
-    gold = np.array([e.label for e in examples])
-    return (
-        f"{model!r} on {path} ({len(examples)} pairs), {pooling} pooling + cosine:\n"
-        f"  Pearson {pearson(scores, gold):.4f}  Spearman {spearman(scores, gold):.4f}"
-    )
 
 
 # -- sentences from the shell: --text and JSON lines --------------------------------------

@@ -158,3 +158,10 @@ def test_predict_warns_when_the_input_is_another_task_s_file(tiny_run, data_dir,
     with caplog.at_level("WARNING"):
         assert cli(argv) == 0
     assert "is a file of task cfimdb, not of sst" in caplog.text
+
+
+def test_similarity_prints_the_zero_shot_correlations(tiny_model_dir, data_dir, capsys):
+    assert cli(["similarity", "--model", str(tiny_model_dir), "--data-dir", str(data_dir)]) == 0
+    out = capsys.readouterr().out
+    correlations = r"Pearson -?[01]\.\d{4}  Spearman -?[01]\.\d{4}"
+    assert re.search(r"\(700 pairs\), mean pooling \+ cosine:\n  " + correlations, out), out
