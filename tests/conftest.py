@@ -50,7 +50,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def tiny_run(tiny_model_dir, data_dir, tmp_path_factory):
     """A finished tiny run: sst and quora, two steps on the CPU in fp32 (the ``Trainer`` after ``fit``).
 
-    Shared by the tests that read a run back (``load_run``, ``predict_file``): treat it as read-only,
+    Shared by the tests that read a run back (``load_run``, ``Predictor``): treat it as read-only,
     copy ``tiny_run.run_dir`` or ``tiny_run.model`` before changing them.
     """
     from minbert.train import fit, setup
