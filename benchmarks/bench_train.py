@@ -60,8 +60,10 @@ def main() -> None:
             for name, value in metrics.items():
                 if name == "threshold":
                     continue
-                print(f"{r['config']:32s} {task:8s} {name:>10s} {value:7.4f} "
-                      f"{r['train_seconds'] / 60:9.1f} {r['examples_per_second']:7.1f}")
+                print(
+                    f"{r['config']:32s} {task:8s} {name:>10s} {value:7.4f} "
+                    f"{r['train_seconds'] / 60:9.1f} {r['examples_per_second']:7.1f}"
+                )
 
 
 if __name__ == "__main__":

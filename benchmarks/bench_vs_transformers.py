@@ -119,11 +119,15 @@ def model_level(args, texts: list[str], out: dict) -> None:
         peak = roofline(DTYPES[precision])
         out["roofline_gflops"][precision] = round(max(out["roofline_gflops"][precision], peak), 1)
         jobs = {
-            "train_step": {"minbert": lambda a=autocast: train_step(ours.train(), opt_ours, a),
-                           "transformers": lambda a=autocast: train_step(theirs.train(), opt_theirs, a)},
-            "inference": {"minbert": lambda a=autocast: infer(ours.eval(), a),
-                          "transformers": lambda a=autocast: infer(theirs.eval(), a)},
-        }  # fmt: skip
+            "train_step": {
+                "minbert": lambda a=autocast: train_step(ours.train(), opt_ours, a),
+                "transformers": lambda a=autocast: train_step(theirs.train(), opt_theirs, a),
+            },
+            "inference": {
+                "minbert": lambda a=autocast: infer(ours.eval(), a),
+                "transformers": lambda a=autocast: infer(theirs.eval(), a),
+            },
+        }
         for what, fns in jobs.items():
             times = {name: [] for name in fns}
             for fn in fns.values():
@@ -140,13 +144,19 @@ def model_level(args, texts: list[str], out: dict) -> None:
             B, T = b["input_ids"].shape
             flops = encoder_flops(ours.config, B * T, T) * (3 if what == "train_step" else 1)
             rec = {f"{n}_ms": round(1e3 * s, 1) for n, s in med.items()}
-            rec |= {"ratio": round(med["transformers"] / med["minbert"], 3), "batch": [B, T],
-                    "minbert_roofline_pct": round(100 * flops / med["minbert"] / 1e9 / peak, 1),
-                    "transformers_roofline_pct": round(100 * flops / med["transformers"] / 1e9 / peak, 1)}  # fmt: skip
+            rec |= {
+                "ratio": round(med["transformers"] / med["minbert"], 3),
+                "batch": [B, T],
+                "minbert_roofline_pct": round(100 * flops / med["minbert"] / 1e9 / peak, 1),
+                "transformers_roofline_pct": round(100 * flops / med["transformers"] / 1e9 / peak, 1),
+            }
             out["model_level"][f"{what}/{precision}"] = rec
-            print(f"  {what:10s} {precision}: minbert {rec['minbert_ms']:7.1f} ms  transformers "
-                  f"{rec['transformers_ms']:7.1f} ms  ratio {rec['ratio']:.2f}x  (roofline: minbert "
-                  f"{rec['minbert_roofline_pct']}%, transformers {rec['transformers_roofline_pct']}%)", flush=True)
+            print(
+                f"  {what:10s} {precision}: minbert {rec['minbert_ms']:7.1f} ms  transformers "
+                f"{rec['transformers_ms']:7.1f} ms  ratio {rec['ratio']:.2f}x  (roofline: minbert "
+                f"{rec['minbert_roofline_pct']}%, transformers {rec['transformers_roofline_pct']}%)",
+                flush=True,
+            )
 
 
 def finetune(args, precision: str, workdir: Path, out: dict) -> None:
@@ -169,28 +179,37 @@ def finetune(args, precision: str, workdir: Path, out: dict) -> None:
         ours.append(time.perf_counter() - t0)
         loop.append(summary["train_seconds"])
         acc[0] = summary["best_metrics"]["sst"]["accuracy"]
-        print(f"  minbert      {precision}: {ours[-1]:7.1f} s (setup, training, dev eval, checkpoints; the loop alone "
-              f"{loop[-1]:.1f} s), dev accuracy {acc[0]:.4f}", flush=True)  # fmt: skip
+        print(
+            f"  minbert      {precision}: {ours[-1]:7.1f} s (setup, training, dev eval, checkpoints; the loop alone "
+            f"{loop[-1]:.1f} s), dev accuracy {acc[0]:.4f}",
+            flush=True,
+        )
 
     def transformers_side(k: int) -> None:
         seconds, acc[1] = hf_finetune_sst(resolve_data_dir(None), precision, args.sst_examples, dev_limit)
         theirs.append(seconds)
-        print(f"  transformers {precision}: {seconds:7.1f} s (loading, training, dev eval), dev accuracy {acc[1]:.4f}",
-              flush=True)  # fmt: skip
+        print(
+            f"  transformers {precision}: {seconds:7.1f} s (loading, training, dev eval), dev accuracy {acc[1]:.4f}",
+            flush=True,
+        )
 
     acc = [0.0, 0.0]
     for k in range(args.finetune_rounds):
         for side in (minbert_side, transformers_side) if k % 2 == 0 else (transformers_side, minbert_side):
             side(k)
     ratio = statistics.median(theirs) / statistics.median(ours)
-    out["finetune"][precision] = {"minbert_s": round(statistics.median(ours), 1),
-                                  "minbert_dev_accuracy": round(acc[0], 4),
-                                  "transformers_s": round(statistics.median(theirs), 1),
-                                  "transformers_dev_accuracy": round(acc[1], 4), "ratio": round(ratio, 3),
-                                  "rounds": args.finetune_rounds, "minbert_all_s": [round(t, 1) for t in ours],
-                                  "transformers_all_s": [round(t, 1) for t in theirs],
-                                  "minbert_train_seconds": round(statistics.median(loop), 1),  # the loop alone
-                                  "train_examples": args.sst_examples or "all"}  # fmt: skip
+    out["finetune"][precision] = {
+        "minbert_s": round(statistics.median(ours), 1),
+        "minbert_dev_accuracy": round(acc[0], 4),
+        "transformers_s": round(statistics.median(theirs), 1),
+        "transformers_dev_accuracy": round(acc[1], 4),
+        "ratio": round(ratio, 3),
+        "rounds": args.finetune_rounds,
+        "minbert_all_s": [round(t, 1) for t in ours],
+        "transformers_all_s": [round(t, 1) for t in theirs],
+        "minbert_train_seconds": round(statistics.median(loop), 1),  # the loop alone
+        "train_examples": args.sst_examples or "all",
+    }
     print(f"  ratio transformers / minbert (medians of {args.finetune_rounds}): {ratio:.2f}x", flush=True)
 
 
@@ -209,7 +228,7 @@ def prediction(args, precision: str, workdir: Path, out: dict) -> None:
         times = {"minbert": [], "transformers": []}
         results = {}
         for r in range(args.predict_rounds):
-            for name in (["minbert", "transformers"] if r % 2 == 0 else ["transformers", "minbert"]):
+            for name in ["minbert", "transformers"] if r % 2 == 0 else ["transformers", "minbert"]:
                 t0 = time.perf_counter()
                 if name == "minbert":
                     scores = predictor.predict(task, pairs)
@@ -221,12 +240,19 @@ def prediction(args, precision: str, workdir: Path, out: dict) -> None:
         diff = max(abs(a - b) for a, b in zip(results["minbert"], results["transformers"], strict=True))
         ratio = med["transformers"] / med["minbert"]
         out["predict"][f"{task}/{precision}"] = {
-            "pairs": len(pairs), "distinct_sentences": distinct, "minbert_s": round(med["minbert"], 2),
-            "transformers_s": round(med["transformers"], 2), "ratio": round(ratio, 3), "max_abs_diff": diff,
-        }  # fmt: skip
-        print(f"  {task:6s} {precision}: {len(pairs)} pairs ({distinct} distinct sentences of {2 * len(pairs)}): "
-              f"minbert {med['minbert']:6.2f} s  transformers {med['transformers']:6.2f} s  ratio {ratio:.2f}x  "
-              f"(max |difference| {diff:.2g})", flush=True)
+            "pairs": len(pairs),
+            "distinct_sentences": distinct,
+            "minbert_s": round(med["minbert"], 2),
+            "transformers_s": round(med["transformers"], 2),
+            "ratio": round(ratio, 3),
+            "max_abs_diff": diff,
+        }
+        print(
+            f"  {task:6s} {precision}: {len(pairs)} pairs ({distinct} distinct sentences of {2 * len(pairs)}): "
+            f"minbert {med['minbert']:6.2f} s  transformers {med['transformers']:6.2f} s  ratio {ratio:.2f}x  "
+            f"(max |difference| {diff:.2g})",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -256,16 +282,29 @@ def main() -> None:
         torch.set_num_threads(args.threads)  # minbert's runs leave train.threads unset: they inherit it
     torch.manual_seed(0)
 
-    out = {"date": datetime.date.today().isoformat(), "benchmark": "bench_vs_transformers",
-           "command": " ".join(["python", *sys.argv]), "machine": machine(), "threads": torch.get_num_threads(),
-           "transformers": transformers.__version__, "quick": args.quick, "beside_start": beside(),
-           "roofline_gflops": {}, "model_level": {}, "finetune": {}, "predict": {}}  # fmt: skip
+    out = {
+        "date": datetime.date.today().isoformat(),
+        "benchmark": "bench_vs_transformers",
+        "command": " ".join(["python", *sys.argv]),
+        "machine": machine(),
+        "threads": torch.get_num_threads(),
+        "transformers": transformers.__version__,
+        "quick": args.quick,
+        "beside_start": beside(),
+        "roofline_gflops": {},
+        "model_level": {},
+        "finetune": {},
+        "predict": {},
+    }
     print(f"machine: {out['machine']}, {out['threads']} threads, transformers {transformers.__version__}")
     print(f"beside: {out['beside_start']['uptime']}")
     for precision, dtype in DTYPES.items():
         out["roofline_gflops"][precision] = round(roofline(dtype), 1)
-    print(f"matmul roofline (1024^3): fp32 {out['roofline_gflops']['fp32']} GFLOP/s, "
-          f"bf16 {out['roofline_gflops']['bf16']} GFLOP/s", flush=True)
+    print(
+        f"matmul roofline (1024^3): fp32 {out['roofline_gflops']['fp32']} GFLOP/s, "
+        f"bf16 {out['roofline_gflops']['bf16']} GFLOP/s",
+        flush=True,
+    )
     spec = get_task("sst")
     texts = [e.texts[0] for e in read_examples(spec, resolve_data_dir(None) / spec.files["train"], limit=128)[0]]
     with tempfile.TemporaryDirectory() as tmp:
@@ -281,8 +320,10 @@ def main() -> None:
             prediction(args, precision, Path(tmp), out)
     out["beside_end"] = beside()
     out["roofline_gflops_end"] = {p: round(roofline(dtype), 1) for p, dtype in DTYPES.items()}
-    print(f"matmul roofline at the end: {out['roofline_gflops_end']} GFLOP/s (the record's roofline_gflops: "
-          "the best of the start and the model-level sections)")
+    print(
+        f"matmul roofline at the end: {out['roofline_gflops_end']} GFLOP/s (the record's roofline_gflops: "
+        "the best of the start and the model-level sections)"
+    )
     print(f"beside at the end: {out['beside_end']['uptime']}")
     if args.out:
         with open(args.out, "a") as f:

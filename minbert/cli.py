@@ -1,8 +1,9 @@
 """``minbert`` command line: train | eval | predict | run | similarity | export | ablate | pretrain.
 
-This module only parses and dispatches; the work is done in ``train``, ``predict``, ``runs``,
-``lab.ablate`` and ``pretrain``. Errors a user can fix (a bad config field, a missing file, a
-malformed data row) print one line naming the problem and exit with status 2, without a traceback.
+This module only parses and dispatches; the work is done in ``train``, ``predictor``,
+``similarity``, ``runs``, ``export``, ``lab.ablate`` and ``pretrain``. Errors a user can fix (a
+bad config field, a missing file, a malformed data row) print one line naming the problem and
+exit with status 2, without a traceback.
 """
 
 from __future__ import annotations
@@ -208,17 +209,18 @@ def resume_run(args) -> int:
 
 def cmd_eval(args) -> int:
     from minbert.data import read_examples
-    from minbert.evaluate import compute_metrics, mean_score
-    from minbert.predict import task_outputs
+    from minbert.predictor import Predictor
+    from minbert.tasks.evaluation import compute_metrics, mean_score
     from minbert.training.checkpointing import write_text_atomically
     from minbert.training.runs import load_run
 
     run = load_run(args.run, args.data_dir)
+    predictor = Predictor(run, precision=None)  # the run's train.precision, as its dev evaluation
     results = {}
     for name, t in run.tasks.items():
         path = t.spec.path(args.split, run.cfg.resolved_data_dir())
         examples, _ = read_examples(t.spec, path, labeled=True, skip_bad=t.cfg.skip_bad)
-        results[name] = compute_metrics(t.spec, task_outputs(run, name, examples), t.threshold)
+        results[name] = compute_metrics(t.spec, predictor.outputs_for(name, examples), t.threshold)
         print(f"{name:8s} {args.split}: " + "  ".join(f"{k}={v:.4f}" for k, v in results[name].items()))
     score = mean_score({n: t.spec for n, t in run.tasks.items()}, results)
     print(f"mean score: {score:.4f}")
@@ -230,7 +232,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from minbert.predict import predict_file
+    from minbert.predictor import Predictor
     from minbert.training.runs import load_run
 
     if (args.input is None) == (args.text is None):
@@ -245,20 +247,15 @@ def cmd_predict(args) -> int:
         raise ConfigError(f"--output {args.output} is the --input file: it would be overwritten")
     if Path(args.output).exists() and not args.overwrite:
         raise ConfigError(f"--output {args.output} exists; pass --overwrite to replace it")
-    run = load_run(args.run)
-    if args.precision:
-        from minbert.runtime.process import resolve_precision
-
-        run.cfg.train.precision = resolve_precision(args.precision, run.device)
-    n = predict_file(run, args.task, args.input, args.output)
+    predictor = Predictor(load_run(args.run), precision=args.precision)  # default (None): the run's train.precision
+    n = predictor.predict_file(args.task, args.input, args.output)
     print(f"wrote {n} predictions to {args.output}")
     return 0
 
 
 def predict_sentences(args) -> int:
     """``--text`` / ``--input -``: JSON lines on stdout through ``minbert.Predictor``."""
-    from minbert.predict import jsonl_inputs, text_inputs, write_jsonl_predictions
-    from minbert.predictor import Predictor, check_task
+    from minbert.predictor import Predictor, check_task, jsonl_inputs, text_inputs, write_jsonl_predictions
 
     if args.output is not None:
         raise ConfigError("--text and --input - write JSON lines to stdout: drop --output (redirect instead)")
@@ -279,7 +276,7 @@ def predict_sentences(args) -> int:
 
 def cmd_run(args) -> int:
     """The main job: train the default multitask config, predict the test files, print a table."""
-    from minbert.predict import predict_file
+    from minbert.predictor import Predictor
     from minbert.runtime.process import is_main_process
     from minbert.training import fit, setup
     from minbert.training.runs import load_run
@@ -294,12 +291,13 @@ def cmd_run(args) -> int:
     summary = fit(tr)
     if not is_main_process():  # under torchrun, rank 0 predicts and reports
         return 0
-    run = load_run(tr.run_dir, cfg.data_dir)
+    predictor = Predictor(load_run(tr.run_dir, cfg.data_dir), precision=None)  # the run's train.precision
+    run = predictor.run
     print(f"\nbest checkpoint: step {summary['best_step']}, trained {summary['train_seconds'] / 60:.1f} min")
     print(f"{'task':8s} {'dev metric':>12s} {'value':>8s}   predictions")
     for name, t in run.tasks.items():
         out = Path(args.predictions_dir) / f"{name}-test-output.csv"
-        predict_file(run, name, t.spec.path("test", cfg.resolved_data_dir()), out)
+        predictor.predict_file(name, t.spec.path("test", cfg.resolved_data_dir()), out)
         value = summary["best_metrics"][name][t.spec.primary_metric]
         print(f"{name:8s} {t.spec.primary_metric:>12s} {value:8.4f}   {out}")
     print(f"{'mean':8s} {'score':>12s} {summary['best_score']:8.4f}")
@@ -307,7 +305,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_similarity(args) -> int:
-    from minbert.predict import zero_shot_similarity
+    from minbert.similarity import zero_shot_similarity
 
     print(zero_shot_similarity(args.model, args.data_dir, args.pooling))
     return 0
@@ -347,9 +345,7 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
-    )
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     from minbert.data import DataError
     from minbert.runtime import distributed
     from minbert.runtime.process import Interrupted, NonFiniteError, is_main_process

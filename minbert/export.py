@@ -62,8 +62,10 @@ def export(run: LoadedRun, output: str | Path, fmt: str = "hf", task: str | None
         pooling = run.model.tasks[name].pooling
         return f"sentence-transformers model of task {name} ({pooling} pooling{norm}) written to {output}"
     if task is None:
-        _write(output, lambda d: write_hf_dir(d, run.model.bert.state_dict(), run.model.bert.config.to_hf_dict(),
-                                              run.tokenizer))  # fmt: skip
+        _write(
+            output,
+            lambda d: write_hf_dir(d, run.model.bert.state_dict(), run.model.bert.config.to_hf_dict(), run.tokenizer),
+        )
         return f"encoder written to {output} (Hugging Face BertModel)"
     t = check_task(run, task)
     state, config = sequence_classifier(run, t)
@@ -146,8 +148,12 @@ def write_sentence_transformers(run: LoadedRun, task: str, directory: Path) -> N
     _json(directory / "1_Pooling" / "config.json", pool_cfg)
     if pooling == "cls":  # BERT's pooler tanh(W h_[CLS] + b) is a sentence-transformers Dense with a Tanh
         d = directory / f"{len(modules)}_Dense"
-        dense = {"in_features": hidden, "out_features": hidden, "bias": True,
-                 "activation_function": "torch.nn.modules.activation.Tanh"}  # fmt: skip
+        dense = {
+            "in_features": hidden,
+            "out_features": hidden,
+            "bias": True,
+            "activation_function": "torch.nn.modules.activation.Tanh",
+        }
         sd = {"linear.weight": bert.pooler.dense.weight, "linear.bias": bert.pooler.dense.bias}
         write_hf_dir(d, sd, dense)  # model.safetensors and config.json, the Dense module's layout
         modules.append((d.name, "sentence_transformers.models.Dense"))
@@ -155,13 +161,19 @@ def write_sentence_transformers(run: LoadedRun, task: str, directory: Path) -> N
         d = directory / f"{len(modules)}_Normalize"
         d.mkdir()
         modules.append((d.name, "sentence_transformers.models.Normalize"))
-    _json(directory / "modules.json", [
-        {"idx": i, "name": str(i), "path": path, "type": kind} for i, (path, kind) in enumerate(modules)
-    ])  # fmt: skip
-    _json(directory / "config_sentence_transformers.json", {
-        "__version__": {"pytorch": torch.__version__.split("+")[0]},
-        "prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine",
-    })  # fmt: skip
+    _json(
+        directory / "modules.json",
+        [{"idx": i, "name": str(i), "path": path, "type": kind} for i, (path, kind) in enumerate(modules)],
+    )
+    _json(
+        directory / "config_sentence_transformers.json",
+        {
+            "__version__": {"pytorch": torch.__version__.split("+")[0]},
+            "prompts": {},
+            "default_prompt_name": None,
+            "similarity_fn_name": "cosine",
+        },
+    )
 
 
 def _json(path: Path, obj) -> None:

@@ -1,4 +1,4 @@
-"""``minbert.Predictor``: a trained run's predictions on your own sentences, from Python.
+"""``minbert.Predictor``: a trained run's predictions, from Python, the shell and prediction files.
 
 >>> p = Predictor.from_run("runs/multitask")            # precision "auto": bf16 where the CPU has it
 >>> p.sentiment(["a gorgeous, witty film", "a dull mess"])
@@ -9,39 +9,49 @@
 [ScorePrediction(score=4.62, cosine=0.95)]
 >>> p.embed(["a sentence", "another one"])             # (2, H) float32 numpy array
 >>> p.predict("sts", pairs)                             # any task the run trained
+>>> p.predict_file("sst", "data/ids-sst-test-student.csv", "predictions/sst-test-output.csv")
 
-How the work is done, per call:
+One engine behind every prediction: ``predict`` (Python, ``minbert predict --text`` and JSON
+lines), ``predict_file`` (``minbert predict --input FILE``, ``minbert run``'s test files) and
+``outputs_for`` (``minbert eval``) all run the task's own evaluation batches through
+:func:`minbert.tasks.evaluation.collect_outputs`, the loop training's dev validation uses:
 
-- inputs of any order and length are tokenized once, sorted by length and cut into batches of
-  ``batch_size`` (little padding), and the results are put back in input order;
-- a pair mode's output is computed by parts (``minbert.tasks.pairs``): the joint part (a sentence, or a
-  cross-encoded ``[CLS] a [SEP] b [SEP]``) for every example, and the sentence vectors u, v of
-  bi-encoder / cosine / hybrid modes from **each distinct sentence encoded once** (a Quora test
-  file repeats questions). A cross-encoder reads both sentences at once, so nothing is shared
-  between its pairs and each pair is encoded (twice with ``symmetric_eval``: (a, b) and (b, a));
-- everything runs under ``torch.inference_mode`` and the chosen precision's autocast.
+- the inputs are read in the task's input format (``Task.eval_loader``: tokenized once, sorted by
+  length, cut into batches of ``batch_size``; with ``symmetric_eval`` each pair also as (b, a));
+- per batch the task module computes its parts (the joint segment's part, the sentence vectors
+  u, v of the stacked pair, ``minbert.tasks.pairs``) and its output from them, bitwise what the model's
+  forward computes on that batch, and cos(u, v) on the side where the mode compares by cosine;
+- results are put back in input order, the views of a pair averaged.
 
-The predictions are those of ``minbert predict``'s CSV path (``minbert.predict.task_outputs``),
-computed with fewer encoder calls: ``tests/test_predictor.py`` checks both.
+The encoder is not padding-invariant (a sentence padded to another length moves by 1e-7 to 3e-6
+in fp32, 2e-3 to 1e-2 in bf16), so batching decides the last digits: the same batches as
+training's evaluation give the same predictions, whichever way in. ``embed`` encodes each
+distinct sentence once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from minbert.config import ConfigError
-from minbert.data import EncodedDataset, Example, make_loader
-from minbert.evaluate import decide
+from minbert.data import DataError, EncodedDataset, Example, make_loader, read_examples
 from minbert.runtime.process import autocast_for, resolve_precision
-from minbert.tasks.pairs import PairMode, encode_and_pool
+from minbert.tasks import TaskSpec, load_task_specs
+from minbert.tasks.evaluation import TaskOutputs, collect_outputs, decide, write_predictions
+from minbert.tasks.pairs import encode_and_pool
 from minbert.training.build import Task
 from minbert.training.runs import LoadedRun, load_run
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -116,8 +126,9 @@ def check_task(run: LoadedRun, task: str) -> Task:
     return run.tasks[task]
 
 
-def as_inputs(task: Task, inputs: Sequence) -> list[tuple[str, ...]]:
-    """Strings (single-sentence tasks) or (a, b) pairs (pair tasks) -> tuples of texts, checked."""
+def as_examples(task: Task, inputs: Sequence) -> list[Example]:
+    """Strings (single-sentence tasks) or (a, b) pairs (pair tasks) -> unlabeled examples, checked;
+    the id of each is its position."""
     n = 2 if task.spec.is_pair else 1
     if isinstance(inputs, str):
         raise ValueError(f"task {task.name} takes a list of inputs; wrap a single one in a list: [{inputs!r}]")
@@ -127,30 +138,41 @@ def as_inputs(task: Task, inputs: Sequence) -> list[tuple[str, ...]]:
         if len(texts) != n or not all(isinstance(t, str) for t in texts):
             what = "a (sentence1, sentence2) pair of strings" if n == 2 else "a string"
             raise ValueError(f"task {task.name} takes {what} per input; input {i} is {x!r}")
-        out.append(texts)
+        out.append(Example(str(i), texts, None, i))
     return out
 
 
 class Predictor:
     """A trained run's model for prediction: see the module docstring.
 
-    ``precision``: ``"auto"`` (bf16 autocast where the hardware has it, else fp32), ``"bf16"`` or
-    ``"fp32"``. ``batch_size``: sequences per encoder call (default: the run's ``eval_batch_size``).
+    ``precision``: ``"auto"`` (bf16 autocast where the hardware has it, else fp32), ``"bf16"``,
+    ``"fp32"``, or None: the run's ``train.precision`` as ``load_run`` resolved it (what its dev
+    evaluation used; ``minbert eval``, ``run`` and ``predict --input FILE`` take it).
+    ``batch_size``: examples per batch (default: the run's ``eval_batch_size``, as the run's dev
+    evaluation). A batch of B pairs is one encoder call over the B cross-encoded pairs and / or one
+    over their 2B sentences, as the mode reads them; with ``symmetric_eval`` the reversed pairs are
+    examples of their own.
     ``progress``: a progress bar over the batches of a call.
     """
 
-    def __init__(self, run: LoadedRun, precision: str = "auto", batch_size: int | None = None, progress: bool = False):
-        if precision not in ("auto", "bf16", "fp32"):
+    def __init__(
+        self, run: LoadedRun, precision: str | None = "auto", batch_size: int | None = None, progress: bool = False
+    ):
+        if precision is None:
+            precision = run.cfg.train.precision  # resolved for the run's device by load_run
+        elif precision in ("auto", "bf16", "fp32"):
+            precision = resolve_precision(precision, run.device)
+        else:
             raise ConfigError(f"precision must be auto, bf16 or fp32, got {precision!r}")
         self.run = run
-        self.precision = resolve_precision(precision, run.device)
-        self.autocast = autocast_for(self.precision, run.device)
+        self.precision = precision
+        self.autocast = autocast_for(precision, run.device)
         self.batch_size = batch_size or run.cfg.train.eval_batch_size
         self.progress = progress
         run.model.eval()
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, precision: str = "auto", **kwargs) -> Predictor:
+    def from_run(cls, run_dir: str | Path, precision: str | None = "auto", **kwargs) -> Predictor:
         """Load ``run_dir``'s best checkpoint (``minbert.training.runs.load_run``)."""
         return cls(load_run(run_dir), precision, **kwargs)
 
@@ -179,80 +201,60 @@ class Predictor:
 
     def predict(self, task: str, inputs: Sequence) -> list[Prediction]:
         """Predictions of ``task`` for ``inputs`` (strings, or (a, b) pairs for a pair task), in input order."""
+        examples = as_examples(check_task(self.run, task), inputs)
+        return self.predictions(task, self.outputs_for(task, examples))
+
+    def predictions(self, task: str, outputs: TaskOutputs) -> list[Prediction]:
+        """The task's predictions from its outputs (:meth:`outputs_for`): the CSV's decisions and values,
+        with the probabilities and cosines the CSV leaves out."""
         t = check_task(self.run, task)
-        spec = t.spec
-        outputs, cosines = self.outputs(task, inputs)
-        if t.output_kind == "classification":
-            probs = torch.softmax(torch.from_numpy(outputs), dim=-1).numpy()
-            labels = probs.argmax(-1)
+        spec, scores = t.spec, outputs.scores
+        cosines = [None] * len(scores) if outputs.cosines is None else [float(c) for c in outputs.cosines]
+        if outputs.logits is not None:  # class logits: the CSV's class, and the softmax over all classes
+            probs = torch.softmax(torch.from_numpy(outputs.logits), dim=-1).numpy()
             return [
-                ClassPrediction(int(k), spec.label_names[k], tuple(float(x) for x in p))
-                for k, p in zip(labels, probs, strict=True)
+                ClassPrediction(int(k), spec.label_names[int(k)], tuple(float(x) for x in p))
+                for k, p in zip(decide(spec, scores, t.threshold), probs, strict=True)
             ]
-        scores = self.scores_from_outputs(t, outputs)
-        cos = [None] * len(scores) if cosines is None else [float(c) for c in cosines]
         if spec.label_kind == "binary":
             threshold = 0.5 if t.threshold is None else float(t.threshold)
             labels = decide(spec, scores, threshold)
             return [
                 BinaryPrediction(int(k), spec.label_names[k], float(s), threshold, c)
-                for k, s, c in zip(labels, scores, cos, strict=True)
+                for k, s, c in zip(labels, scores, cosines, strict=True)
             ]
         if spec.label_kind == "classification":  # a classification task trained with a score loss
             return [ClassPrediction(int(k), spec.label_names[int(k)], ()) for k in decide(spec, scores, None)]
-        return [ScorePrediction(float(s), c) for s, c in zip(decide(spec, scores, None), cos, strict=True)]
+        return [ScorePrediction(float(s), c) for s, c in zip(decide(spec, scores, None), cosines, strict=True)]
 
-    @staticmethod
-    def scores_from_outputs(task: Task, outputs: np.ndarray) -> np.ndarray:
-        """(V, N, ...) raw outputs of each view -> (N,) scores in label space, averaged over the views."""
-        with torch.inference_mode():
-            views = [task.loss.predict(torch.from_numpy(o)).double().numpy() for o in outputs]
-        return np.mean(views, axis=0)
-
-    @torch.inference_mode()
-    def outputs(self, task: str, inputs: Sequence) -> tuple[np.ndarray, np.ndarray | None]:
-        """The task module's raw outputs in input order, and cos(u, v) where the mode has one.
-
-        Raw outputs: (N, C) logits for a classification task; for the others (V, N, ...), one row
-        block per view (V = 2 with ``symmetric_eval``: (a, b) and (b, a)), which
-        :meth:`scores_from_outputs` averages after the loss's ``predict``, as ``collect_outputs`` does.
-        """
+    def outputs_for(self, task: str, examples: Sequence[Example]) -> TaskOutputs:
+        """The task's outputs on ``examples``, in their order: label-space scores (the mean over a
+        pair's views), the labels when the examples have them, the logits of a classification task
+        and the cosines of a mode that compares by cosine (``minbert.tasks.evaluation.TaskOutputs``)."""
         t = check_task(self.run, task)
-        items = as_inputs(t, inputs)
-        module: PairMode = self.run.model.tasks[task]
-        n = len(items)
-        views = [items] + ([[x[::-1] for x in items]] if t.cfg.symmetric_eval else [])
-        if n == 0:
-            shape = (0, t.spec.num_classes) if t.output_kind == "classification" else (len(views), 0)
-            return np.zeros(shape, dtype=np.float32), None
-        joint = None
-        if module.joint_format is not None:
-            joint = self._joint(module, [x for view in views for x in view], t.cfg.max_length).split(n)
-        u = v = cosines = None
-        if module.sentence_wise:
-            distinct = list(dict.fromkeys(s for x in items for s in x))  # each sentence once, first-seen order
-            row = {s: i for i, s in enumerate(distinct)}
-            vectors = self._embed(distinct, module.pooling, t.cfg.max_length)  # (D, H)
-            u = vectors[torch.tensor([row[a] for a, _ in items])]
-            v = vectors[torch.tensor([row[b] for _, b in items])]
-            cosines = torch.nn.functional.cosine_similarity(u, v, dim=-1).numpy() if module.compares_by_cosine else None
-        outs = []
-        device = self.run.device  # the parts were gathered on the CPU; the task module lives on the run's device
-        on = lambda x: None if x is None else x.to(device)  # noqa: E731
-        for k in range(len(views)):
-            pair = (u, v) if k == 0 else (v, u)
-            with self.autocast():
-                out = module.from_parts(on(None if joint is None else joint[k]), on(pair[0]), on(pair[1]))
-            outs.append(out.float().cpu().numpy())
-        if t.output_kind == "classification":
-            return outs[0], None
-        return np.stack(outs), cosines
+        loader = t.eval_loader(examples, self.run.tokenizer, self.batch_size)
+        return collect_outputs(
+            self.run.model, task, t.loss, loader, self.run.device, self.autocast, progress=self.progress
+        )
+
+    def predict_file(self, task: str, input_path: str | Path, output_path: str | Path) -> int:
+        """Write ``id,prediction`` for every row of ``input_path`` (a file in the task's layout,
+        labels not needed) to ``output_path``; returns the number of predictions."""
+        t = check_task(self.run, task)
+        specs = load_task_specs(self.run.cfg.task_specs)
+        others = [name for name, spec in specs.items() if name != task and Path(input_path).name in spec.files.values()]
+        if others:
+            log.warning("%s is a file of task %s, not of %s: predicting it as %s", input_path, others[0], task, task)
+        examples, _ = read_examples(t.spec, input_path, labeled=False)
+        write_predictions(output_path, t.spec, self.outputs_for(task, examples), t.threshold)
+        return len(examples)
 
     @torch.inference_mode()
     def embed(self, texts: Sequence[str], task: str | None = None, normalize: bool = False) -> np.ndarray:
         """The pooled sentence vectors (N, H), float32, with ``task``'s pooling (default: the run's
         first task that compares sentence vectors by cosine, else its first that encodes sentences
-        alone; see :func:`embedding_tasks`). ``normalize``: scale each vector to unit length."""
+        alone; see :func:`embedding_tasks`); each distinct text is encoded once. ``normalize``:
+        scale each vector to unit length."""
         name = check_embedding_task(self.run, task)
         t = self.run.tasks[name]
         if isinstance(texts, str) or not all(isinstance(x, str) for x in texts):
@@ -266,33 +268,62 @@ class Predictor:
             out = torch.nn.functional.normalize(out, dim=-1)
         return out.numpy()
 
-    # -- batched encoder calls ----------------------------------------------------------------
-
-    def _batches(self, items: list[tuple[str, ...]], fmt: str, max_length: int):
-        """Length-sorted padded batches of ``items`` (longest first), each with its item indices."""
-        examples = [Example(str(i), x, None, 0) for i, x in enumerate(items)]
-        dataset = EncodedDataset(examples, self.run.tokenizer, fmt, max_length)
-        loader = make_loader(dataset, self.batch_size, shuffle=False)
-        bar = tqdm(loader, desc=f"encoding {len(items)} {fmt}", disable=not self.progress, leave=False)
-        for batch in bar:
-            yield batch.to(self.run.device)
-
-    def _joint(self, module: PairMode, items: list[tuple[str, ...]], max_length: int) -> torch.Tensor:
-        """The joint part of every item, in item order: (M, ...) float32 on the CPU."""
-        out = None
-        for batch in self._batches(items, module.joint_format, max_length):
-            with self.autocast():
-                part = module.joint(self.run.model.bert, batch.inputs[0]).float().cpu()
-            if out is None:
-                out = torch.empty((len(items), *part.shape[1:]))
-            out[batch.indices.cpu()] = part
-        return out
-
     def _embed(self, sentences: list[str], pooling: str, max_length: int) -> torch.Tensor:
-        """Pooled vectors of distinct sentences, in their order: (D, H) float32 on the CPU."""
+        """Pooled vectors of ``sentences``, in their order: (D, H) float32 on the CPU."""
         out = torch.empty((len(sentences), self.run.model.bert.config.hidden_size))
-        for batch in self._batches([(s,) for s in sentences], "single", max_length):
+        examples = [Example(str(i), (s,), None, i) for i, s in enumerate(sentences)]
+        loader = make_loader(EncodedDataset(examples, self.run.tokenizer, "single", max_length), self.batch_size, False)
+        for batch in tqdm(loader, desc=f"embedding {len(sentences)}", disable=not self.progress, leave=False):
+            batch = batch.to(self.run.device)
             with self.autocast():
                 vec = encode_and_pool(self.run.model.bert, batch.inputs[0], pooling)
             out[batch.indices.cpu()] = vec.float().cpu()
         return out
+
+
+# -- sentences from the shell: --text and JSON lines --------------------------------------
+
+
+def jsonl_inputs(lines: Iterable[str], spec: TaskSpec, source: str = "<stdin>") -> tuple[list, list[dict]]:
+    """JSON lines -> (inputs for ``Predictor.predict``, the objects read). One object per line:
+    ``{"text": ...}`` or the task's text column (``{"sentence": ...}``) for a single-sentence task,
+    ``{"sentence1": ..., "sentence2": ...}`` (the task's columns) or ``{"text": ..., "text2": ...}``
+    for a pair task; any other key (``"id"``) is kept and echoed. Blank lines are skipped. A bad
+    line is a DataError ``<source>:<line>: <reason>``."""
+    keys = [spec.text_columns, ("text", "text2")[: len(spec.text_columns)]]
+    want = " and ".join(f'"{k}"' for k in keys[0]) + " (or " + " and ".join(f'"{k}"' for k in keys[1]) + ")"
+    inputs, objects = [], []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(source, number, f"not a JSON object: {e.msg} at column {e.colno}") from None
+        names = next((k for k in keys if isinstance(obj, dict) and all(n in obj for n in k)), None)
+        if names is None:
+            raise DataError(source, number, f"expected a JSON object with {want} for task {spec.name}")
+        texts = tuple(obj[n] for n in names)
+        if not all(isinstance(t, str) for t in texts):
+            raise DataError(source, number, f"{' and '.join(names)} must be strings")
+        inputs.append(texts if spec.is_pair else texts[0])
+        objects.append(obj)
+    return inputs, objects
+
+
+def text_inputs(spec: TaskSpec, texts: list[str], texts2: list[str] | None) -> list:
+    """``--text`` (and ``--text2`` for a pair task, one per ``--text``, in order) -> inputs."""
+    if spec.is_pair and len(texts2 or []) != len(texts):
+        raise ConfigError(
+            f"task {spec.name} takes sentence pairs: give one --text2 per --text "
+            f"(got {len(texts)} --text, {len(texts2 or [])} --text2)"
+        )
+    if not spec.is_pair and texts2:
+        raise ConfigError(f"task {spec.name} takes single sentences: --text2 is for pair tasks")
+    return list(zip(texts, texts2, strict=True)) if spec.is_pair else list(texts)
+
+
+def write_jsonl_predictions(out: TextIO, records: Iterable[dict], predictions: Iterable[Prediction]) -> None:
+    """One JSON object per prediction: the record's fields, then the prediction's."""
+    for record, pred in zip(records, predictions, strict=True):
+        out.write(json.dumps({**record, **pred.as_dict()}) + "\n")

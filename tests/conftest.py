@@ -50,7 +50,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def tiny_run(tiny_model_dir, data_dir, tmp_path_factory):
     """A finished tiny run: sst and quora, two steps on the CPU in fp32 (the ``Trainer`` after ``fit``).
 
-    Shared by the tests that read a run back (``load_run``, ``predict_file``): treat it as read-only,
+    Shared by the tests that read a run back (``load_run``, ``Predictor``): treat it as read-only,
     copy ``tiny_run.run_dir`` or ``tiny_run.model`` before changing them.
     """
     from minbert.training import fit, setup
@@ -61,3 +61,33 @@ def tiny_run(tiny_model_dir, data_dir, tmp_path_factory):
     tr = setup(cfg)
     fit(tr)
     return tr
+
+
+@pytest.fixture(scope="session")
+def parts_run(tiny_model_dir, data_dir, tmp_path_factory):
+    """A tiny trained run (two steps, fp32) whose pair modes cover every part, read back with
+    ``load_run``: quora cosine and sts hybrid, both with symmetric_eval (two views); sts_bi a
+    bi-encoder head and sts_cross a cross-encoder with symmetric_eval (the sts files under other
+    names). Read-only, as ``tiny_run``."""
+    import yaml
+
+    from minbert.tasks import BUILTIN_YAML
+    from minbert.training import fit, setup
+    from minbert.training.runs import load_run
+    from tests.tiny import tiny_config
+
+    tmp = tmp_path_factory.mktemp("parts-run")
+    sts = yaml.safe_load(BUILTIN_YAML.read_text())["sts"]
+    specs = tmp / "specs.yaml"
+    specs.write_text(yaml.safe_dump({"sts_bi": sts, "sts_cross": sts}))
+    train = {"max_steps": 2, "device": "cpu", "precision": "fp32"}
+    cfg = tiny_config(tiny_model_dir, data_dir, tmp, ["quora", "sts", "sts_bi", "sts_cross"], train=train)
+    cfg.task_specs = str(specs)
+    quora, sts, sts_bi, sts_cross = (cfg.tasks[t] for t in ("quora", "sts", "sts_bi", "sts_cross"))
+    quora.pair_mode, quora.loss, quora.symmetric_eval = "cosine", "cosent", True
+    sts.pair_mode, sts.pooling, sts.symmetric_eval, sts.loss_kwargs = "hybrid", "mean", True, {"sigmoid_scale": 5.0}
+    sts_bi.pair_mode, sts_bi.pooling = "bi", "max"
+    sts_cross.pair_mode, sts_cross.symmetric_eval, sts_cross.loss_kwargs = "cross", True, {"sigmoid_scale": 5.0}
+    tr = setup(cfg)
+    fit(tr)
+    return load_run(tr.run_dir)

@@ -100,8 +100,9 @@ def test_sentence_transformers_reproduce_embeddings_and_cosines(minilm_run, cls_
     np.testing.assert_allclose(model.encode(texts, batch_size=7), expected, atol=1e-5)
     if cosine:
         scores = model.similarity_pairwise(model.encode(texts[0::2]), model.encode(texts[1::2])).numpy()
-        np.testing.assert_allclose(scores, [p.cosine for p in predictor.paraphrase([e.texts for e in examples])],
-                                   atol=1e-5)  # fmt: skip
+        np.testing.assert_allclose(
+            scores, [p.cosine for p in predictor.paraphrase([e.texts for e in examples])], atol=1e-5
+        )
     modules = json.loads((tmp_path / "st" / "modules.json").read_text())
     assert [m["path"] for m in modules] == ["", "1_Pooling", "2_Normalize" if cosine else "2_Dense"]
 
@@ -125,8 +126,9 @@ def test_sentence_transformers_max_pooling(tiny_model_dir, data_dir, tmp_path):
         ("cls", ["--task", "sts"], "'sts' was not trained in this run"),
     ],
 )
-def test_an_impossible_export_is_one_line_and_writes_nothing(which, args, message, minilm_run, cls_run, tmp_path,
-                                                               capsys):  # fmt: skip
+def test_an_impossible_export_is_one_line_and_writes_nothing(
+    which, args, message, minilm_run, cls_run, tmp_path, capsys
+):
     run_dir = {"minilm": minilm_run, "cls": cls_run}[which]
     assert export(run_dir, tmp_path / "out", *args) == 2
     err = capsys.readouterr().err
@@ -134,10 +136,16 @@ def test_an_impossible_export_is_one_line_and_writes_nothing(which, args, messag
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
 
 
-def test_a_mean_pooled_classifier_cannot_be_bert_for_sequence_classification(tiny_model_dir, data_dir, tmp_path,
-                                                                               capsys):  # fmt: skip
-    cfg = load_config(base={"tasks": {"sst": {"pooling": "mean"}}, "model": {"pretrained": str(tiny_model_dir)},
-                            "data_dir": str(data_dir)})  # fmt: skip
+def test_a_mean_pooled_classifier_cannot_be_bert_for_sequence_classification(
+    tiny_model_dir, data_dir, tmp_path, capsys
+):
+    cfg = load_config(
+        base={
+            "tasks": {"sst": {"pooling": "mean"}},
+            "model": {"pretrained": str(tiny_model_dir)},
+            "data_dir": str(data_dir),
+        }
+    )
     run_dir = write_untrained_run(cfg, tmp_path / "run")
     assert export(run_dir, tmp_path / "out", "--task", "sst") == 2
     err = capsys.readouterr().err

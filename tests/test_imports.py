@@ -31,7 +31,14 @@ LAYERS = {
     ],
     "the engine": ["minbert.training"],
     "the lab": ["minbert.lab"],
-    "the applications": ["minbert.predictor", "minbert.export", "minbert.pretrain", "minbert.cli", "minbert.__main__"],
+    "the applications": [
+        "minbert.predictor",
+        "minbert.export",
+        "minbert.pretrain",
+        "minbert.similarity",
+        "minbert.cli",
+        "minbert.__main__",
+    ],
 }
 
 

@@ -78,3 +78,21 @@ PAIRS = [
 
 def pair_examples(pairs=PAIRS, labels=(1, 0, 1)) -> list[Example]:
     return [Example(f"e{i}", pair, y, i + 2) for i, (pair, y) in enumerate(zip(pairs, labels, strict=True))]
+
+
+def student_rows(data_dir: Path, name: str, n: int | None = None) -> tuple[list[str], list[list[str]]]:
+    """The header and the first ``n`` rows (all with None) of a task file in the shipped layout
+    (tab-separated, a leading index column)."""
+    import csv
+
+    with open(Path(data_dir) / name, newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    return rows[0], rows[1:] if n is None else rows[1 : n + 1]
+
+
+def write_rows(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    """A task file in the shipped layout, from :func:`student_rows`'s header and rows."""
+    import csv
+
+    with open(path, "w", newline="") as f:
+        csv.writer(f, delimiter="\t").writerows([header, *rows])

@@ -151,15 +151,12 @@ def load_state_into(model: torch.nn.Module, sd: dict[str, torch.Tensor], source:
     ]
     if mismatched:
         raise CheckpointError(
-            f"{source}: {len(mismatched)} tensor shape(s) do not match the config:\n  "
-            + "\n  ".join(mismatched)
+            f"{source}: {len(mismatched)} tensor shape(s) do not match the config:\n  " + "\n  ".join(mismatched)
         )
     missing = [k for k in own if k not in sd]
     fatal = [k for k in missing if not k.startswith("pooler.")]
     if fatal:
-        raise CheckpointError(
-            f"{source}: {len(fatal)} weight(s) the model needs are missing: {_short_list(fatal)}"
-        )
+        raise CheckpointError(f"{source}: {len(fatal)} weight(s) the model needs are missing: {_short_list(fatal)}")
     report.missing = missing
     report.unexpected = [k for k in sd if k not in own]
     report.extra = {k: sd[k] for k in report.unexpected}

@@ -63,9 +63,7 @@ class BertConfig:
         if self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"hidden_act {self.hidden_act!r} not supported; one of {sorted(ACTIVATIONS)}")
         if self.position_embedding_type != "absolute":
-            raise ValueError(
-                f"position_embedding_type {self.position_embedding_type!r} not supported; only 'absolute'"
-            )
+            raise ValueError(f"position_embedding_type {self.position_embedding_type!r} not supported; only 'absolute'")
 
     @property
     def deepnorm_alpha(self) -> float:
@@ -107,9 +105,7 @@ class BertEmbeddings(nn.Module):
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.word_embeddings = nn.Embedding(
-            config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id
-        )
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)

@@ -171,9 +171,7 @@ class Collator:
         if n_missing == len(labels):
             return None
         if n_missing:
-            raise ValueError(
-                f"batch mixes labeled and unlabeled examples ({n_missing} of {len(labels)} unlabeled)"
-            )
+            raise ValueError(f"batch mixes labeled and unlabeled examples ({n_missing} of {len(labels)} unlabeled)")
         regression = self.label_kind == "regression" or (
             self.label_kind is None and any(isinstance(y, float) for y in labels)
         )

@@ -149,8 +149,7 @@ def _header_columns(header: list[str], spec: TaskSpec, path: Path) -> dict[str, 
         raise DataError(
             path,
             1,
-            f"missing column(s) {_quoted(missing)} needed by task {spec.name!r}; "
-            f"columns found: {_quoted(columns)}",
+            f"missing column(s) {_quoted(missing)} needed by task {spec.name!r}; columns found: {_quoted(columns)}",
         )
     return columns
 

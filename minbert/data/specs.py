@@ -157,9 +157,7 @@ class TaskSpec:
             self.input_format = allowed[0]
         if self.input_format not in allowed:
             kind = "a sentence pair" if self.is_pair else "a single sentence"
-            self._fail(
-                "input_format", f"must be one of {', '.join(allowed)} for {kind}, got {self.input_format!r}"
-            )
+            self._fail("input_format", f"must be one of {', '.join(allowed)} for {kind}, got {self.input_format!r}")
 
     def _check_loss_and_metrics(self) -> None:
         default_loss, default_metrics = _DEFAULTS[self.label_kind]

@@ -45,9 +45,7 @@ def _ordered(order: list[str] | None, sizes: dict[str, int]) -> list[str]:
 class TaskSampler:
     """Base class: one instance per run, stateless across epochs (all state comes in as args)."""
 
-    def steps(
-        self, epoch: int, sizes: dict[str, int], steps_per_epoch: int, rng: random.Random
-    ) -> Iterator[list[str]]:
+    def steps(self, epoch: int, sizes: dict[str, int], steps_per_epoch: int, rng: random.Random) -> Iterator[list[str]]:
         raise NotImplementedError
 
     def num_steps(self, sizes: dict[str, int], steps_per_epoch: int) -> int:
@@ -205,8 +203,6 @@ class Mixed(TaskSampler):
         _check_sizes(sizes)
         for _ in range(steps_per_epoch):
             yield list(sizes)
-
-
 
 
 def build_sampler(name: str, **kwargs) -> TaskSampler:

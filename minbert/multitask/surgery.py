@@ -269,8 +269,9 @@ class CAGrad(GradientSurgery):
     Deterministic: ``seed`` is accepted only for a uniform interface.
     """
 
-    def __init__(self, tasks: list[str], c: float = 0.5, rescale: bool = True, seed: int = 0,
-                 retain_graph: bool = False):
+    def __init__(
+        self, tasks: list[str], c: float = 0.5, rescale: bool = True, seed: int = 0, retain_graph: bool = False
+    ):
         super().__init__(tasks, seed=seed, retain_graph=retain_graph)
         if c < 0:
             raise ValueError(f"c must be >= 0, got {c}")
@@ -289,8 +290,15 @@ class CAGrad(GradientSurgery):
             norm = max(w @ a @ w, 1e-20) ** 0.5
             return w @ v + radius * norm, v + radius * (a @ w) / norm
 
-        res = minimize(dual, avg, jac=True, method="SLSQP", bounds=[(0, 1)] * k,
-                       constraints={"type": "eq", "fun": lambda w: w.sum() - 1}, options={"ftol": 1e-12})
+        res = minimize(
+            dual,
+            avg,
+            jac=True,
+            method="SLSQP",
+            bounds=[(0, 1)] * k,
+            constraints={"type": "eq", "fun": lambda w: w.sum() - 1},
+            options={"ftol": 1e-12},
+        )
         w = np.clip(res.x, 0, None)
         gw_norm = max(w @ a @ w, 0.0) ** 0.5
         coef = avg + (radius / gw_norm * w if gw_norm > 0 else 0.0)

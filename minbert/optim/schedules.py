@@ -78,7 +78,6 @@ def polynomial(step: int, warmup: int, total: int, power: float = 1.0, end_facto
     return end_factor + (1.0 - end_factor) * (1.0 - _progress(step, warmup, total)) ** power
 
 
-
 def warmup_steps(warmup: int | float, total_steps: int) -> int:
     """``warmup`` as steps: an int is a step count, a float in [0, 1) a fraction of ``total_steps``
     (rounded to the nearest step, halves up)."""

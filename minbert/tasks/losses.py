@@ -58,8 +58,8 @@ class CrossEntropyLoss(nn.Module):
 
     Inputs: logits (B, C), targets (B,) long class ids. ``predict``: argmax class id, (B,) long.
     """
-    output_kind = "classification"  # what the raw output is, for SMART's divergence
 
+    output_kind = "classification"  # what the raw output is, for SMART's divergence
 
     def __init__(self, label_smoothing: float = 0.0):
         super().__init__()
@@ -85,11 +85,11 @@ class BinaryCrossEntropyLoss(nn.Module):
     ``predict``: the probability sigmoid(logit), (B,) float; pick the decision threshold
     with ``minbert.tasks.metrics.tune_threshold`` and apply it with ``apply_threshold``.
     """
+
     output_kind = "binary"  # what the raw output is, for SMART's divergence
 
     def __init__(self) -> None:  # no options; declared so that the registry refuses any keyword
         super().__init__()
-
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = _scores(logits, "logits")
@@ -110,8 +110,8 @@ class MSELoss(nn.Module):
 
     Inputs: outputs (B,) or (B, 1), targets (B,) float. ``predict``: the prediction above, (B,).
     """
-    output_kind = "regression"  # what the raw output is, for SMART's divergence
 
+    output_kind = "regression"  # what the raw output is, for SMART's divergence
 
     def __init__(self, sigmoid_scale: float | None = None):
         super().__init__()
@@ -142,8 +142,8 @@ class CosineMSELoss(nn.Module):
     ``predict``: the inverse of the target map, lo + cos * (hi - lo), clamped to [lo, hi]
     (a negative cosine means "as dissimilar as it gets", i.e. lo).
     """
-    output_kind = "regression"  # what the raw output is, for SMART's divergence
 
+    output_kind = "regression"  # what the raw output is, for SMART's divergence
 
     def __init__(self, label_range: tuple[float, float] = (0.0, 5.0)):
         super().__init__()
@@ -179,8 +179,8 @@ class CoSENTLoss(nn.Module):
     ``predict``: the cosine itself when ``label_range`` is None (all rank metrics need), else
     ``to_label_range(cos, lo, hi)`` to write predictions in label space (e.g. (0, 5) for STS).
     """
-    output_kind = "regression"  # what the raw output is, for SMART's divergence
 
+    output_kind = "regression"  # what the raw output is, for SMART's divergence
 
     def __init__(self, scale: float = 20.0, label_range: tuple[float, float] | None = None):
         super().__init__()
@@ -241,7 +241,6 @@ class HybridLoss(nn.Module):
     def predict(self, output: torch.Tensor) -> torch.Tensor:
         logit, cos = self._columns(output)
         return self.blend * self.cross.predict(logit).float() + (1 - self.blend) * self.cosine.predict(cos).float()
-
 
 
 def build_loss(name: str, **kwargs) -> nn.Module:

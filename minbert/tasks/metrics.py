@@ -92,9 +92,7 @@ def apply_threshold(probs: ArrayLike, threshold: float) -> np.ndarray:
     return (as_numpy(probs) >= threshold).astype(np.int64)
 
 
-def tune_threshold(
-    probs: ArrayLike, labels: ArrayLike, objective: Literal["accuracy", "f1"] = "accuracy"
-) -> float:
+def tune_threshold(probs: ArrayLike, labels: ArrayLike, objective: Literal["accuracy", "f1"] = "accuracy") -> float:
     """The decision threshold that maximises ``objective`` on (dev) data.
 
     The idea of tuning the threshold rather than fixing 0.5 follows Su Jianlin's "automatic

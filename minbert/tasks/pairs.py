@@ -18,14 +18,15 @@ how it builds its module from a task config (``create``):
 Both bi-encoders run the two sides through the encoder in one call: the two (B, T)
 batches are padded to a common width and stacked to (2B, T).
 
-Every mode's output is also available by parts, for inference that encodes each distinct
-sentence once (``minbert.predictor``): ``joint(encode, segment)`` is the part computed from
-one jointly encoded segment (a sentence, or ``[CLS] a [SEP] b [SEP]``), ``from_parts(joint, u,
-v)`` the output from that part and the sentence vectors u, v of a and b encoded alone. A mode
-declares which parts it has: ``joint_format`` (the dataset format of the joint segment, or
-None) and ``sentence_wise`` (True when it reads u and v); ``compares_by_cosine`` says that its
-output includes cos(u, v) (cosine, hybrid). ``forward`` is exactly
-``from_parts(joint(...), *encode_pair(...))`` over the parts it has.
+Every mode's output is also available by parts: ``joint(encode, segment)`` is the part
+computed from one jointly encoded segment (a sentence, or ``[CLS] a [SEP] b [SEP]``),
+``from_parts(joint, u, v)`` the output from that part and the sentence vectors u, v of a and b
+encoded alone. A mode declares which parts it has: ``joint_format`` (the dataset format of the
+joint segment, or None) and ``sentence_wise`` (True when it reads u and v); ``compares_by_cosine``
+says that its output includes cos(u, v) (cosine, hybrid). ``parts(encode, segments)`` computes
+them from a batch of the mode's own segments, as ``forward`` does: ``forward`` is exactly
+``from_parts(*parts(...))``. Evaluation and prediction (``minbert.tasks.evaluation.collect_outputs``)
+go through the parts, to report cos(u, v) beside the output without a second encoder call.
 
 ``encode`` is a callable ``(input_ids, attention_mask, token_type_ids) -> BertOutput``;
 normally the shared ``BertModel``, but a regulariser may pass a wrapper that
@@ -82,9 +83,7 @@ def stack_segments(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> di
     def widen(t: torch.Tensor) -> torch.Tensor:
         return F.pad(t, (0, T - t.shape[1]), value=0)
 
-    return {
-        k: torch.cat([widen(a[k]), widen(b[k])]) for k in ("input_ids", "attention_mask", "token_type_ids")
-    }
+    return {k: torch.cat([widen(a[k]), widen(b[k])]) for k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
 def encode_pair(encode: EncodeFn, segments: Segments, pooling: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,6 +118,17 @@ class PairMode(nn.Module):
     def from_parts(self, joint: torch.Tensor | None, u: torch.Tensor | None, v: torch.Tensor | None) -> torch.Tensor:
         """The raw output from the joint part (B, ...) and/or the sentence vectors u, v (B, H)."""
         raise NotImplementedError
+
+    def parts(
+        self, encode: EncodeFn, segments: Segments
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """(joint, u, v) of a batch of the mode's segments (``input_format``), None for a part it
+        lacks: the joint part from the first segment, u and v from the pair after it encoded in one
+        call (:func:`encode_pair`), in that order, as ``forward`` computes them."""
+        rest = list(segments)
+        joint = self.joint(encode, rest.pop(0)) if self.joint_format is not None else None
+        u, v = encode_pair(encode, rest, self.pooling) if self.sentence_wise else (None, None)
+        return joint, u, v
 
     @classmethod
     def output_kind(cls, loss: str) -> str:

@@ -20,11 +20,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from minbert.data import Batch
-from minbert.evaluate import collect_outputs, compute_metrics, fit_threshold, mean_score
 from minbert.optim.child_tuning import compute_fisher
 from minbert.regularizers import Regularizer
 from minbert.runtime.distributed import all_reduce_mean_, broadcast_object
 from minbert.runtime.process import AutocastFactory, is_main_process
+from minbert.tasks.evaluation import collect_outputs, compute_metrics, fit_threshold, mean_score
 from minbert.tasks.model import MultitaskModel
 from minbert.training.build import Task
 from minbert.training.runs import save_run_checkpoint

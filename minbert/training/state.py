@@ -74,8 +74,20 @@ class Progress:
     saved_at: float = field(default_factory=time.time)  # when last/ was last written
     poisoned: bool = False  # under DDP: a non-finite loss in this optimizer step, which is skipped
 
-    SAVED = ("step", "micro", "epoch", "examples", "plan", "position", "running", "drawn", "stopping", "done",
-             "skipped", "eval_seconds")
+    SAVED = (
+        "step",
+        "micro",
+        "epoch",
+        "examples",
+        "plan",
+        "position",
+        "running",
+        "drawn",
+        "stopping",
+        "done",
+        "skipped",
+        "eval_seconds",
+    )
 
     def train_seconds(self) -> float:
         return time.time() - self.started - self.eval_seconds

@@ -57,9 +57,7 @@ def test_pytorch_bin_with_bert_prefix_and_gamma_beta_names(tiny_dir, tmp_path):
     sd = load_file(str(tiny_dir / "model.safetensors"))
     old = {}
     for k, v in sd.items():
-        k = "bert." + k.replace("LayerNorm.weight", "LayerNorm.gamma").replace(
-            "LayerNorm.bias", "LayerNorm.beta"
-        )
+        k = "bert." + k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")
         old[k] = v
     old["cls.predictions.bias"] = torch.zeros(120)
     d = tmp_path / "old"
@@ -72,16 +70,12 @@ def test_pytorch_bin_with_bert_prefix_and_gamma_beta_names(tiny_dir, tmp_path):
     hf = transformers.BertModel.from_pretrained(tiny_dir).eval()
     ids, mask = inputs()
     with torch.no_grad():
-        torch.testing.assert_close(
-            ours(ids, mask).pooler_output, hf(input_ids=ids, attention_mask=mask).pooler_output
-        )
+        torch.testing.assert_close(ours(ids, mask).pooler_output, hf(input_ids=ids, attention_mask=mask).pooler_output)
 
 
 def test_missing_pooler_is_allowed_and_reported(tiny_dir):
     sd = load_file(str(tiny_dir / "model.safetensors"))
-    save_file(
-        {k: v for k, v in sd.items() if not k.startswith("pooler.")}, str(tiny_dir / "model.safetensors")
-    )
+    save_file({k: v for k, v in sd.items() if not k.startswith("pooler.")}, str(tiny_dir / "model.safetensors"))
     model, report = load_pretrained(tiny_dir)
     assert report.missing == ["pooler.dense.weight", "pooler.dense.bias"]
     assert "missing (initialised at random): pooler.dense.weight" in str(report)
@@ -162,9 +156,7 @@ def test_error_missing_encoder_keys(tiny_dir):
     sd = load_file(str(tiny_dir / "model.safetensors"))
     del sd["encoder.layer.1.attention.self.query.weight"]
     save_file(sd, str(tiny_dir / "model.safetensors"))
-    with pytest.raises(
-        CheckpointError, match="1 weight.* missing: encoder.layer.1.attention.self.query.weight"
-    ):
+    with pytest.raises(CheckpointError, match="1 weight.* missing: encoder.layer.1.attention.self.query.weight"):
         from_pretrained(tiny_dir)
 
 

@@ -16,7 +16,6 @@ from tests.tiny import TINY
 transformers = pytest.importorskip("transformers")
 
 
-
 def real_sentences(data_dir, n: int = 12) -> list[str]:
     """Sentences of widely different lengths from SST dev."""
     with open(data_dir / "ids-sst-dev.csv", newline="") as f:
@@ -124,9 +123,7 @@ def test_tiny_random_config_saved_by_transformers(tmp_path):
     tt = torch.zeros(3, 10, dtype=torch.long)
     tt[:, 5:] = 1
     with torch.no_grad():
-        assert_outputs_close(
-            ours(ids, mask, tt), hf(input_ids=ids, attention_mask=mask, token_type_ids=tt), mask
-        )
+        assert_outputs_close(ours(ids, mask, tt), hf(input_ids=ids, attention_mask=mask, token_type_ids=tt), mask)
 
 
 def test_config_rejects_bad_values():

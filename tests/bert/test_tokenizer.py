@@ -64,9 +64,7 @@ def test_500_quora_pairs_match(toks, data_dir):
 
 def test_long_reviews_truncate_like_transformers(toks, data_dir):
     ours, theirs = toks
-    reviews = sorted((s for (s,) in read_column(data_dir / "ids-cfimdb-train.csv", "sentence")), key=len)[
-        -20:
-    ]
+    reviews = sorted((s for (s,) in read_column(data_dir / "ids-cfimdb-train.csv", "sentence")), key=len)[-20:]
     o = ours(reviews, max_length=512)
     assert o["input_ids"].shape[1] == 512
     assert_same(o, theirs(reviews, padding=True, truncation=True, max_length=512, return_tensors="pt"))

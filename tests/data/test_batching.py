@@ -144,9 +144,7 @@ def lengths_of(n: int, seed: int = 1) -> list[int]:
     return torch.randint(3, 60, (n,), generator=g).tolist()
 
 
-@pytest.mark.parametrize(
-    "n, batch_size, chunk_size", [(1000, 32, None), (103, 10, 25), (5, 8, None), (0, 4, None)]
-)
+@pytest.mark.parametrize("n, batch_size, chunk_size", [(1000, 32, None), (103, 10, 25), (5, 8, None), (0, 4, None)])
 @pytest.mark.parametrize("shuffle", [True, False])
 def test_every_example_exactly_once_per_epoch(n, batch_size, chunk_size, shuffle):
     sampler = BucketBatchSampler(lengths_of(n), batch_size, shuffle=shuffle, chunk_size=chunk_size, seed=3)
@@ -195,9 +193,7 @@ def test_drop_last_keeps_only_full_batches():
 def test_replicas_split_batches_evenly(drop_last):
     n, bs, r = 105, 10, 3  # 11 batches: padded to 12 or cut to 9
     lengths = lengths_of(n)
-    samplers = [
-        BucketBatchSampler(lengths, bs, seed=5, num_replicas=r, rank=k, drop_last=drop_last) for k in range(r)
-    ]
+    samplers = [BucketBatchSampler(lengths, bs, seed=5, num_replicas=r, rank=k, drop_last=drop_last) for k in range(r)]
     per_rank = [list(s) for s in samplers]
     expected = 3 if drop_last else 4
     assert [len(p) for p in per_rank] == [len(s) for s in samplers] == [expected] * r

@@ -79,9 +79,7 @@ def test_annealed_min_rule_probabilities():
     assert sched.probabilities(4, SIZES) == pytest.approx({"a": 0.1, "b": 0.3, "c": 0.6})
     assert sched.probabilities(9, SIZES) == pytest.approx({"a": 0.1, "b": 0.3, "c": 0.6})
     # the sampled frequencies follow the epoch's probabilities
-    assert frequencies(run(sched, epoch=2)) == pytest.approx(
-        {"a": 0.192993, "b": 0.334273, "c": 0.472734}, abs=0.015
-    )
+    assert frequencies(run(sched, epoch=2)) == pytest.approx({"a": 0.192993, "b": 0.334273, "c": 0.472734}, abs=0.015)
 
 
 def test_the_two_min_anneal_forms_give_their_formulas_frequencies():
@@ -139,7 +137,13 @@ def test_epoch_length_rules():
 
 def test_build_sampler_rejects_unknown_names_and_kwargs():
     assert set(SAMPLERS) == {
-        "sequential", "round_robin", "proportional", "annealed", "annealed_linear", "annealed_pals", "mixed"
+        "sequential",
+        "round_robin",
+        "proportional",
+        "annealed",
+        "annealed_linear",
+        "annealed_pals",
+        "mixed",
     }
     with pytest.raises(ValueError, match="uniformish"):
         build_sampler("uniformish")

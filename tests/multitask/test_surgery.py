@@ -65,8 +65,9 @@ def test_pcgrad_three_tasks_hand_computed():
 def test_pcgrad_random_order_matches_algorithm_1_for_some_order():
     grads = [np.array(g, dtype=float) for g in ([1, 0, 0], [-1, 1, 0.5], [-0.5, -1, 1])]
     candidates = []
-    for o0, o1, o2 in itertools.product(itertools.permutations([1, 2]), itertools.permutations([0, 2]),
-                                        itertools.permutations([0, 1])):
+    for o0, o1, o2 in itertools.product(
+        itertools.permutations([1, 2]), itertools.permutations([0, 2]), itertools.permutations([0, 1])
+    ):
         candidates.append(pcgrad_reference(grads, [list(o0), list(o1), list(o2)]))
     seen = set()
     for seed in range(12):
@@ -76,7 +77,8 @@ def test_pcgrad_random_order_matches_algorithm_1_for_some_order():
         seen.add(tuple(np.round(got, 9)))
     assert len(seen) > 1  # the order really is random
     assert surgery(PCGrad(tasks(3), seed=5), [g.tolist() for g in grads]) == pytest.approx(
-        surgery(PCGrad(tasks(3), seed=5), [g.tolist() for g in grads]))  # and seeded
+        surgery(PCGrad(tasks(3), seed=5), [g.tolist() for g in grads])
+    )  # and seeded
 
 
 def test_pcgrad_mean_is_the_sum_over_the_number_of_tasks():
@@ -85,13 +87,15 @@ def test_pcgrad_mean_is_the_sum_over_the_number_of_tasks():
         summed = surgery(PCGrad(tasks(k), seed=3), grads)
         assert surgery(PCGrad(tasks(k), seed=3, reduction="mean"), grads) == pytest.approx([v / k for v in summed])
     assert surgery(build_combiner("pcgrad", tasks(2), reduction="mean"), [[1, 0], [-1, 1]]) == pytest.approx(
-        [0.25, 0.75])  # [0.5, 1.5] / 2, the hand-computed pair above
+        [0.25, 0.75]
+    )  # [0.5, 1.5] / 2, the hand-computed pair above
     with pytest.raises(ValueError, match="reduction"):
         PCGrad(tasks(2), reduction="max")
 
 
 vec = st.lists(st.floats(-10, 10, allow_nan=False), min_size=3, max_size=3).filter(
-    lambda v: sum(x * x for x in v) > 1e-3)
+    lambda v: sum(x * x for x in v) > 1e-3
+)
 
 
 @settings(max_examples=60, deadline=None)

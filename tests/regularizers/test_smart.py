@@ -343,4 +343,3 @@ def test_smart_perturbs_both_encoder_calls_of_a_hybrid_task(tok, tiny_model_dir)
     assert all((per_example_norm(d, "linf") <= 1e-2 * (1 + 1e-6)).all() for d in enc.deltas)
     loss = smart.loss(model, "h", batch.inputs, model("h", batch.inputs), "regression")
     assert torch.isfinite(loss) and loss.item() > 0
-

@@ -201,7 +201,7 @@ def test_without_torchrun_nothing_is_initialised_and_the_helpers_are_identities(
 def test_a_sharded_evaluation_collates_only_the_batches_its_rank_runs(monkeypatch, rank):
     from torch.utils.data import DataLoader
 
-    from minbert.evaluate import own_batches
+    from minbert.tasks.evaluation import own_batches
 
     monkeypatch.setattr(distributed, "enabled", lambda: True)
     monkeypatch.setattr(distributed.dist, "get_rank", lambda: rank)

@@ -36,7 +36,6 @@ def test_explicit_bf16_on_a_cpu_without_it_warns(monkeypatch, caplog):
     assert "emulated" in caplog.text
 
 
-
 def test_autocast_for_each_resolved_precision():
     a, b = torch.ones(2, 3), torch.ones(3, 2)
     with autocast_for("fp32", torch.device("cpu"))():

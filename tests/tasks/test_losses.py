@@ -223,4 +223,3 @@ def test_hybrid_loss_and_blend_hand_computed():
         reg(torch.zeros(4), torch.zeros(4))
     with pytest.raises(ValueError, match="blend must be in"):
         HybridLoss(BinaryCrossEntropyLoss(), CosineMSELoss(), blend=1.5)
-

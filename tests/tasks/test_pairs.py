@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from minbert import BertModel, from_pretrained
 from minbert.bert.tokenizer import BertTokenizer
-from minbert.data import EncodedDataset, make_loader
+from minbert.data import EncodedDataset, Example, make_loader
 from minbert.tasks.heads import ClassifierHead
 from minbert.tasks.pairs import (
     PAIR_MODES,
@@ -129,3 +129,20 @@ def test_pair_modes_declare_what_the_pipeline_needs():
     assert PAIR_MODES["hybrid"].output_kind("bce") == "regression"  # (B, 2) compared by squared difference
     with pytest.raises(ValueError, match="unknown pair mode 'siamese'"):
         build_task_encoder("siamese", 8, 1, "mean")
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("mode", ["single", "cross", "bi", "cosine", "hybrid"])
+def test_parts_are_the_ones_forward_computes(tok, tiny_model_dir, mode):
+    bert = from_pretrained(tiny_model_dir).eval()
+    module = build_task_encoder(mode, bert.config.hidden_size, 1, "mean").eval()
+    exs = pair_examples() if module.pair else [Example(e.id, e.texts[:1], e.label, e.line) for e in pair_examples()]
+    batch = next(iter(make_loader(EncodedDataset(exs, tok, module.input_format), 3, shuffle=False)))
+    joint, u, v = module.parts(bert, batch.inputs)
+    assert (joint is not None) == (module.joint_format is not None)
+    assert (u is not None and v is not None) == module.sentence_wise
+    assert torch.equal(module.from_parts(joint, u, v), module(bert, batch.inputs))  # bitwise
+    if module.compares_by_cosine:  # the cosine it reports beside the output is the one in it
+        cos = module(bert, batch.inputs)
+        cos = cos[:, 1] if cos.dim() == 2 else cos
+        assert torch.equal(F.cosine_similarity(u, v, dim=-1), cos)

@@ -38,8 +38,11 @@ def test_bad_config_fails_before_training(tiny_model_dir, data_dir, tmp_path, ca
 
 
 def test_unknown_strategy_names_fail_naming_the_field(tiny_model_dir, data_dir, tmp_path):
-    for section, field, value in [("train", "sampler", "zigzag"), ("train", "combiner", "magic"),
-                                  ("optim", "schedule", "sawtooth")]:
+    for section, field, value in [
+        ("train", "sampler", "zigzag"),
+        ("train", "combiner", "magic"),
+        ("optim", "schedule", "sawtooth"),
+    ]:
         cfg = tiny_config(tiny_model_dir, data_dir, tmp_path, ["sst"], **{section: {field: value}})
         with pytest.raises(ConfigError, match=f"config field '{section}.{field}'.*{value}"):
             setup(cfg)
@@ -58,4 +61,3 @@ def test_swap_augment_adds_the_reversed_pairs(tiny_model_dir, data_dir, tmp_path
     cfg.tasks["sst"].swap_augment = True
     with pytest.raises(ConfigError, match="swap_augment' needs a sentence-pair task"):
         setup(cfg)
-

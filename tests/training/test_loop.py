@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 from minbert.config import ConfigError
-from minbert.evaluate import TaskOutputs, write_predictions
 from minbert.multitask import COMBINERS, SAMPLERS
 from minbert.runtime.process import NonFiniteError, cpu_has_native_bf16
 from minbert.tasks import get_task
+from minbert.tasks.evaluation import TaskOutputs, write_predictions
 from minbert.training import fit, setup
 from minbert.training.runs import save_run_checkpoint
 from tests.tiny import tiny_config

@@ -9,7 +9,8 @@ import pytest
 
 from minbert.bert.tokenizer import BertTokenizer
 from minbert.data import EncodedDataset, Example, make_loader
-from minbert.evaluate import (
+from minbert.tasks import get_task
+from minbert.tasks.evaluation import (
     TaskOutputs,
     collect_outputs,
     compute_metrics,
@@ -18,7 +19,6 @@ from minbert.evaluate import (
     primary_score,
     write_predictions,
 )
-from minbert.tasks import get_task
 from minbert.training import setup
 from tests.tiny import tiny_config
 
@@ -26,8 +26,9 @@ from tests.tiny import tiny_config
 def test_binary_threshold_tuned_on_dev_and_fixed_half_reported():
     spec = get_task("quora")
     # scores of 6 dev pairs: every positive scores above 0.3, every negative below
-    out = TaskOutputs(ids=list("abcdef"), scores=np.array([0.1, 0.2, 0.35, 0.4, 0.45, 0.9]),
-                      labels=np.array([0, 0, 1, 1, 1, 1]))
+    out = TaskOutputs(
+        ids=list("abcdef"), scores=np.array([0.1, 0.2, 0.35, 0.4, 0.45, 0.9]), labels=np.array([0, 0, 1, 1, 1, 1])
+    )
     t = fit_threshold(spec, out, "tune_accuracy")
     assert 0.2 < t <= 0.35  # separates the classes perfectly
     m = compute_metrics(spec, out, t)
@@ -74,4 +75,3 @@ def test_symmetric_eval_is_the_mean_of_both_orders(tiny_model_dir, data_dir, tmp
     assert not np.allclose(fwd.scores, back.scores)  # the cross-encoder is not symmetric by itself
     np.testing.assert_allclose(both.scores, (fwd.scores + back.scores) / 2, rtol=1e-5, atol=1e-6)
     assert both.ids == fwd.ids and np.array_equal(both.labels, fwd.labels)
-

@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from minbert.data import Batch
 from minbert.runtime import distributed
@@ -36,11 +38,13 @@ from minbert.tasks.model import MultitaskModel
 
 @dataclass
 class TaskOutputs:
-    """Predictions of one task over one split, in the dataset's order."""
+    """Outputs of one task over one split, in the dataset's order."""
 
     ids: list[str]
-    scores: np.ndarray  # (N,) class id, binary score in [0, 1], or regression value
+    scores: np.ndarray  # (N,) class id, binary score in [0, 1], or regression value (the mean over views)
     labels: np.ndarray | None
+    logits: np.ndarray | None = None  # (N, C) raw logits of a classification output (mean over views)
+    cosines: np.ndarray | None = None  # (N,) cos(u, v) of a mode that compares by cosine (mean over views)
 
 
 def own_batches(loader: DataLoader) -> DataLoader:
@@ -68,28 +72,48 @@ def collect_outputs(
     device: torch.device,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     sharded: bool = False,
+    progress: bool = False,
 ) -> TaskOutputs:
-    """Run the model over a loader and put the results back into dataset order.
+    """Run the model over a task's batches and put the results back into dataset order: the one
+    loop behind dev validation (``FineTuning.validate``), ``minbert eval`` and every prediction
+    (``minbert.Predictor``).
+
+    Per batch the task module's output is computed from its parts (``PairMode.parts`` then
+    ``from_parts``, under ``autocast``): bitwise ``model(task, batch.inputs)``, with u and v at hand
+    for cos(u, v) where the mode compares by cosine (computed in fp32 beside the output). A pair's
+    views (``symmetric_eval``: (a, b) and (b, a) under one index) are averaged: scores in label
+    space after the loss's ``predict``, logits and cosines as they are.
 
     ``sharded``: under torchrun every rank must call this; each runs every ``world_size``-th batch
-    and all get the whole result (scores, labels and ids gathered); without torchrun it is ignored."""
+    and all get the whole result (scores, labels and ids gathered); without torchrun it is ignored.
+    ``progress``: a progress bar over the batches."""
     was_training = model.training
     model.eval()
+    module = model.tasks[task]
+    keep_logits = getattr(loss_fn, "output_kind", None) == "classification"
     # A symmetric dataset holds each pair twice, (a, b) and (b, a), under one index: average them.
     n = getattr(loader.dataset, "n_examples", len(loader.dataset))
     scores = np.zeros(n, dtype=np.float64)
     views = np.zeros(n, dtype=np.int64)
     labels = np.zeros(n, dtype=np.float64)
+    logits = cosines = None  # sums, allocated at the first batch that has them
     ids: list[str | None] = [None] * n
     has_labels = True
-    for batch in own_batches(loader) if sharded else loader:
+    batches = own_batches(loader) if sharded else loader
+    for batch in tqdm(batches, desc=f"{task}: {n} examples", disable=not progress, leave=False):
         batch: Batch = batch.to(device)
         with autocast():
-            out = model(task, batch.inputs)
-        pred = loss_fn.predict(out.float()).double().cpu().numpy()
+            joint, u, v = module.parts(model.bert, batch.inputs)
+            out = module.from_parts(joint, u, v)  # = model(task, batch.inputs), its parts kept
         idx = batch.indices.cpu().numpy()
-        np.add.at(scores, idx, pred)
+        np.add.at(scores, idx, loss_fn.predict(out.float()).double().cpu().numpy())
         np.add.at(views, idx, 1)
+        if keep_logits:
+            logits = np.zeros((n, out.shape[-1])) if logits is None else logits
+            np.add.at(logits, idx, out.float().cpu().numpy())
+        if module.compares_by_cosine:
+            cosines = np.zeros(n) if cosines is None else cosines
+            np.add.at(cosines, idx, F.cosine_similarity(u.float(), v.float(), dim=-1).cpu().numpy())
         for i, id_ in zip(idx, batch.ids, strict=True):
             ids[i] = id_
         if batch.labels is None:
@@ -103,12 +127,23 @@ def collect_outputs(
         scores, views, labels, seen = sums.numpy()
         labels = labels / np.maximum(seen, 1)
         views = np.rint(views).astype(np.int64)
+        logits, cosines = (sum_over_ranks(x) for x in (logits, cosines))
         for part in gather_objects([(i, id_) for i, id_ in enumerate(ids) if id_ is not None]):
             for i, id_ in part:
                 ids[i] = id_
         has_labels = all(gather_objects(has_labels))
     scores /= np.maximum(views, 1)
-    return TaskOutputs(ids=ids, scores=scores, labels=labels if has_labels else None)
+    if logits is not None:
+        logits /= np.maximum(views, 1)[:, None]
+    if cosines is not None:
+        cosines /= np.maximum(views, 1)
+    return TaskOutputs(ids, scores, labels if has_labels else None, logits, cosines)
+
+
+def sum_over_ranks(array: np.ndarray | None) -> np.ndarray | None:
+    """The sum of every rank's ``array`` (None on a rank that had no batch), gathered on every rank."""
+    arrays = [a for a in gather_objects(array) if a is not None]
+    return sum(arrays[1:], arrays[0]) if arrays else None
 
 
 def decide(spec: TaskSpec, scores: np.ndarray, threshold: float | None) -> np.ndarray:
@@ -158,9 +193,7 @@ def mean_score(specs: dict[str, TaskSpec], metrics: dict[str, dict[str, float]])
     return float(np.mean([primary_score(specs[t], m) for t, m in metrics.items()]))
 
 
-def write_predictions(
-    path: str | Path, spec: TaskSpec, outputs: TaskOutputs, threshold: float | None
-) -> None:
+def write_predictions(path: str | Path, spec: TaskSpec, outputs: TaskOutputs, threshold: float | None) -> None:
     """``id,prediction`` CSV, one row per input row, in input order. Never a ``nan``: a non-finite
     score is an error naming the example."""
     bad = [i for i, s in zip(outputs.ids, outputs.scores, strict=True) if not np.isfinite(s)]
