@@ -29,6 +29,7 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check minbert tests benchmarks
+	$(VENV)/bin/ruff format --check minbert tests benchmarks
 
 bench: bench-speed
 
