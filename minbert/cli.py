@@ -210,8 +210,8 @@ def resume_run(args) -> int:
 def cmd_eval(args) -> int:
     from minbert.data import read_examples
     from minbert.predictor import Predictor
+    from minbert.runtime.checkpointing import write_text_atomically
     from minbert.tasks.evaluation import compute_metrics, mean_score
-    from minbert.training.checkpointing import write_text_atomically
     from minbert.training.runs import load_run
 
     run = load_run(args.run, args.data_dir)

@@ -36,8 +36,8 @@ import torch
 from minbert.bert.checkpoint import write_hf_dir
 from minbert.config import ConfigError
 from minbert.predictor import check_embedding_task, check_task
+from minbert.runtime.checkpointing import write_dir_atomically
 from minbert.training.build import Task
-from minbert.training.checkpointing import write_dir_atomically
 from minbert.training.runs import LoadedRun
 
 FORMATS = ("hf", "sentence-transformers")

@@ -28,8 +28,8 @@ from typing import Any
 import yaml
 
 from minbert.config import Config, ConfigError, load_config
+from minbert.runtime.checkpointing import write_dir_atomically
 from minbert.runtime.process import is_main_process
-from minbert.training.checkpointing import write_dir_atomically
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

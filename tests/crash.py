@@ -4,7 +4,7 @@
 
 POINT is ``micro-step`` (the end of a micro-step, its backward done: with ``grad_accum: 2`` an
 odd one leaves half an accumulated gradient that no state holds) or a
-:func:`minbert.training.checkpointing.crash_point` name: ``last:filled`` (the new state whole in ``last.tmp/``,
+:func:`minbert.runtime.checkpointing.crash_point` name: ``last:filled`` (the new state whole in ``last.tmp/``,
 nothing renamed), ``last:swapping`` (between the two renames: only ``last.old/`` and
 ``last.tmp/``), ``last:swapped`` (the new ``last/`` in place, ``last.old/`` not yet removed), and
 the same for ``best``. The process kills itself the N-th time it passes POINT (counted in this
@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 
-import minbert.training.checkpointing
+import minbert.runtime.checkpointing
 import minbert.training.loop
 from minbert.cli import main
 
@@ -43,7 +43,7 @@ def arm(point: str, n: int) -> None:
         return stepped
 
     minbert.training.loop.train_step = step_then_maybe_crash  # fit looks it up at each call
-    minbert.training.checkpointing.crash_point = reached
+    minbert.runtime.checkpointing.crash_point = reached
 
 
 if __name__ == "__main__":

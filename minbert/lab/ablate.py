@@ -34,8 +34,8 @@ from minbert.lab.grid import Grid, Run, load_grid, plan, run_config, stale_field
 from minbert.lab.records import finished_runs
 from minbert.lab.report import COST_BENCH, NOTES, RUN_LABELS, jsonl_to_tensorboard, write_report
 from minbert.runtime import distributed
+from minbert.runtime.checkpointing import write_text_atomically
 from minbert.runtime.process import is_main_process, pick_device, world_size
-from minbert.training.checkpointing import write_text_atomically
 
 
 class RunFailed(RuntimeError):

@@ -41,8 +41,8 @@ from minbert.config import (
     set_path,
     to_dict,
 )
+from minbert.runtime.checkpointing import write_text_atomically
 from minbert.training import build
-from minbert.training.checkpointing import write_text_atomically
 
 GRID_FIELDS = (
     "name",

@@ -33,7 +33,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from minbert.lab.cost import SIDE_BY_SIDE, cost_source_text, grid_costs
-from minbert.training.checkpointing import write_file_atomically
+from minbert.runtime.checkpointing import write_file_atomically
 
 EXCLUDES_ZERO, INCLUDES_ZERO = "#1f5fa8", "#9a9a9a"  # interval colours: blue, grey
 WIDTH, DPI = 9.0, 150

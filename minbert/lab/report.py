@@ -37,7 +37,7 @@ from scipy import stats
 
 from minbert.config import config_diff, flatten
 from minbert.lab.records import load_records, read_jsonl
-from minbert.training.checkpointing import write_text_atomically
+from minbert.runtime.checkpointing import write_text_atomically
 
 RUN_LABELS = ("name", "run_dir", "train.seed")  # differ between any two runs by construction
 COST_FIELDS = ("train_seconds", "examples_per_second", "peak_memory_mb", "steps")

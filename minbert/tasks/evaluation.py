@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from minbert.data import Batch
 from minbert.runtime import distributed
+from minbert.runtime.checkpointing import write_file_atomically
 from minbert.runtime.distributed import all_reduce_sum_, gather_objects, shard
 from minbert.runtime.process import NonFiniteError
 from minbert.tasks import TaskSpec
@@ -200,12 +201,12 @@ def write_predictions(path: str | Path, spec: TaskSpec, outputs: TaskOutputs, th
     if bad:
         raise NonFiniteError(f"not writing {path}: task {spec.name} scored examples {', '.join(bad[:5])} as NaN / inf")
     preds = decide(spec, outputs.scores, threshold)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "prediction"])
-        for id_, p in zip(outputs.ids, preds, strict=True):
-            w.writerow([id_, f"{p:.4f}" if spec.label_kind == "regression" else int(p)])
-    tmp.replace(path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "prediction"])
+            for id_, p in zip(outputs.ids, preds, strict=True):
+                w.writerow([id_, f"{p:.4f}" if spec.label_kind == "regression" else int(p)])
+
+    write_file_atomically(path, write)  # a temporary file, flushed to disk, renamed over the old one

@@ -34,10 +34,10 @@ from minbert.bert.mlm import BertForMaskedLM, BertForPreTraining, MLMMasker, Pre
 from minbert.bert.model import BertConfig
 from minbert.config import Config, ConfigError, resolve_data_dir
 from minbert.data import Batch, EncodedDataset, Example, make_loader, read_examples
+from minbert.runtime.checkpointing import write_dir_atomically
 from minbert.runtime.distributed import broadcast_object
 from minbert.runtime.process import AutocastFactory, is_main_process, rank, world_size
 from minbert.tasks import get_task
-from minbert.training.checkpointing import write_dir_atomically
 
 EVAL_MASK_SEED = 1234  # the held-out slice is masked once with this seed: every evaluation sees the same masks
 SOURCE = "mlm"

@@ -10,7 +10,7 @@ A state is a nested mapping (dicts, lists, numbers, strings, tensors). :func:`fl
 it into the tensors, stored by a dotted path in safetensors (no pickle), and a JSON skeleton
 that refers to them, so reading a state back never unpickles anything. Both files are written
 into ``last.tmp/``, flushed to disk, and swapped in with renames
-(``minbert.training.checkpointing.write_dir_atomically``): a crash at any point leaves either the previous
+(``minbert.runtime.checkpointing.write_dir_atomically``): a crash at any point leaves either the previous
 ``last/`` or the new one, whole.
 """
 
@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from minbert.config import TrainConfig, changed_fields, to_dict, with_defaults
+from minbert.runtime.checkpointing import recover, write_dir_atomically
 from minbert.runtime.distributed import gather_objects
 from minbert.runtime.process import (
     check_finite_weights,
@@ -36,7 +37,6 @@ from minbert.runtime.process import (
     set_python_rng_state,
     world_size,
 )
-from minbert.training.checkpointing import recover, write_dir_atomically
 from minbert.training.state import Progress, Trainer
 
 TENSORS, SKELETON = "state.safetensors", "state.json"

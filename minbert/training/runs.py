@@ -34,6 +34,7 @@ from minbert.bert import BertConfig, BertModel, BertTokenizer, CheckpointError
 from minbert.bert.checkpoint import write_hf_dir
 from minbert.config import Config, config_yaml, load_config
 from minbert.runtime import distributed
+from minbert.runtime.checkpointing import recover, write_dir_atomically, write_text_atomically
 from minbert.runtime.process import (
     check_finite_weights,
     cpu_model,
@@ -44,7 +45,6 @@ from minbert.runtime.process import (
 )
 from minbert.tasks.model import MultitaskModel
 from minbert.training.build import Task, build_model, check, make_tasks
-from minbert.training.checkpointing import recover, write_dir_atomically, write_text_atomically
 from minbert.training.state import Progress, Trainer
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-import minbert.training.checkpointing
+import minbert.runtime.checkpointing
 from minbert.bert import CheckpointError
 from minbert.cli import main as cli
 from minbert.config import load_config
@@ -121,7 +121,7 @@ def test_write_summary_is_atomic(tmp_path, monkeypatch):
     def crash(src, dst):
         raise OSError("killed before the rename")
 
-    monkeypatch.setattr(minbert.training.checkpointing.os, "replace", crash)  # a crash between writing and renaming
+    monkeypatch.setattr(minbert.runtime.checkpointing.os, "replace", crash)  # a crash between writing and renaming
     with pytest.raises(OSError):
         write_summary(tmp_path, {"best_score": 0.9})
     assert json.loads((tmp_path / "summary.json").read_text()) == {"best_score": 0.75}  # the old one, intact

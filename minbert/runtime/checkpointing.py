@@ -5,15 +5,14 @@ is atomic on POSIX); a directory is filled as ``<name>.tmp``, flushed, and swapp
 renames, the old one kept as ``<name>.old`` until the new one is in place (:func:`recover` puts
 it back after a crash between the two).
 
-The artefacts of a training run go through these (``config.yaml``, ``summary.json``, the ``best/``
-and ``last/`` checkpoints), as do ``minbert eval``'s ``eval-<split>.json``, ``minbert export``'s
-directory and the lab's ``grid.json``, reports, plots and results index. Not every file minbert
-writes does: ``minbert pretrain``'s output directory (``pretrain.write_output``) and prediction
-CSVs (``evaluate.write_predictions``) are written under a temporary name and renamed into place
-without being flushed to disk first, so a crash of the machine (not of the process) can leave an
-incomplete file behind the new name; ``minbert.bert``'s ``save_pretrained``, which may not import
-this module, writes its files the same way; and the logs (``metrics.jsonl``, a grid run's
-``train.log``, ``pretrain_log.jsonl``) are appended to line by line.
+The artefacts of a run go through these (``config.yaml``, ``summary.json``, the ``best/`` and
+``last/`` checkpoints, of fine-tuning and of pretraining alike), as do ``minbert pretrain``'s
+output directory, prediction CSVs (``tasks.evaluation.write_predictions``), ``minbert eval``'s
+``eval-<split>.json``, ``minbert export``'s directory and the lab's ``grid.json``, reports, plots
+and results index. Two kinds of file do not: ``minbert.bert``'s ``save_pretrained`` called on its
+own (the encoder package imports nothing of minbert; inside a run it writes into a directory that
+goes through :func:`write_dir_atomically`), and the logs (``metrics.jsonl``, a grid run's
+``train.log``), which are appended to line by line.
 
 :func:`crash_point` marks the moments in between where a crash is worth testing; it does
 nothing unless a test replaces it.

@@ -1,10 +1,10 @@
-"""Atomic writes (minbert.training.checkpointing): a failure part-way leaves the previous version whole."""
+"""Atomic writes (minbert.runtime.checkpointing): a failure part-way leaves the previous version whole."""
 
 from __future__ import annotations
 
 import pytest
 
-from minbert.training.checkpointing import recover, write_dir_atomically, write_file_atomically, write_text_atomically
+from minbert.runtime.checkpointing import recover, write_dir_atomically, write_file_atomically, write_text_atomically
 
 
 def test_text_is_replaced_whole_and_no_temporary_file_is_left(tmp_path):
