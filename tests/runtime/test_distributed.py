@@ -79,7 +79,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def torchrun_command(*argv: str) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of a 2-process torchrun on loopback, one thread a rank."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
@@ -92,6 +93,11 @@ def torchrun(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
         f"--master-port={free_port()}",
         *argv,
     ]
+    return cmd, env
+
+
+def torchrun(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    cmd, env = torchrun_command(*argv)
     return subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True, timeout=timeout)
 
 
@@ -226,20 +232,7 @@ def test_sigterm_to_torchrun_saves_last_and_a_2_rank_resume_reproduces_the_unint
 
     whole = torchrun("-m", "minbert", "train", "--config", str(config("whole")))
     assert whole.returncode == 0, whole.stderr[-3000:]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc-per-node={WORLD}",
-        "--master-addr=127.0.0.1",
-        f"--master-port={free_port()}",
-        "-m",
-        "minbert",
-        "train",
-        "--config",
-        str(config("cut")),
-    ]
+    cmd, env = torchrun_command("-m", "minbert", "train", "--config", str(config("cut")))
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     state = tmp_path / "cut" / "last" / "state.json"
     deadline = time.time() + 240

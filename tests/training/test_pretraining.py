@@ -24,7 +24,7 @@ from minbert.data import Forever, make_loader
 from minbert.runtime.process import NonFiniteError
 from minbert.training import fit, setup
 from minbert.training.pretraining import EVAL_MASK_SEED, MaskedLMLosses
-from tests.runtime.test_distributed import WORLD, free_port
+from tests.runtime.test_distributed import WORLD, torchrun
 from tests.training.test_resume import assert_same_run, finish, kill_when_training
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -170,21 +170,7 @@ def test_two_ranks_pretrain_what_one_process_computes_from_their_batches(tiny_mo
     Dropout off, so that nothing else random differs between the ranks."""
     no_dropout = ("--bert", "hidden_dropout_prob=0.0", "--bert", "attention_probs_dropout_prob=0.0")
     args = pretrain_args(tiny_model_dir, data_dir, tmp_path / "ddp", "--max-steps", "5", "--warmup", "0", *no_dropout)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc-per-node={WORLD}",
-        "--master-addr=127.0.0.1",
-        f"--master-port={free_port()}",
-        "-m",
-        "minbert",
-        *args,
-    ]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True, timeout=300)
+    done = torchrun("-m", "minbert", *args)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp-run" / "summary.json").read_text())
     assert summary["world_size"] == WORLD and summary["steps"] == 5
