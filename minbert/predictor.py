@@ -273,11 +273,14 @@ class Predictor:
         out = torch.empty((len(sentences), self.run.model.bert.config.hidden_size))
         examples = [Example(str(i), (s,), None, i) for i, s in enumerate(sentences)]
         loader = make_loader(EncodedDataset(examples, self.run.tokenizer, "single", max_length), self.batch_size, False)
-        for batch in tqdm(loader, desc=f"embedding {len(sentences)}", disable=not self.progress, leave=False):
+        bar = tqdm(total=len(loader), desc=f"embedding {len(sentences)}", disable=not self.progress, leave=False)
+        for batch in loader:  # (the bar beside the loop: tqdm.auto around a DataLoader iterates it twice)
+            bar.update()
             batch = batch.to(self.run.device)
             with self.autocast():
                 vec = encode_and_pool(self.run.model.bert, batch.inputs[0], pooling)
             out[batch.indices.cpu()] = vec.float().cpu()
+        bar.close()
         return out
 
 

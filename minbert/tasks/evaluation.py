@@ -101,7 +101,11 @@ def collect_outputs(
     ids: list[str | None] = [None] * n
     has_labels = True
     batches = own_batches(loader) if sharded else loader
-    for batch in tqdm(batches, desc=f"{task}: {n} examples", disable=not progress, leave=False):
+    # a bar beside the loop, not around it: tqdm.auto wrapping a DataLoader makes a second iterator of
+    # it, whose creation draws from the global torch RNG and so changes every later dropout mask
+    bar = tqdm(total=len(batches), desc=f"{task}: {n} examples", disable=not progress, leave=False)
+    for batch in batches:
+        bar.update()
         batch: Batch = batch.to(device)
         with autocast():
             joint, u, v = module.parts(model.bert, batch.inputs)
@@ -121,6 +125,7 @@ def collect_outputs(
             has_labels = False
         else:
             labels[idx] = batch.labels.float().cpu().numpy()
+    bar.close()
     model.train(was_training)
     if sharded and distributed.enabled():  # a pair's two views may lie on two ranks: sum, then divide
         sums = torch.from_numpy(np.stack([scores, views, labels * (views > 0), views > 0]).astype(np.float64))

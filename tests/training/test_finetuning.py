@@ -62,3 +62,21 @@ def test_the_objective_hands_the_loop_the_trained_tasks_loaders(tiny_model_dir, 
     # the shared parameters are the encoder's: what every task's loss reaches
     shared = {id(p) for p in tr.objective.shared_parameters()}
     assert shared == {id(p) for p in tr.model.bert.parameters()}
+
+
+def test_an_evaluation_draws_from_the_global_rng_only_what_iterating_the_dev_loaders_does(
+    tiny_model_dir, data_dir, tmp_path
+):
+    """Dropout after an evaluation depends on the global torch RNG: validating must advance it exactly
+    as iterating each dev loader once does (a DataLoader draws its base seed per iterator), or a run
+    that evaluates diverges from one that evaluated with the same steps before (a progress bar that
+    wraps the loader made a second iterator per task)."""
+    tr = tiny_trainer(tiny_model_dir, data_dir, tmp_path)
+    torch.manual_seed(123)
+    for task in tr.objective.tasks.values():
+        for _ in task.dev:
+            pass
+    expected = torch.get_rng_state()
+    torch.manual_seed(123)
+    tr.objective.validate(tr.autocast)
+    assert torch.equal(torch.get_rng_state(), expected)
