@@ -31,6 +31,10 @@ def test_the_api_is_exported_from_minbert_and_minbert_bert():
     names = [
         "BertConfig",
         "BertModel",
+        "BertForSequenceClassification",  # the Hugging Face heads, public since issue 38
+        "BertForTokenClassification",
+        "BertForQuestionAnswering",
+        "BertForMultipleChoice",
         "BertOutput",
         "BertTokenizer",
         "CheckpointError",
