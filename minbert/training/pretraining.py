@@ -131,11 +131,11 @@ class MaskedLMLosses(nn.Module):
         ids, mask = segment["input_ids"], segment["attention_mask"]
         masked, labels = self.masker(ids.cpu(), mask.cpu(), self.generator)  # the generator lives on the CPU
         masked, labels = masked.to(ids.device), labels.to(ids.device)
+        if not (labels != -100).any():  # a tiny batch of short sentences may have nothing masked
+            return {SOURCE: sum(p.sum() for p in self.model.parameters()) * 0.0}  # every parameter, for DDP
         kwargs = {} if batch.labels is None else {"next_sentence_label": batch.labels}
         with self.autocast():
             out = self.model(masked, mask, segment["token_type_ids"], labels=labels, masked_only=True, **kwargs)
-        if not (labels != -100).any():  # a tiny batch of short sentences may have nothing masked
-            return {SOURCE: sum(p.sum() for p in self.model.parameters()) * 0.0}  # every parameter, for DDP
         return {SOURCE: out.loss.float()}
 
 

@@ -2,7 +2,8 @@
 
     runs/<name>/last/
       state.safetensors   every tensor: weights, optimizer moments, EMA shadow, SMART teacher,
-                          Child-Tuning masks, combiner buffers, the torch RNG state
+                          Child-Tuning masks, combiner buffers, the torch RNG states, and per rank
+                          the objective's own state (pretraining: its masking generator)
       state.json          everything else: counters, LR schedule, scaler, python / numpy RNG
                           states, the sampler's plan and position, history, the config
 
