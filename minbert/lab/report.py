@@ -322,7 +322,7 @@ def jsonl_to_tensorboard(run_dir: str | Path, log_dir: str | Path | None = None)
     """
     from torch.utils.tensorboard import SummaryWriter
 
-    from minbert.training.runs import flatten as flatten_record
+    from minbert.training.runs import scalars
 
     run_dir = Path(run_dir)
     out = Path(log_dir) if log_dir is not None else run_dir / "tb"
@@ -330,7 +330,7 @@ def jsonl_to_tensorboard(run_dir: str | Path, log_dir: str | Path | None = None)
         shutil.rmtree(out)
     with SummaryWriter(str(out)) as writer:
         for r in read_jsonl(run_dir / "metrics.jsonl"):
-            fields = flatten_record({k: v for k, v in r.items() if k not in ("step", "epoch", "split")})
+            fields = scalars({k: v for k, v in r.items() if k not in ("step", "epoch", "split")})
             for key, value in fields.items():
                 writer.add_scalar(f"{r.get('split', 'train')}/{key}", value, int(r.get("step", 0)))
     return out

@@ -7,7 +7,7 @@
       state.json          everything else: counters, LR schedule, scaler, python / numpy RNG
                           states, the sampler's plan and position, history, the config
 
-A state is a nested mapping (dicts, lists, numbers, strings, tensors). :func:`flatten` splits
+A state is a nested mapping (dicts, lists, numbers, strings, tensors). :func:`to_skeleton` splits
 it into the tensors, stored by a dotted path in safetensors (no pickle), and a JSON skeleton
 that refers to them, so reading a state back never unpickles anything. Both files are written
 into ``last.tmp/``, flushed to disk, and swapped in with renames
@@ -50,7 +50,7 @@ class StateError(ValueError):
 # ------------------------------------------------------------------ nested state <-> files
 
 
-def flatten(state: Any, prefix: str = "", tensors: dict[str, torch.Tensor] | None = None) -> tuple[Any, dict]:
+def to_skeleton(state: Any, prefix: str = "", tensors: dict[str, torch.Tensor] | None = None) -> tuple[Any, dict]:
     """(JSON skeleton, {path: tensor}): each tensor replaced by ``{"__tensor__": path}``."""
     tensors = {} if tensors is None else tensors
     if isinstance(state, torch.Tensor):
@@ -61,27 +61,27 @@ def flatten(state: Any, prefix: str = "", tensors: dict[str, torch.Tensor] | Non
     if isinstance(state, dict):
         if any(not isinstance(k, str) for k in state):
             raise TypeError(f"state keys must be strings at {prefix or 'the top'}: {list(state)[:5]}")
-        return {k: flatten(v, f"{prefix}.{k}" if prefix else k, tensors)[0] for k, v in state.items()}, tensors
+        return {k: to_skeleton(v, f"{prefix}.{k}" if prefix else k, tensors)[0] for k, v in state.items()}, tensors
     if isinstance(state, list | tuple):
-        return [flatten(v, f"{prefix}.{i}", tensors)[0] for i, v in enumerate(state)], tensors
+        return [to_skeleton(v, f"{prefix}.{i}", tensors)[0] for i, v in enumerate(state)], tensors
     if state is None or isinstance(state, bool | int | float | str):
         return state, tensors
     raise TypeError(f"cannot store a {type(state).__name__} at {prefix}")
 
 
-def unflatten(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+def from_skeleton(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(skeleton, dict):
         if set(skeleton) == {"__tensor__"}:
             return tensors[skeleton["__tensor__"]]
-        return {k: unflatten(v, tensors) for k, v in skeleton.items()}
+        return {k: from_skeleton(v, tensors) for k, v in skeleton.items()}
     if isinstance(skeleton, list):
-        return [unflatten(v, tensors) for v in skeleton]
+        return [from_skeleton(v, tensors) for v in skeleton]
     return skeleton
 
 
 def save_state(directory: Path, state: dict) -> None:
     """Write ``state`` to ``directory`` (``last/``), atomically."""
-    skeleton, tensors = flatten(state)
+    skeleton, tensors = to_skeleton(state)
 
     def write(tmp: Path) -> None:
         save_file(tensors, str(tmp / TENSORS), metadata={"format": "pt"})
@@ -97,7 +97,7 @@ def load_state(directory: Path) -> dict:
     if missing:
         raise StateError(f"no resumable state: {', '.join(missing)} missing")
     try:
-        return unflatten(json.loads(files[1].read_text()), load_file(str(files[0])))
+        return from_skeleton(json.loads(files[1].read_text()), load_file(str(files[0])))
     except Exception as e:  # truncated or edited files (safetensors raises its own error type)
         raise StateError(f"{directory}: the saved state cannot be read: {e}") from e
 

@@ -56,13 +56,13 @@ def write_jsonl(path: Path, record: dict) -> None:
         f.flush()
 
 
-def flatten(record: dict, prefix: str = "") -> dict[str, float]:
+def scalars(record: dict, prefix: str = "") -> dict[str, float]:
     """{"tasks": {"sst": {"accuracy": 0.5}}} -> {"tasks/sst/accuracy": 0.5} (numbers only)."""
     out = {}
     for k, v in record.items():
         key = f"{prefix}/{k}" if prefix else str(k)
         if isinstance(v, dict):
-            out.update(flatten(v, key))
+            out.update(scalars(v, key))
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             out[key] = float(v)
     return out
@@ -90,7 +90,7 @@ class RunLogger:
         write_jsonl(self.path, record)
         if self.tb is not None:
             split = record.get("split", "train")
-            for key, value in flatten({k: v for k, v in record.items() if k not in ("step", "epoch")}).items():
+            for key, value in scalars({k: v for k, v in record.items() if k not in ("step", "epoch")}).items():
                 self.tb.add_scalar(f"{split}/{key}", value, record.get("step", 0))
             self.tb.flush()
 

@@ -21,12 +21,12 @@ from safetensors.torch import load_file
 from minbert.optim import AdamW
 from minbert.training.resume import (
     StateError,
-    flatten,
+    from_skeleton,
     load_named_optimizer_state,
     load_state,
     named_optimizer_state,
     save_state,
-    unflatten,
+    to_skeleton,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,18 +34,18 @@ ROOT = Path(__file__).resolve().parents[2]
 # -- the state files ------------------------------------------------------------------------
 
 
-def test_flatten_keeps_tensors_apart_and_the_rest_as_json():
+def test_to_skeleton_keeps_tensors_apart_and_the_rest_as_json():
     state = {"a": torch.arange(3), "b": {"c": [torch.ones(2, 2), 5, "x", None, 1.5]}, "d": {}}
-    skeleton, tensors = flatten(state)
+    skeleton, tensors = to_skeleton(state)
     assert skeleton == {"a": {"__tensor__": "a"}, "b": {"c": [{"__tensor__": "b.c.0"}, 5, "x", None, 1.5]}, "d": {}}
     assert set(tensors) == {"a", "b.c.0"}
-    back = unflatten(json.loads(json.dumps(skeleton)), tensors)
+    back = from_skeleton(json.loads(json.dumps(skeleton)), tensors)
     assert torch.equal(back["a"], state["a"]) and torch.equal(back["b"]["c"][0], state["b"]["c"][0])
     assert back["b"]["c"][1:] == [5, "x", None, 1.5] and back["d"] == {}
     with pytest.raises(ValueError, match="the path 'a.b'"):  # a dotted key and a nested one collide
-        flatten({"a.b": torch.zeros(1), "a": {"b": torch.zeros(1)}})
+        to_skeleton({"a.b": torch.zeros(1), "a": {"b": torch.zeros(1)}})
     with pytest.raises(TypeError, match="cannot store a set"):
-        flatten({"s": {1, 2}})
+        to_skeleton({"s": {1, 2}})
 
 
 def test_save_state_swaps_whole_directories_and_recovers_from_a_crash_between_renames(tmp_path):
@@ -82,8 +82,8 @@ def test_optimizer_state_goes_by_parameter_name():
     assert saved["state"]["b.bias"]["step"] == 1 and [g["lr"] for g in saved["groups"]] == [0.1, 0.5]
 
     fresh = AdamW([{"params": a.parameters()}, {"params": b.parameters(), "lr": 0.5}], lr=0.1)
-    skeleton, tensors = flatten(saved)
-    load_named_optimizer_state(fresh, unflatten(json.loads(json.dumps(skeleton)), tensors), names)
+    skeleton, tensors = to_skeleton(saved)
+    load_named_optimizer_state(fresh, from_skeleton(json.loads(json.dumps(skeleton)), tensors), names)
     for p in [*a.parameters(), *b.parameters()]:
         assert torch.equal(fresh.state[p]["exp_avg"], opt.state[p]["exp_avg"]) and fresh.state[p]["step"] == 1
     other = AdamW(list(b.parameters()) + list(a.parameters()), lr=0.1)  # other groups: refused, not misassigned
