@@ -154,6 +154,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 def run(args: argparse.Namespace) -> int:
     """``minbert pretrain``: train (or resume), then write ``--output`` from the run's ``best/``."""
     from minbert.training import fit, setup
+    from minbert.training.pretraining import SOURCE
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -170,8 +171,8 @@ def run(args: argparse.Namespace) -> int:
     if not is_main_process():
         return 0
     history = tr.keeper.history
-    before = next((r["tasks"]["mlm"] for r in history if r["step"] == 0), None)
-    after = tr.keeper.metrics["mlm"]
+    before = next((r["tasks"][SOURCE] for r in history if r["step"] == 0), None)
+    after = tr.keeper.metrics[SOURCE]
     output = Path(cfg.pretrain.output)
     report = {
         "model": cfg.model.pretrained,

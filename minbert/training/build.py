@@ -32,6 +32,7 @@ from minbert.tasks.losses import HybridLoss, build_loss
 from minbert.tasks.model import MultitaskModel
 from minbert.tasks.pairs import PAIR_MODES, PairMode, build_task_encoder
 from minbert.tasks.pooling import POOLINGS
+from minbert.training.pretraining import SOURCE as PRETRAINING_SOURCE
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +224,7 @@ def check(cfg: Config, pretrained: bool = True) -> dict[str, Task]:
     with config_field("train.sampler"):
         SAMPLERS.build(train.sampler, **train.sampler_kwargs)  # cheap to build: checks values too
     with config_field("train.combiner"):
-        combiner = COMBINERS.build(train.combiner, list(tasks) or ["mlm"], **train.combiner_kwargs)
+        combiner = COMBINERS.build(train.combiner, list(tasks) or [PRETRAINING_SOURCE], **train.combiner_kwargs)
     if optim.combiner_lr is not None and not combiner.learns_weights:
         raise ConfigError(
             f"config field 'optim.combiner_lr' is set but combiner '{train.combiner}' learns no weights; "
