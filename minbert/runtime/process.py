@@ -140,6 +140,15 @@ class Interrupted(Exception):
         self.signum, self.exit_code = signum, 128 + signum  # the shell's convention: 130, 143
 
 
+class Pruned(Exception):
+    """Training stopped by its ``after_evaluation`` callback (a search's pruner) after an evaluation;
+    no ``last/`` state is written for it."""
+
+    def __init__(self, step: int, evaluations: int):
+        super().__init__(f"pruned after step {step} ({evaluations} dev evaluations)")
+        self.step, self.evaluations = step, evaluations
+
+
 class StopSignals:
     """Within the block SIGINT and SIGTERM only set ``received`` (the signal number), so that the
     loop can finish its optimizer step and save before it stops; the handlers are put back after.

@@ -23,7 +23,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from minbert.data import Batch, Forever
 from minbert.multitask import epoch_length
 from minbert.runtime import distributed
 from minbert.runtime.distributed import agree, average_outside_ddp, mean_over_ranks, no_sync, unwrap
-from minbert.runtime.process import Interrupted, NonFiniteError, StopSignals, is_main_process
+from minbert.runtime.process import Interrupted, NonFiniteError, Pruned, StopSignals, is_main_process
 from minbert.training.resume import checkpoint_due, restore, save_last, set_rng_states
 from minbert.training.runs import (
     RunLogger,
@@ -50,10 +50,12 @@ from minbert.training.state import Progress, Trainer
 log = logging.getLogger(__name__)
 
 
-def fit(tr: Trainer, resume: bool = False) -> dict:
+def fit(tr: Trainer, resume: bool = False, after_evaluation: Callable[[dict], bool] | None = None) -> dict:
     """Train; evaluate each epoch, every ``eval_every`` steps or ``evals_per_epoch`` times an epoch; keep
     the best checkpoint; write the resumable ``last/`` state now and then.
-    ``resume``: continue from ``run_dir/last``."""
+    ``resume``: continue from ``run_dir/last``. ``after_evaluation``: called on rank 0 with each dev
+    record (``index``: the how-manieth evaluation of the run, from 0); when it returns True (a search's
+    pruner), every rank stops there and ``fit`` raises :class:`~minbert.runtime.process.Pruned`."""
     cfg, main, keeper = tr.cfg, is_main_process(), tr.keeper
     if main and not resume:
         start_run_dir(tr.run_dir, cfg)
@@ -64,11 +66,21 @@ def fit(tr: Trainer, resume: bool = False) -> dict:
     iters = {n: Forever(loader, progress.drawn.get(n, 0)) for n, loader in tr.objective.sources().items()}
     if state:
         set_rng_states(state["rng"])  # after the loaders' iterators, whose creation draws from it
+        log.info("resumed from %s at step %d", tr.run_dir / "last", progress.step)
     step_rule = epoch_length(cfg.train.steps_per_epoch, tr.sizes)
     tr.objective.train_mode()
+
+    def evaluated() -> None:
+        evaluate(tr, progress, logger)
+        record = {**keeper.history[-1], "index": len(keeper.history) - 1}
+        (stop,) = agree(main and after_evaluation is not None and after_evaluation(record))
+        if stop:
+            logger.close()
+            raise Pruned(progress.step, len(keeper.history))
+
     with StopSignals() as signals:
         if cfg.train.eval_at_start and keeper.last_step < 0:  # the starting point, as an evaluation at step 0
-            evaluate(tr, progress, logger)
+            evaluated()
         for epoch in range(progress.epoch, cfg.train.epochs if not progress.done else 0):
             if progress.plan is None:  # a new epoch: the sampler draws its plan
                 plan = list(tr.sampler.steps(epoch, tr.sizes, step_rule, rng))
@@ -86,7 +98,7 @@ def fit(tr: Trainer, resume: bool = False) -> dict:
                     lr = tr.scheduler.get_last_lr()[0]
                     logger.log(train_record(progress.step, progress.epoch, progress.running, lr))
                 if evaluation_due(cfg.train, progress, cfg.optim.grad_accum):
-                    evaluate(tr, progress, logger)
+                    evaluated()
                 # rank 0's clock decides for every rank; a signal to any rank stops them all here
                 budget, due, signal = agree(
                     main and out_of_budget(cfg.train, progress),
@@ -105,13 +117,13 @@ def fit(tr: Trainer, resume: bool = False) -> dict:
             if main:
                 report_cost(tr.regularizer)
             if not (cfg.train.eval_every or cfg.train.evals_per_epoch):
-                evaluate(tr, progress, logger)
+                evaluated()
             progress.plan = None
             if progress.stopping or keeper.out_of_patience:
                 break
         progress.done = True
         if keeper.last_step != progress.step:  # the budget or the last epoch ended between evaluations
-            evaluate(tr, progress, logger)
+            evaluated()
         save_last(tr, progress, rng, scaler)
         (signal,) = agree(signals.received)
         if signal:  # during the last evaluation: saved, and a resume only writes the summary
