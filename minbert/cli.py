@@ -1,7 +1,7 @@
-"""``minbert`` command line: train | eval | predict | run | similarity | export | ablate | pretrain.
+"""``minbert`` command line: train | eval | predict | run | similarity | export | ablate | search | pretrain.
 
 This module only parses and dispatches; the work is done in ``train``, ``predictor``,
-``similarity``, ``runs``, ``export``, ``lab.ablate`` and ``pretrain``. Errors a user can fix (a
+``similarity``, ``runs``, ``export``, ``lab.ablate``, ``lab.search`` and ``pretrain``. Errors a user can fix (a
 bad config field, a missing file, a malformed data row) print one line naming the problem and
 exit with status 2, without a traceback.
 """
@@ -32,6 +32,8 @@ EPILOG = """examples:
   minbert export --run runs/multitask --task sst --output sst-hf/        transformers pipeline loads it
   minbert run                                            the default multitask job (make run)
   minbert ablate configs/ablations/pooling.yaml         variants x seeds -> report.md
+  minbert ablate GRID.yaml --storage postgresql://HOST/DB   the same command on every machine: one grid
+  minbert search configs/search/lr.yaml --trials 20 --confirm 2   TPE search, then the best 2 at 3 seeds
   minbert pretrain --task sst --task quora --max-steps 200 --output runs/mlm   MLM further pretraining
 """
 
@@ -138,10 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pooling", default="mean")
 
     from minbert import pretrain
-    from minbert.lab import ablate
+    from minbert.lab import ablate, search
 
-    p = sub.add_parser("ablate", help="run a grid of config variants x seeds and write a report")
+    p = sub.add_parser(
+        "ablate",
+        help="run a grid of config variants x seeds (an Optuna study, any number of workers) and write a report",
+    )
     ablate.add_arguments(p)
+
+    p = sub.add_parser("search", help="search a space of recipes (Optuna TPE, pruning) with any number of workers")
+    search.add_arguments(p)
 
     p = sub.add_parser("pretrain", help="MLM (+NSP) further pretraining on task text; writes an HF checkpoint")
     pretrain.add_arguments(p)
@@ -325,6 +333,12 @@ def cmd_ablate(args) -> int:
     return ablate.run(args)
 
 
+def cmd_search(args) -> int:
+    from minbert.lab import search
+
+    return search.run(args)
+
+
 def cmd_pretrain(args) -> int:
     from minbert import pretrain
 
@@ -340,6 +354,7 @@ COMMANDS = {
     "export": cmd_export,
     "pretrain": cmd_pretrain,
     "ablate": cmd_ablate,
+    "search": cmd_search,
 }
 
 

@@ -1,104 +1,44 @@
-"""``minbert ablate``: run a grid's (variant, seed) runs and keep its report current.
+"""``minbert ablate``: run a grid's (variant, seed) runs as an Optuna study and keep its report current.
 
     minbert ablate configs/ablations/pooling.yaml [--variant NAME] [--seeds 0 1] [--dry-run] [--report-only]
-    minbert ablate docs/results/short-budget/pooling --report-only   # redraw a committed report from its report.json
+    minbert ablate GRID.yaml --storage postgresql://HOST/DB        # the same command on each machine
+    minbert ablate GRID.yaml --workers 2                            # two workers on this machine
+    minbert ablate docs/results/lab-sampler --report-only           # redraw a committed report from its records
 
 The grid file and how each run's config is made: ``minbert.lab.grid`` (and ``docs/ablations.md``).
 
-A run is finished iff its ``summary.json`` exists (``fit`` writes it last); anything else in
-a run directory is what a killed run left: it is wiped and run again, so rerunning the same
-command resumes the grid. Each run trains in a fresh ``spawn``ed process (isolated state and
-``ru_maxrss`` peak memory; output in ``<run_dir>/train.log``). The report is rebuilt after
-every finished run. Under ``torchrun`` every rank walks the grid and trains each run in-process,
-all ranks together (``docs/distributed.md``).
+The grid is a study (``minbert.lab.study``): one trial per (variant, seed), in a database that any
+number of workers share (``--storage``; default a SQLite file ``study.db`` in the grid's output
+directory). Each worker (``minbert.lab.worker``) takes the next waiting trial, trains it in a fresh
+``spawn``ed process (output in ``<run_dir>/train.log``), records it in the study and redraws the
+report from the study. Rerunning the command resumes: finished trials stay, a run whose trial failed
+is enqueued again, an interrupted run resumes from its ``last/``. A run directory finished before its
+study existed is recorded as it is. Under ``torchrun`` rank 0 takes the trials and every rank trains
+each run in-process, all ranks together (``docs/distributed.md``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import shlex
 import shutil
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-import minbert.training as train_lib
-from minbert.config import Config, ConfigError, config_diff, config_yaml, flatten, read_saved_config, to_dict
+from minbert.config import ConfigError, config_diff, config_yaml, flatten, read_saved_config, to_dict
 from minbert.lab.grid import Grid, Run, load_grid, plan, run_config, stale_fields, write_grid_json
 from minbert.lab.records import finished_runs
 from minbert.lab.report import COST_BENCH, NOTES, RUN_LABELS, jsonl_to_tensorboard, write_report
+from minbert.lab.study import default_storage, grid_json_of, grid_study, load_study, open_storage, records_from_study
+from minbert.lab.worker import Assignment, add_worker_arguments, check_worker_arguments, spawn_workers, work
 from minbert.runtime import distributed
 from minbert.runtime.checkpointing import write_text_atomically
 from minbert.runtime.process import is_main_process, pick_device, world_size
-
-
-class RunFailed(RuntimeError):
-    """A run of the grid exited with an error."""
-
-
-# ------------------------------------------------------------------ running
-
-
-def train_run(cfg: Config, resume: bool = False) -> dict:
-    """One run in this process: ``setup`` then ``fit`` (looked up at call time, so tests can patch them)."""
-    tr = train_lib.setup(cfg)
-    return train_lib.fit(tr, resume=True) if resume else train_lib.fit(tr)
-
-
-def resumable(run: Run) -> bool:
-    """An interrupted run that wrote its last/ state (or the .old a crash mid-swap left)."""
-    last = run.run_dir / "last"
-    return not run.finished and any((d / "state.json").is_file() for d in (last, last.with_name("last.old")))
-
-
-def _child(cfg: Config, log_path: str, resume: bool) -> None:  # pragma: no cover - runs in the spawned process
-    import logging
-
-    with open(log_path, "a", buffering=1) as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        train_run(cfg, resume)
-
-
-def run_one(run: Run, isolate: bool = True) -> dict:
-    """Train one run and return its summary: resumed from its last/ state if an interrupted run
-    left one, else from scratch (wiping what a killed run left)."""
-    resume = resumable(run)
-    distributed.barrier()  # under torchrun: every rank has decided before rank 0 wipes
-    if run.run_dir.exists() and not resume and is_main_process():
-        shutil.rmtree(run.run_dir)
-    distributed.barrier()
-    if not isolate:
-        return train_run(run.config, resume)
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    log = run.run_dir / "train.log"
-    # not a daemon: a run may start DataLoader workers (train.num_workers > 0)
-    proc = mp.get_context("spawn").Process(target=_child, args=(run.config, str(log), resume))
-    proc.start()
-    try:
-        proc.join()
-    finally:
-        if proc.is_alive():  # interrupted: do not leave an orphan training
-            proc.terminate()
-            proc.join()
-    if proc.exitcode != 0 or not run.finished:
-        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:]) if log.is_file() else ""
-        raise RunFailed(f"run {run.variant} seed {run.seed} failed (exit code {proc.exitcode}); log {log}:\n{tail}")
-    return json.loads((run.run_dir / "summary.json").read_text())
-
-
-def drop_resume_state(run_dir: Path) -> None:
-    """A finished run is never resumed: remove its ``last/`` (weights, optimizer moments and RNG states,
-    about 350 MB for the default model, four times ``best/``), so that a grid of a hundred runs fits on
-    the disk. ``best/`` (the kept checkpoint) and the small records stay."""
-    shutil.rmtree(run_dir / "last", ignore_errors=True)
 
 
 def finished_configs(roots: list[Path]) -> list[tuple[Path, dict]]:
@@ -178,88 +118,122 @@ def publish(grid_dir: Path, dest: Path) -> Path:
     return write_report(dest)
 
 
-def _fmt_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
+class GridJob:
+    """A grid's study as a worker's job (``minbert.lab.worker``): a trial is one (variant, seed) run,
+    its parameters fixed when the study was made; after each, the report is redrawn from the study
+    (and published with ``publish_to``)."""
+
+    pruner = None
+
+    def __init__(
+        self,
+        grid: Grid,
+        runs: list[Run],
+        study,
+        url: str,
+        reuse: list[Path] = (),
+        publish_to: Path | None = None,
+        echo: Callable[[str], None] = print,
+    ):
+        self.grid, self.runs, self.study, self.url = grid, runs, study, url
+        self.publish_to, self.echo = publish_to, echo
+        self.reusable = finished_configs(list(reuse)) if reuse else []
+        self._baseline = to_dict(run_config(grid, grid.baseline, grid.seeds[0]))
+
+    def assign(self, trial) -> Assignment:
+        variant = trial.suggest_categorical("variant", list(self.grid.variants))
+        seed = trial.suggest_int("seed", 0, 2**31 - 1)
+        return Assignment(trial._trial_id, trial.number, f"{variant} seed {seed}", run_config(self.grid, variant, seed))
+
+    def new_trial(self):
+        return None  # a grid's trials are all enqueued when its study is made
+
+    def _run(self, a: Assignment) -> Run:
+        return Run(a.label.split(" seed ")[0], a.config.train.seed, a.config)
+
+    def before(self, a: Assignment) -> bool:
+        """A run directory already finished (trained before the study, or by a worker that died while
+        recording it) is recorded as it is; a run another grid trained with the same config is reused."""
+        run = self._run(a)
+        if run.finished:
+            if fields := stale_fields(run):
+                self.echo(f"warning: {run.run_dir} is finished but was run with other values of {fields}; kept")
+            self.echo(f"trial {a.number}: {a.label}: recorded from the finished {run.run_dir}")
+            return True
+        if self.reusable and (src := find_reusable(run, self.reusable)) is not None:
+            reuse_run(src, run)
+            self.echo(f"trial {a.number}: {a.label}: reused {src} (the same config and seed)")
+            return True
+        return False
+
+    def after(self, a: Assignment, summary: dict | None) -> None:
+        """TensorBoard events for the run if the loop wrote none, and the report redrawn from the study.
+        A failure here never stops the grid."""
+        try:
+            if not any(a.run_dir.glob("events.out.tfevents.*")):
+                jsonl_to_tensorboard(a.run_dir)
+        except ImportError as e:
+            self.echo(f"  (no TensorBoard events: {e})")
+        try:
+            write_study_report(self.study, self.grid.output, self.publish_to)
+        except Exception as e:  # noqa: BLE001 - a plotting problem must not lose hours of training
+            self.echo(f"  warning: the report could not be written or published: {type(e).__name__}: {e}")
+
+    def baseline(self) -> dict:
+        return self._baseline
 
 
-def refresh_outputs(
-    grid_dir: Path, run: Run | None = None, echo: Callable[[str], None] = print, publish_to: Path | None = None
-) -> None:
-    """The grid report, and TensorBoard events for a finished run that has none; with ``publish_to``,
-    the records published there too (:func:`publish`). A failure never stops the grid.
+def write_study_report(study, grid_dir: Path, publish_to: Path | None = None) -> Path:
+    """The grid's report drawn from its study alone into ``grid_dir``; with ``publish_to``, also the
+    study's compact record there (``grid.json``, ``trials.jsonl``, ``notes.md`` / ``cost.json`` of
+    ``grid_dir`` if any) and the report. Returns the report's path."""
+    from minbert.lab.records import write_trials
 
-    The training loop writes events itself when tensorboard is installed; runs trained without
-    it get theirs converted from ``metrics.jsonl`` (into ``<run_dir>/tb``).
-    """
-    try:
-        if run is not None and not any(run.run_dir.glob("events.out.tfevents.*")):
-            jsonl_to_tensorboard(run.run_dir)
-    except ImportError as e:
-        echo(f"  (no TensorBoard events: {e})")
-    try:
-        write_report(grid_dir)
-        if publish_to is not None:
-            publish(grid_dir, publish_to)
-    except Exception as e:  # noqa: BLE001 - a plotting problem must not lose hours of training
-        echo(f"  warning: the report could not be written or published: {type(e).__name__}: {e}")
+    records = records_from_study(study)
+    path = write_report(grid_dir, records)
+    if publish_to is not None:
+        publish_to.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(publish_to / "grid.json", json.dumps(grid_json_of(study), indent=2, default=str) + "\n")
+        for extra in (NOTES, COST_BENCH):
+            if (grid_dir / extra).is_file() and grid_dir.resolve() != publish_to.resolve():
+                shutil.copy2(grid_dir / extra, publish_to / extra)
+        write_trials(publish_to, records)
+        write_report(publish_to, records)
+    return path
 
 
-def execute(
-    grid: Grid,
-    runs: list[Run],
-    isolate: bool = True,
-    echo: Callable[[str], None] = print,
-    command: str | None = None,
-    reuse: list[Path] = (),
-    publish_to: Path | None = None,
-) -> list[Run]:
-    """Write ``grid.json``, run the unfinished runs in order refreshing the report after each; return those run.
-    A run whose config a finished run under ``reuse`` already trained is copied instead (:func:`reuse_run`).
-    With ``publish_to``, each finished run's records are published there as soon as it ends, so a
-    machine lost mid-grid loses at most the run in progress once they are committed.
-    Under torchrun every rank runs this (in-process) and rank 0 writes and speaks."""
+def grid_worker(args: argparse.Namespace) -> int:
+    """One worker on a grid's study (``minbert.lab.worker.work``); every rank under torchrun."""
+    grid, runs = planned(args)
+    url = args.storage or default_storage(grid.output)
     main = is_main_process()
-    echo = echo if main else (lambda _: None)
+    if world_size() > 1:  # under torchrun: every rank trains each run in-process, in one process group
+        args.in_process = True
+        distributed.init(pick_device(runs[0].config.train.device) if runs else torch.device("cpu"))
+    study = None
     if main:
-        write_grid_json(grid, runs, command)
-    todo = [r for r in runs if not r.finished]
-    for r in runs:
-        if r.finished and (fields := stale_fields(r)):
-            echo(f"warning: {r.run_dir} is finished but was run with other values of {fields}; delete it to rerun it")
-    echo(f"grid {grid.name}: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run")
-    durations = [json.loads((r.run_dir / "summary.json").read_text())["train_seconds"] for r in runs if r.finished]
-    fresh: list[float] = []
-    finished = finished_configs(list(reuse)) if reuse and todo else []
-    for r in list(todo):
-        if finished and (src := find_reusable(r, finished)) is not None:
-            distributed.barrier()  # every rank has looked before rank 0 copies
-            if main:
-                summary = reuse_run(src, r)
-                echo(
-                    f"[{runs.index(r) + 1}/{len(runs)}] {r.variant} seed {r.seed}: reused {src} "
-                    f"(the same config and seed), score {summary['best_score']:.4f}"
-                )
-                refresh_outputs(grid.output, r, echo, publish_to)
-            distributed.barrier()
-            todo.remove(r)
-    for r in todo:
-        k = runs.index(r) + 1
-        times = fresh or durations  # this session's run times (setup included) when there are any
-        eta = _fmt_duration(sum(times) / len(times) * (len(todo) - len(fresh))) if times else "unknown"
-        echo(f"[{k}/{len(runs)}] {r.variant} seed {r.seed} -> {r.run_dir}  (grid ETA {eta})")
-        start = time.time()
-        summary = run_one(r, isolate)
-        fresh.append(time.time() - start)
-        echo(
-            f"[{k}/{len(runs)}] {r.variant} seed {r.seed} done in {_fmt_duration(fresh[-1])}: "
-            f"score {summary['best_score']:.4f} at step {summary['best_step']}"
-        )
-        if main:
-            drop_resume_state(r.run_dir)
-            refresh_outputs(grid.output, r, echo, publish_to)
-    return todo
+        if not args.storage:  # the default SQLite file lives in the grid's directory
+            grid.output.mkdir(parents=True, exist_ok=True)
+        study = grid_study(grid, runs, open_storage(url, args.heartbeat), args.study)  # checked before writing
+        grid.output.mkdir(parents=True, exist_ok=True)
+        write_grid_json(grid, runs, _command(args))
+    job = GridJob(grid, runs, study, url, reuse=args.reuse, publish_to=Path(args.publish) if args.publish else None)
+    if main:
+        print(f"grid {grid.name}: {len(runs)} runs, study {study.study_name!r} in {url}")
+    status = work(job, isolate=not args.in_process)
+    if main:
+        write_study_report(study, grid.output, job.publish_to)
+        print(f"report written to {grid.output / 'report.md'}")
+    return status
+
+
+def planned(args: argparse.Namespace) -> tuple[Grid, list[Run]]:
+    grid = load_grid(args.grid)
+    grid.output = Path(args.output) if args.output else grid.output
+    grid.extra = list(args.set) + ([f"data_dir={args.data_dir}"] if args.data_dir else [])
+    if args.threads:
+        grid.extra.append(f"train.threads={args.threads}")
+    return grid, plan(grid, args.variant, args.seeds, check=not args.report_only)
 
 
 # ------------------------------------------------------------------ command line
@@ -269,15 +243,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "grid",
         help="grid YAML (configs/ablations/*.yaml), or with --report-only a grid directory "
-        "or a directory holding a committed report.json (docs/results/<grid>)",
+        "or a directory holding committed records (docs/results/<grid>)",
     )
     parser.add_argument("--variant", action="append", metavar="NAME", help="run only this variant (repeatable)")
     parser.add_argument("--seeds", nargs="+", type=int, metavar="K", help="these seeds instead of the grid's")
     parser.add_argument(
         "--report-only",
         action="store_true",
-        help="redraw report.md, report.json and plots/ from the finished runs (or from report.json "
-        "alone); trains nothing",
+        help="redraw report.md, report.json and plots/ and train nothing: from the study with --storage "
+        "(no run directories needed), else from a grid directory's records",
     )
     parser.add_argument("--dry-run", action="store_true", help="validate every variant and show the plan; no training")
     parser.add_argument("--output", help="grid directory (default: the grid's output, else runs/ablations/<name>)")
@@ -292,11 +266,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--publish",
         metavar="DIR",
-        help="after each finished run (or with --report-only), copy grid.json, notes.md, cost.json "
-        "and each finished run's summary.json, metrics.jsonl, config.yaml and train.log into DIR "
-        "and write the report there (docs/results/<grid>); no checkpoints. Commit DIR as runs "
-        "finish and a lost machine loses only the run in progress: --reuse DIR gets the "
-        "rest back",
+        help="after each finished run (or with --report-only), write the grid's compact record into DIR "
+        "(grid.json, trials.jsonl, notes.md, cost.json) and its report (docs/results/<grid>); "
+        "no run directories, no checkpoints",
     )
     parser.add_argument(
         "--reuse",
@@ -313,12 +285,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="train in this process instead of one subprocess per run (peak memory is then the whole grid's)",
     )
+    add_worker_arguments(parser, default_study="the grid's name")
 
 
 def _command(args: argparse.Namespace) -> str:
     parts = ["minbert", "ablate", args.grid]
     outputs = [args.output] if args.output else []
-    for flag, values in (("--set", args.set), ("--output", outputs), ("--reuse", [str(d) for d in args.reuse])):
+    storage = [args.storage] if args.storage else []
+    reuse = [str(d) for d in args.reuse]
+    for flag, values in (("--set", args.set), ("--output", outputs), ("--reuse", reuse), ("--storage", storage)):
         for v in values:
             parts += [flag, v]
     if args.data_dir:
@@ -343,46 +318,54 @@ def print_plan(grid: Grid, runs: list[Run], echo: Callable[[str], None] = print)
 
 
 def run(args: argparse.Namespace) -> int:
-    """``minbert ablate``: returns the exit status (0 done, 1 a run failed, 130 interrupted)."""
-    if args.report_only and Path(args.grid).is_dir():
-        print(f"report written to {write_report(Path(args.grid))}")
-        if args.publish:
-            print(f"published: {publish(Path(args.grid), Path(args.publish))}")
-        return 0
-    grid = load_grid(args.grid)
-    grid.output = Path(args.output) if args.output else grid.output
-    grid.extra = list(args.set) + ([f"data_dir={args.data_dir}"] if args.data_dir else [])
-    runs = plan(grid, args.variant, args.seeds, check=not args.report_only)
+    """``minbert ablate``: returns the exit status (0 done, 1 a run failed, 130 / 143 interrupted)."""
+    check_worker_arguments(args)
+    if args.report_only:
+        return report_only(args)
+    grid, runs = planned(args)
     if args.dry_run:
         print_plan(grid, runs)
         return 0
-    if args.report_only:
-        write_grid_json(grid, runs)  # the command that trained the runs stays on record
-        print(f"report written to {write_report(grid.output)}")
-        if args.publish:
-            print(f"published: {publish(grid.output, Path(args.publish))}")
-        return 0
-    status = 0
-    if world_size() > 1:  # under torchrun: every rank trains each run in-process, in one process group
-        args.in_process = True
-        distributed.init(pick_device(runs[0].config.train.device) if runs else torch.device("cpu"))
+    if args.workers > 1:
+        return spawn_workers(args.workers, _spawned_grid_worker, (vars(args),))
     try:
-        publish_to = Path(args.publish) if args.publish else None
-        execute(
-            grid, runs, isolate=not args.in_process, command=_command(args), reuse=args.reuse, publish_to=publish_to
-        )
+        return grid_worker(args)
     except KeyboardInterrupt:
-        print("\ninterrupted: finished runs are kept; rerun the same command to resume", file=sys.stderr)
-        status = 130
-    except RunFailed as e:
-        print(f"error: {e}", file=sys.stderr)
-        status = 1
-    if is_main_process():
-        refresh_outputs(grid.output)
-        print(f"report written to {grid.output / 'report.md'}")
-        if args.publish:
-            print(f"published: {publish(grid.output, Path(args.publish))}")
-    return status
+        print("\ninterrupted: finished runs are kept in the study; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _spawned_grid_worker(options: dict) -> int:  # pragma: no cover - runs in a spawned process
+    try:
+        return grid_worker(argparse.Namespace(**{**options, "workers": 1}))
+    except ConfigError as e:
+        print(f"minbert ablate: error: {e}", file=sys.stderr)
+        return 2
+
+
+def report_only(args: argparse.Namespace) -> int:
+    """The report redrawn, nothing trained: from the study (``--storage``), else from a grid directory's records."""
+    publish_to = Path(args.publish) if args.publish else None
+    if args.storage:
+        is_dir = Path(args.grid).is_dir()
+        grid_dir = Path(args.output or args.grid) if is_dir else planned(args)[0].output
+        name = args.study or (grid_dir.name if is_dir else planned(args)[0].name)
+        study = load_study(name, open_storage(args.storage, create=False))
+        grid_dir.mkdir(parents=True, exist_ok=True)
+        print(f"report written to {write_study_report(study, grid_dir, publish_to)}")
+        if publish_to:
+            print(f"published: {publish_to / 'report.md'}")
+        return 0
+    if Path(args.grid).is_dir():
+        grid_dir = Path(args.grid)
+    else:
+        grid, runs = planned(args)
+        write_grid_json(grid, runs)  # the command that trained the runs stays on record
+        grid_dir = grid.output
+    print(f"report written to {write_report(grid_dir)}")
+    if publish_to:
+        print(f"published: {publish(grid_dir, publish_to)}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -246,30 +246,36 @@ def stale_fields(run: Run) -> list[str]:
     return sorted(config_diff(flatten(saved), flatten(to_dict(run.config))))
 
 
-def write_grid_json(grid: Grid, runs: list[Run], command: str | None = None) -> Path:
-    """``<output>/grid.json``: what the report needs to know about the grid without reading the grid file.
-    Without ``command`` (a report redrawn, nothing trained) the one already recorded is kept."""
+def grid_description(grid: Grid, runs: list[Run], command: str | None = None) -> dict[str, Any]:
+    """What the report needs to know about the grid without reading the grid file (``grid.json``'s fields)."""
     from minbert.tasks import load_task_specs
 
     configs = {v: to_dict(run_config(grid, v, grid.seeds[0])) for v in grid.variants}
     base_cfg = run_config(grid, grid.baseline, grid.seeds[0])
     specs = load_task_specs(base_cfg.task_specs)
     tasks = dict.fromkeys(t for c in configs.values() for t in c["tasks"])  # in config order
-    path = grid.output / "grid.json"
-    previous = json.loads(path.read_text()) if path.is_file() else {}
-    info = {
+    return {
         "name": grid.name,
         "description": grid.description,
         "source": grid.source,
-        "command": command or previous.get("command"),
+        "command": command,
         "baseline": grid.baseline,
         "variants": grid.variants,
-        "seeds": sorted(set(grid.seeds) | {r.seed for r in runs} | set(previous.get("seeds", []))),
+        "seeds": sorted(set(grid.seeds) | {r.seed for r in runs}),
         "budget": grid.budget,
         "overrides": grid.overrides,
         "primary_metrics": {t: specs[t].primary_metric for t in tasks if t in specs},
         "configs": configs,
     }
+
+
+def write_grid_json(grid: Grid, runs: list[Run], command: str | None = None) -> Path:
+    """``<output>/grid.json`` (:func:`grid_description`). Without ``command`` (a report redrawn, nothing
+    trained) the one already recorded is kept; seeds recorded earlier stay."""
+    path = grid.output / "grid.json"
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    info = grid_description(grid, runs, command or previous.get("command"))
+    info["seeds"] = sorted(set(info["seeds"]) | set(previous.get("seeds", [])))
     grid.output.mkdir(parents=True, exist_ok=True)
     write_text_atomically(path, json.dumps(info, indent=2, default=str) + "\n")
     return path
