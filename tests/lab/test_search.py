@@ -1,0 +1,130 @@
+"""``minbert search``: a tiny space searched with TPE, trials pruned on their dev evaluations, the best
+confirmed at several seeds against the default job; bad spaces refused before anything is written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from minbert.cli import main
+from minbert.lab.search import load_space
+from tests.lab.grids import ROOT, tiny_grid
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_space(tiny_model_dir, data_dir, out, **changes) -> dict:
+    grid = tiny_grid(tiny_model_dir, data_dir, out)
+    space = {
+        "name": "tiny-search",
+        "base_config": grid["base_config"],
+        "budget": {"max_steps": 6},
+        "seed": 0,
+        "trials": 6,
+        "params": {
+            "optim.lr": {"low": 1.0e-6, "high": 3.0e-2, "log": True},
+            "tasks.sst.pooling": {"choices": ["cls", "mean"]},
+        },
+        "sampler": {"seed": 0, "n_startup_trials": 3},
+        "pruner": {"type": "median", "n_startup_trials": 2, "n_warmup_steps": 1},
+        "confirm_seeds": [0, 1],
+        "output": str(out),
+    }
+    space.update(changes)
+    return space
+
+
+def write_space(tmp_path, space: dict):
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def test_a_search_prunes_trials_on_their_evaluations_and_confirms_the_best(tiny_model_dir, data_dir, tmp_path):
+    out = tmp_path / "search"
+    path = write_space(tmp_path, tiny_space(tiny_model_dir, data_dir, out))
+    assert main(["search", str(path), "--in-process", "--confirm", "1"]) == 0
+    study = optuna.load_study(study_name="tiny-search", storage=f"sqlite:///{out / 'study.db'}")
+    states = [t.state for t in study.trials]
+    assert len(study.trials) == 6 and TrialState.FAIL not in states
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    assert pruned, "the median pruner stopped no trial"
+    for t in pruned:  # stopped early: fewer evaluations than a whole run's 6, below the median of the others then
+        assert len(t.intermediate_values) < 6
+        step = max(t.intermediate_values)
+        others = [
+            u.intermediate_values[step]
+            for u in study.trials
+            if u.number < t.number and step in u.intermediate_values and u.state != TrialState.PRUNED
+        ]
+        assert others and t.intermediate_values[step] < sorted(others)[len(others) // 2] + 1e-12
+    for t in study.trials:
+        if t.state == TrialState.COMPLETE:
+            assert len(t.intermediate_values) == 6 and t.value == t.user_attrs["summary"]["best_score"]
+            assert set(t.params) == {"optim.lr", "tasks.sst.pooling"}
+            assert (out / f"trial{t.number}" / "seed0" / "summary.json").is_file()
+    best = study.best_trial
+    # the confirmation: the best configuration and the default job at 2 seeds, paired, in ablate's report
+    report = json.loads((out / "confirm" / "report.json").read_text())
+    assert report["variants"] == ["default", f"trial{best.number}"] and report["baseline"] == "default"
+    delta = report["results"][f"trial{best.number}"]["delta"]["score"]
+    assert delta["n"] == 2 and delta["lo"] is not None
+    diff = report["results"][f"trial{best.number}"]["config_diff"]
+    assert diff["optim.lr"][1] == pytest.approx(best.params["optim.lr"])
+    text = (out / "search.md").read_text()
+    assert f"Best: trial {best.number}" in text and "confirm/report.md" in text
+    rows = json.loads((out / "search.json").read_text())["trials"]
+    assert sorted(r["state"] for r in rows) == sorted(s.name for s in states)
+    # a second run of the same command: the search is done, the confirmation too; nothing retrains
+    assert main(["search", str(path), "--in-process", "--confirm", "1"]) == 0
+    assert len(optuna.load_study(study_name="tiny-search", storage=f"sqlite:///{out / 'study.db'}").trials) == 6
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"params": {"optim.lrr": {"low": 1e-5, "high": 1e-3}}}, "params.optim.lrr"),
+        ({"params": {"optim.lr": {"low": 1e-3, "high": 1e-5}}}, "impossible range"),
+        ({"params": {"optim.lr": {"low": 0.0, "high": 1e-3, "log": True}}}, "low must be positive"),
+        ({"params": {"tasks.sst.pooling": {"choices": ["cls", "nope"]}}}, "params.tasks.sst.pooling"),
+        ({"params": {"train.epochs": {"low": 1.5, "high": 3, "type": "int"}}}, "non-integer bounds"),
+        ({"pruner": "hyperband"}, "pruner"),
+        ({"pruner": {"type": "median", "n_startup_trials": -1}}, "pruner"),
+        ({"trials": 0}, "trials"),
+    ],
+)
+def test_a_bad_space_is_one_line_exit_2_and_nothing_written(tiny_model_dir, data_dir, tmp_path, change, message):
+    path = write_space(tmp_path, tiny_space(tiny_model_dir, data_dir, tmp_path / "search", **change))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "minbert", "search", str(path)], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (tmp_path / "search").exists()
+
+
+def test_a_study_of_another_space_is_refused(tiny_model_dir, data_dir, tmp_path):
+    out = tmp_path / "search"
+    path = write_space(tmp_path, tiny_space(tiny_model_dir, data_dir, out, trials=1, pruner="none"))
+    assert main(["search", str(path), "--in-process"]) == 0
+    other = tiny_space(tiny_model_dir, data_dir, out, trials=1, pruner="none")
+    other["params"]["optim.lr"]["high"] = 1e-1
+    (tmp_path / "o").mkdir()
+    assert main(["search", str(write_space(tmp_path / "o", other)), "--in-process"]) == 2
+
+
+def test_the_space_names_every_corner_it_checked(tiny_model_dir, data_dir, tmp_path):
+    space = load_space(write_space(tmp_path, tiny_space(tiny_model_dir, data_dir, tmp_path / "s")))
+    assert [(p.path, p.kind) for p in space.params] == [("optim.lr", "float"), ("tasks.sst.pooling", "categorical")]
+    cfg = space.config("trial3", {"optim.lr": 1e-4, "tasks.sst.pooling": "mean"})
+    assert cfg.optim.lr == 1e-4 and cfg.tasks["sst"].pooling == "mean" and cfg.train.max_steps == 6
+    assert cfg.run_dir.endswith("trial3/seed0")
