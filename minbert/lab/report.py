@@ -5,14 +5,14 @@
     paired_ci(values, baseline)   -> (mean difference, lo, hi), paired by position
     jsonl_to_tensorboard(run_dir) -> run_dir/tb/, TensorBoard events from metrics.jsonl
 
-A grid directory (written by ``minbert.lab.ablate``) holds ``grid.json`` and one run
-directory per finished or unfinished run, ``<variant>/seed<k>/``; a directory with only a
-committed ``report.json`` works too (``minbert.lab.records``). Only finished runs
-(with ``summary.json``) enter the report. The pictures: ``minbert.lab.plots``; the Markdown:
-``minbert.lab.markdown``. Per run and task the report takes the task's
-primary metric from ``summary.json``'s ``best_metrics``: the dev metrics at the step with
-the best *mean* score (the checkpoint that is kept), not each task's own best. The mean
-score is ``best_score``.
+The numbers come from the grid's records (``minbert.lab.records``): a published grid's
+``grid.json`` and ``trials.jsonl``, a grid directory written by ``minbert.lab.ablate``
+(``grid.json`` and one run directory per finished or unfinished run, ``<variant>/seed<k>/``),
+or a directory with only a committed ``report.json``. Only finished runs (with ``summary.json``)
+enter the report. The pictures: ``minbert.lab.plots``; the Markdown: ``minbert.lab.markdown``. Per
+run and task the report takes the task's primary metric from ``summary.json``'s ``best_metrics``:
+the dev metrics at the step with the best *mean* score (the checkpoint that is kept), not each
+task's own best. The mean score is ``best_score``.
 
 Deltas are paired by seed (the same seed gives the same initial heads and data order):
 for the seeds present in both the variant and the baseline, d = variant - baseline and
@@ -36,7 +36,7 @@ import numpy as np
 from scipy import stats
 
 from minbert.config import config_diff, flatten
-from minbert.lab.records import load_records, read_jsonl
+from minbert.lab.records import load_records, read_jsonl, strict_json
 from minbert.runtime.checkpointing import write_text_atomically
 
 RUN_LABELS = ("name", "run_dir", "train.seed")  # differ between any two runs by construction
@@ -261,17 +261,6 @@ def machine() -> str:
     )
 
 
-def _clean(x: Any) -> Any:
-    """NaN / inf -> None, so report.json is strict JSON."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
-
-
 NOTES = "notes.md"
 COST_BENCH = "cost.json"  # benchmarks/bench_grid_cost.py --save: every variant's cost measured side by side
 
@@ -282,8 +271,9 @@ def write_report(grid_dir: str | Path) -> Path:
     is quoted in report.md under its header; a ``cost.json`` (``benchmarks/bench_grid_cost.py --save``)
     is shown in its cost section and kept in report.json as ``cost_bench``.
 
-    The grid directory is one of ``minbert ablate`` or a directory with a committed report.json
-    (``minbert.lab.records``); in the second case report.json is rewritten from its own records.
+    The grid directory is a published grid (grid.json and trials.jsonl), one of ``minbert ablate``
+    or a directory with a committed report.json (``minbert.lab.records``); in the last case
+    report.json is rewritten from its own records.
     """
     from minbert.lab.markdown import render_markdown
 
@@ -307,7 +297,7 @@ def write_report(grid_dir: str | Path) -> Path:
     except ImportError:
         plots = None
     report = {**meta, **summary, "plots": {k: f and f"plots/{f}" for k, f in (plots or {}).items()}}
-    write_text_atomically(grid_dir / "report.json", json.dumps(_clean(report), indent=2) + "\n")
+    write_text_atomically(grid_dir / "report.json", json.dumps(strict_json(report), indent=2) + "\n")
     path = grid_dir / "report.md"
     write_text_atomically(path, render_markdown(summary, meta, plots))
     return path
