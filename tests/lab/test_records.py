@@ -72,6 +72,7 @@ def assert_same_records(grid_dir: Path, published: Path) -> None:
         saved = run_dir / "config.yaml"
         assert t["config"] == (yaml.safe_load(saved.read_text()) if saved.is_file() else None)
     assert exactly(summarize(published)) == exactly(summarize(grid_dir))
+    assert exactly(summarize(from_trials(published))) == exactly(summarize(grid_dir))
     assert trial_lines(from_trials(published)) == lines  # and written again, the same lines
 
 
@@ -100,6 +101,19 @@ def test_a_trained_grid_round_trips_through_trials_jsonl(tiny_model_dir, data_di
     write_report(published)
     ours, theirs = (json.loads((d / "report.json").read_text()) for d in (out, published))
     assert {k: v for k, v in ours.items() if k != "generated"} == {k: v for k, v in theirs.items() if k != "generated"}
+
+
+def test_records_given_to_the_report_write_it_where_asked(grid_dir, tmp_path):
+    """An Optuna study builds its Records itself: the report goes into the directory given, from them."""
+    dest = tmp_path / "study"
+    dest.mkdir()
+    (dest / "notes.md").write_text("Beside it: nothing.\n")
+    records = from_grid_dir(grid_dir)
+    md = write_report(dest, records).read_text()
+    assert "## Notes on these runs\n\nBeside it: nothing.\n" in md and "Finished runs: 6 of 9" in md
+    report = json.loads((dest / "report.json").read_text())
+    assert report["results"] == json.loads(json.dumps(summarize(grid_dir)["results"]).replace("NaN", "null"))
+    assert not (dest / TRIALS).exists() and (dest / "plots" / "effect.png").is_file()
 
 
 def test_reading_trials_jsonl(grid_dir, tmp_path):
