@@ -32,7 +32,16 @@ import torch
 
 from minbert.config import ConfigError, config_diff, config_yaml, flatten, read_saved_config, to_dict
 from minbert.lab.grid import Grid, Run, load_grid, plan, run_config, stale_fields, write_grid_json
-from minbert.lab.records import finished_runs
+from minbert.lab.records import (
+    TRIALS,
+    find_trial,
+    load_records,
+    read_trials,
+    saved_configs,
+    trial_lines,
+    trial_run,
+    trials_text,
+)
 from minbert.lab.report import COST_BENCH, NOTES, RUN_LABELS, jsonl_to_tensorboard, write_report
 from minbert.lab.study import default_storage, grid_json_of, grid_study, load_study, open_storage, records_from_study
 from minbert.lab.worker import Assignment, add_worker_arguments, check_worker_arguments, spawn_workers, work
@@ -42,13 +51,17 @@ from minbert.runtime.process import is_main_process, pick_device, world_size
 
 
 def finished_configs(roots: list[Path]) -> list[tuple[Path, dict]]:
-    """Every finished run under ``roots`` (a ``summary.json`` beside a ``config.yaml``), with its
-    flattened config: read once per grid, whatever the number of runs looked up in it."""
+    """Every finished run under ``roots`` with its flattened config: a run directory (a ``summary.json``
+    beside a ``config.yaml``), or a run of a published grid's ``trials.jsonl`` that recorded its config,
+    addressed as ``<grid_dir>/<variant>/seed<k>`` (``minbert.lab.records.saved_configs``). Read once
+    per grid, whatever the number of runs looked up in it."""
     found = []
     for root in roots:
         for summary in sorted(root.glob("**/summary.json")):
             if (saved := summary.parent / "config.yaml").is_file():
                 found.append((summary.parent, flatten(read_saved_config(saved))))
+        for trials in sorted(root.glob(f"**/{TRIALS}")):
+            found += [(address, flatten(config)) for address, config in saved_configs(trials.parent)]
     return found
 
 
@@ -66,7 +79,20 @@ def find_reusable(run: Run, finished: list[tuple[Path, dict]]) -> Path | None:
 def reuse_run(src: Path, run: Run) -> dict:
     """Make ``run`` a copy of the finished run ``src``: its records and ``best/`` (hard links where the
     file system allows), no resume state; ``config.yaml`` gets ``run``'s name and directory and
-    ``summary.json`` a ``reused_from`` field. Returns the summary."""
+    ``summary.json`` a ``reused_from`` field. A run of a published grid (``src`` the address of a
+    trials.jsonl line, :func:`finished_configs`) has no files to copy: the run directory gets its
+    summary and its dev evaluations (``metrics.jsonl``), all that a report needs. Returns the summary."""
+    trial = None if (src / "summary.json").is_file() else find_trial(src)
+    if trial is not None:
+        recorded = trial_run(trial)
+        shutil.rmtree(run.run_dir, ignore_errors=True)
+        run.run_dir.mkdir(parents=True)
+        if recorded["dev"] is not None:
+            write_text_atomically(run.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in recorded["dev"]))
+        write_text_atomically(run.run_dir / "config.yaml", config_yaml(run.config))
+        summary = {**recorded["summary"], "name": run.config.name, "reused_from": str(src)}
+        write_text_atomically(run.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        return summary
     shutil.rmtree(run.run_dir, ignore_errors=True)
 
     def link_or_copy(a: str, b: str) -> None:  # checkpoints linked; logs copied (a log may be appended to)
@@ -86,35 +112,36 @@ def reuse_run(src: Path, run: Run) -> dict:
     return summary
 
 
-PUBLISHED = ("summary.json", "metrics.jsonl", "config.yaml", "train.log")  # per run; no checkpoints
+PUBLISHED = ("grid.json", NOTES, COST_BENCH, TRIALS)  # the records in DEST, beside the report; no run directories
 
 
 def publish(grid_dir: Path, dest: Path) -> Path:
-    """Copy a grid's records into ``dest`` (e.g. ``docs/results/<grid>``, to be committed): ``grid.json``,
-    a ``notes.md`` and a ``cost.json`` if there are, and each finished run's small files (:data:`PUBLISHED`) under
-    ``<variant>/seed<k>/``; then write the report there. ``dest`` is then a grid directory of its own:
-    its report's run table points at the committed records and ``minbert ablate DEST --report-only``
-    rebuilds it from them. Files already in ``dest`` that the grid no longer has are left alone.
-    Returns report.md's path."""
+    """Publish a grid's records into ``dest`` (e.g. ``docs/results/<grid>``, to be committed): ``grid.json``,
+    a ``notes.md`` and a ``cost.json`` if there are, and ``trials.jsonl``, one line per finished run
+    (``minbert.lab.records``: its summary, dev evaluations and config; no checkpoints, no ``train.log``);
+    then write the report there. ``minbert ablate DEST --report-only`` rebuilds the report from them
+    and ``--reuse DEST`` brings the runs back. Runs ``dest`` already holds that the grid directory has
+    not finished (published before it was lost, or by another machine) are kept, and so is the line of
+    a run the grid reused from ``dest`` itself (these very records, back by ``--reuse DEST``); runs of
+    variants the grid no longer has are dropped. Returns report.md's path."""
     grid = json.loads((grid_dir / "grid.json").read_text())
     dest.mkdir(parents=True, exist_ok=True)
     if grid_dir.resolve() == dest.resolve():
         return write_report(dest)  # already there
-    shutil.copy2(grid_dir / "grid.json", dest / "grid.json")
-    for extra in (NOTES, COST_BENCH):
-        if (grid_dir / extra).is_file():
-            shutil.copy2(grid_dir / extra, dest / extra)
-    for variant, per_seed in finished_runs(grid_dir, grid["variants"]).items():  # unfinished runs are no records
-        for run in per_seed.values():
-            run_dir = Path(run["dir"])
-            target = dest / variant / run_dir.name
-            source = run["summary"].get("reused_from")
-            if source and Path(source).resolve() == target.resolve():  # these very records, back by --reuse DEST
-                continue
-            target.mkdir(parents=True, exist_ok=True)
-            for name in PUBLISHED:
-                if (run_dir / name).is_file():
-                    shutil.copy2(run_dir / name, target / name)
+    variants = list(grid["variants"])
+    kept = {(t["variant"], int(t["seed"])): t for t in read_trials(dest / TRIALS) if t["variant"] in variants}
+    lines = dict(kept)
+    for line in trial_lines(load_records(grid_dir)):  # unfinished runs are no records
+        key = (line["variant"], line["seed"])
+        source = line["summary"].get("reused_from")
+        address = dest / line["variant"] / f"seed{line['seed']}"
+        if not (key in kept and source and Path(source).resolve() == address.resolve()):
+            lines[key] = line
+    for name in (n for n in PUBLISHED if n != TRIALS):
+        if (grid_dir / name).is_file():
+            shutil.copy2(grid_dir / name, dest / name)
+    ordered = [lines[key] for key in sorted(lines, key=lambda vs: (variants.index(vs[0]), vs[1]))]
+    write_text_atomically(dest / TRIALS, trials_text(ordered))
     return write_report(dest)
 
 

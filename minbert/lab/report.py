@@ -1,18 +1,19 @@
 """Ablation reports: per-variant dev metrics over seeds, paired deltas with 95% CIs, cost, curves, config diffs.
 
-    write_report(grid_dir)        -> grid_dir/report.md, report.json, plots/{effect,cost,curves}.png
-    summarize(grid_dir)           -> the numbers behind the report (no dates, no plots)
-    paired_ci(values, baseline)   -> (mean difference, lo, hi), paired by position
-    jsonl_to_tensorboard(run_dir) -> run_dir/tb/, TensorBoard events from metrics.jsonl
+    write_report(grid_dir[, records]) -> grid_dir/report.md, report.json, plots/{effect,cost,curves}.png
+    summarize(grid_dir | records)     -> the numbers behind the report (no dates, no plots)
+    paired_ci(values, baseline)       -> (mean difference, lo, hi), paired by position
+    jsonl_to_tensorboard(run_dir)     -> run_dir/tb/, TensorBoard events from metrics.jsonl
 
-A grid directory (written by ``minbert.lab.ablate``) holds ``grid.json`` and one run
-directory per finished or unfinished run, ``<variant>/seed<k>/``; a directory with only a
-committed ``report.json`` works too (``minbert.lab.records``). Only finished runs
-(with ``summary.json``) enter the report. The pictures: ``minbert.lab.plots``; the Markdown:
-``minbert.lab.markdown``. Per run and task the report takes the task's
-primary metric from ``summary.json``'s ``best_metrics``: the dev metrics at the step with
-the best *mean* score (the checkpoint that is kept), not each task's own best. The mean
-score is ``best_score``.
+The numbers come from the grid's records (``minbert.lab.records``): a published grid's
+``grid.json`` and ``trials.jsonl``, a grid directory written by ``minbert.lab.ablate``
+(``grid.json`` and one run directory per finished or unfinished run, ``<variant>/seed<k>/``),
+a directory with only a committed ``report.json``, or a :class:`~minbert.lab.records.Records`
+built elsewhere (an Optuna study's). Only finished runs (with ``summary.json``) enter the
+report. The pictures: ``minbert.lab.plots``; the Markdown: ``minbert.lab.markdown``. Per run and
+task the report takes the task's primary metric from ``summary.json``'s ``best_metrics``: the dev
+metrics at the step with the best *mean* score (the checkpoint that is kept), not each task's own
+best. The mean score is ``best_score``.
 
 Deltas are paired by seed (the same seed gives the same initial heads and data order):
 for the seeds present in both the variant and the baseline, d = variant - baseline and
@@ -36,7 +37,7 @@ import numpy as np
 from scipy import stats
 
 from minbert.config import config_diff, flatten
-from minbert.lab.records import load_records, read_jsonl
+from minbert.lab.records import Records, load_records, read_jsonl, strict_json
 from minbert.runtime.checkpointing import write_text_atomically
 
 RUN_LABELS = ("name", "run_dir", "train.seed")  # differ between any two runs by construction
@@ -130,9 +131,10 @@ def learning_curve(runs: dict[int, dict], task: str | None, metric: str | None) 
     return curve
 
 
-def summarize(grid_dir: str | Path) -> dict[str, Any]:
-    """Every number of the report, from the grid's records (``minbert.lab.records``): no dates, no plots."""
-    rec = load_records(grid_dir)
+def summarize(source: str | Path | Records) -> dict[str, Any]:
+    """Every number of the report, from the grid's records (``minbert.lab.records``: a grid directory's,
+    read with ``load_records``, or a ``Records`` given): no dates, no plots."""
+    rec = source if isinstance(source, Records) else load_records(source)
     grid, runs = rec.grid, rec.runs
     variants, baseline = list(grid["variants"]), grid["baseline"]
     primary: dict[str, str] = dict(grid["primary_metrics"])
@@ -261,40 +263,32 @@ def machine() -> str:
     )
 
 
-def _clean(x: Any) -> Any:
-    """NaN / inf -> None, so report.json is strict JSON."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
-
-
 NOTES = "notes.md"
 COST_BENCH = "cost.json"  # benchmarks/bench_grid_cost.py --save: every variant's cost measured side by side
 
 
-def write_report(grid_dir: str | Path) -> Path:
+def write_report(grid_dir: str | Path, records: Records | None = None) -> Path:
     """Write ``report.json``, ``report.md`` and ``plots/`` into the grid directory; return report.md's path.
     A ``notes.md`` in the grid directory (what else ran on the machine, anything a reader must know)
     is quoted in report.md under its header; a ``cost.json`` (``benchmarks/bench_grid_cost.py --save``)
     is shown in its cost section and kept in report.json as ``cost_bench``.
 
-    The grid directory is one of ``minbert ablate`` or a directory with a committed report.json
-    (``minbert.lab.records``); in the second case report.json is rewritten from its own records.
+    The numbers come from ``records`` when given (e.g. built from an Optuna study; the directory
+    then only receives the report, beside its notes.md and cost.json), else from the grid
+    directory's own records (``minbert.lab.records``: grid.json with trials.jsonl or run
+    directories, or a committed report.json, which is then rewritten from its own records).
     """
     from minbert.lab.markdown import render_markdown
 
     grid_dir = Path(grid_dir)
-    summary = summarize(grid_dir)
+    summary = summarize(grid_dir if records is None else records)
     meta = {"generated": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": machine()}
     if (grid_dir / NOTES).is_file():  # written by hand: what ran beside the grid, anything to know
         meta["notes"] = (grid_dir / NOTES).read_text().strip()
     if (grid_dir / COST_BENCH).is_file():
         meta["cost_bench"] = json.loads((grid_dir / COST_BENCH).read_text())
-    elif summary["records"] is not None:  # redrawn from a committed report.json: keep the measurement it had
+    elif summary["records"] is not None and (grid_dir / summary["records"]["file"]).is_file():
+        # redrawn from a committed report.json: keep the measurement it had
         old = json.loads((grid_dir / summary["records"]["file"]).read_text()).get("cost_bench")
         if old:
             meta["cost_bench"] = old
@@ -307,7 +301,7 @@ def write_report(grid_dir: str | Path) -> Path:
     except ImportError:
         plots = None
     report = {**meta, **summary, "plots": {k: f and f"plots/{f}" for k, f in (plots or {}).items()}}
-    write_text_atomically(grid_dir / "report.json", json.dumps(_clean(report), indent=2) + "\n")
+    write_text_atomically(grid_dir / "report.json", json.dumps(strict_json(report), indent=2) + "\n")
     path = grid_dir / "report.md"
     write_text_atomically(path, render_markdown(summary, meta, plots))
     return path

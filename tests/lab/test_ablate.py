@@ -15,6 +15,7 @@ import minbert.training as train_lib
 from minbert.lab import ablate
 from minbert.lab.ablate import PUBLISHED, add_arguments, execute, run
 from minbert.lab.grid import GridError, load_grid, plan, run_config
+from minbert.lab.records import TRIALS, read_jsonl, read_trials
 from minbert.runtime.process import cpu_model
 from tests.lab.grids import SHIPPED, cli, needs_later_checkpoint, tiny_grid, write_grid
 
@@ -334,17 +335,22 @@ def test_publish_copies_the_records_and_the_report_rebuilds_from_them(tiny_model
     )
     assert cli(str(path), "--report-only", "--publish", str(dest)) == 0
     files = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file() and "plots" not in p.parts)
-    runs = [f"{v}/seed{k}/{name}" for v in ("cls", "mean") for k in (0, 1) for name in PUBLISHED]
-    runs = [name for name in runs if (out / name).is_file()]  # in-process runs have no train.log
-    assert len(runs) == 4 * 3
-    assert files == sorted(["cost.json", "grid.json", "notes.md", "report.json", "report.md", *runs])  # no checkpoints
-    for name in runs:
+    # one record for the grid's runs: no run directories, no checkpoints, no train.log
+    assert PUBLISHED == ("grid.json", "notes.md", "cost.json", TRIALS)
+    assert files == sorted([*PUBLISHED, "report.json", "report.md"])
+    for name in ("grid.json", "notes.md", "cost.json"):
         assert (dest / name).read_bytes() == (out / name).read_bytes()
+    trials = read_trials(dest / TRIALS)
+    assert [(t["variant"], t["seed"]) for t in trials] == [("cls", 0), ("cls", 1), ("mean", 0), ("mean", 1)]
+    for t in trials:  # each run's summary.json, dev records of metrics.jsonl and config.yaml, as they are
+        run_dir = out / t["variant"] / f"seed{t['seed']}"
+        assert t["dir"] == str(run_dir)  # where the run was trained
+        assert t["summary"] == json.loads((run_dir / "summary.json").read_text())
+        assert t["evaluations"] == [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["split"] == "dev"]
+        assert t["config"] == yaml.safe_load((run_dir / "config.yaml").read_text())
     ours, theirs = (json.loads((d / "report.json").read_text()) for d in (out, dest))
     assert ours["results"] == theirs["results"] and ours["curves"] == theirs["curves"]
-    assert {r["dir"] for per_seed in theirs["runs"].values() for r in per_seed.values()} == {
-        str(dest / v / f"seed{k}") for v in ("cls", "mean") for k in (0, 1)
-    }
+    assert ours["runs"] == theirs["runs"]  # the run table names the directories the runs trained in
     md = (dest / "report.md").read_text()
     assert "## Notes on these runs\n\nBeside it: a test suite, 12:00-12:08.\n" in md
     assert f"Runs trained: 4 on {cpu_model()}, fp32.  " in md
@@ -359,6 +365,13 @@ def test_publish_copies_the_records_and_the_report_rebuilds_from_them(tiny_model
 
     assert undated((dest / "report.md").read_text()) == undated(md)
 
+    # runs DEST holds that the grid directory has not (published before it was lost, or by another
+    # machine) are kept
+    shutil.rmtree(out / "mean" / "seed1")
+    assert cli(str(out), "--report-only", "--publish", str(dest)) == 0
+    assert read_trials(dest / TRIALS) == trials
+    assert json.loads((dest / "report.json").read_text())["results"] == ours["results"]
+
 
 def test_publish_while_training_keeps_each_run_as_it_ends_and_reuse_brings_them_back(
     tiny_model_dir, data_dir, tmp_path, count_fits, monkeypatch
@@ -368,14 +381,14 @@ def test_publish_while_training_keeps_each_run_as_it_ends_and_reuse_brings_them_
     counted, published_before = train_lib.fit, []
 
     def fit(tr, resume=False):  # what DEST holds when each run starts
-        published_before.append(sorted(p.parent.relative_to(dest).as_posix() for p in dest.glob("*/*/summary.json")))
+        published_before.append([f"{t['variant']}/seed{t['seed']}" for t in read_trials(dest / TRIALS)])
         return counted(tr, resume=resume)
 
     monkeypatch.setattr(train_lib, "fit", fit)
     assert cli(str(path), "--publish", str(dest)) == 0
     assert published_before == [[], ["cls/seed0"], ["cls/seed0", "cls/seed1"], ["cls/seed0", "cls/seed1", "mean/seed0"]]
-    records = {p: p.read_bytes() for p in dest.glob("*/*/*") if p.name in PUBLISHED}
-    assert len(records) >= 4 * 3
+    records = (dest / TRIALS).read_bytes()
+    assert len(read_trials(dest / TRIALS)) == 4 and not list(dest.glob("*/seed*"))
     report = json.loads((dest / "report.json").read_text())
 
     # a new machine: the grid directory is lost; --reuse DEST trains nothing and leaves DEST's records as they were
@@ -383,8 +396,14 @@ def test_publish_while_training_keeps_each_run_as_it_ends_and_reuse_brings_them_
     count_fits["calls"] = []
     assert cli(str(path), "--reuse", str(dest), "--publish", str(dest)) == 0
     assert count_fits["calls"] == []
-    assert {p: p.read_bytes() for p in dest.glob("*/*/*") if p.name in PUBLISHED} == records
+    assert (dest / TRIALS).read_bytes() == records
     again = json.loads((dest / "report.json").read_text())
-    assert again["results"] == report["results"] and again["missing"] == []
-    brought_back = json.loads((out / "cls" / "seed1" / "summary.json").read_text())
-    assert brought_back["reused_from"] == str(dest / "cls" / "seed1")
+    assert again["results"] == report["results"] and again["curves"] == report["curves"] and again["missing"] == []
+    # each run comes back as a run directory with what a report needs: its summary, dev evaluations, config
+    brought_back = out / "cls" / "seed1"
+    (line,) = [t for t in read_trials(dest / TRIALS) if (t["variant"], t["seed"]) == ("cls", 1)]
+    summary = json.loads((brought_back / "summary.json").read_text())
+    assert summary == {**line["summary"], "reused_from": str(dest / "cls" / "seed1")}
+    assert read_jsonl(brought_back / "metrics.jsonl") == line["evaluations"]
+    assert yaml.safe_load((brought_back / "config.yaml").read_text()) == line["config"]
+    assert json.loads((out / "report.json").read_text())["results"] == report["results"]
