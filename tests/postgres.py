@@ -2,7 +2,7 @@
 stopped afterwards. PostgreSQL refuses to run as root: as root, the server runs as the ``postgres``
 user (Debian's package makes it) or ``nobody``.
 
-    with postgres_server(tmp_path) as url:    # postgresql://minbert@127.0.0.1:PORT/minbert
+    with postgres_server() as url:    # postgresql://minbert@127.0.0.1:PORT/minbert
         ...
 """
 
@@ -15,6 +15,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,32 +48,36 @@ def _as_user() -> tuple[list[str], pwd.struct_passwd | None]:
 
 
 @contextlib.contextmanager
-def postgres_server(tmp: Path) -> Iterator[str]:
+def postgres_server() -> Iterator[str]:
+    """A server in its own temporary directory (under the system's, which the server's user can reach
+    where pytest's per-user one is closed to it), removed afterwards; yields its database's URL."""
     initdb, pg_ctl = pg_bin("initdb"), pg_bin("pg_ctl")
     if not initdb or not pg_ctl:
         raise RuntimeError("PostgreSQL's initdb / pg_ctl not found (Debian: apt-get install postgresql)")
     prefix, user = _as_user()
-    root = tmp / "pg"
-    root.mkdir()
+    root = Path(tempfile.mkdtemp(prefix="minbert-pg-"))
     data, sockets = root / "data", root / "sockets"
     sockets.mkdir()
     if user is not None:
-        for p in (tmp, root, sockets):
-            os.chown(p, user.pw_uid, user.pw_gid) if p != tmp else os.chmod(p, 0o755)
+        for p in (root, sockets):
+            os.chown(p, user.pw_uid, user.pw_gid)
     env = {**os.environ, "LC_ALL": "C"}
     run = dict(check=True, capture_output=True, text=True, env=env)
-    subprocess.run([*prefix, initdb, "-D", str(data), "-U", "minbert", "--auth=trust", "-E", "UTF8"], **run)
-    port = free_port()
-    options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run([*prefix, pg_ctl, "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"], **run)
     try:
-        url = f"postgresql://minbert@127.0.0.1:{port}"
-        import psycopg
+        subprocess.run([*prefix, initdb, "-D", str(data), "-U", "minbert", "--auth=trust", "-E", "UTF8"], **run)
+        port = free_port()
+        options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off"
+        subprocess.run([*prefix, pg_ctl, "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"], **run)
+        try:
+            url = f"postgresql://minbert@127.0.0.1:{port}"
+            import psycopg
 
-        with psycopg.connect(f"{url}/postgres", autocommit=True) as conn:
-            conn.execute("CREATE DATABASE minbert")
-        yield f"{url}/minbert"
+            with psycopg.connect(f"{url}/postgres", autocommit=True) as conn:
+                conn.execute("CREATE DATABASE minbert")
+            yield f"{url}/minbert"
+        finally:
+            subprocess.run(
+                [*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True, env=env
+            )
     finally:
-        subprocess.run(
-            [*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True, env=env
-        )
+        shutil.rmtree(root, ignore_errors=True)

@@ -34,6 +34,7 @@ from minbert.config import ConfigError, config_diff, config_yaml, flatten, read_
 from minbert.lab.grid import Grid, Run, load_grid, plan, run_config, stale_fields, write_grid_json
 from minbert.lab.records import (
     TRIALS,
+    Records,
     find_trial,
     load_records,
     read_trials,
@@ -115,7 +116,7 @@ def reuse_run(src: Path, run: Run) -> dict:
 PUBLISHED = ("grid.json", NOTES, COST_BENCH, TRIALS)  # the records in DEST, beside the report; no run directories
 
 
-def publish(grid_dir: Path, dest: Path) -> Path:
+def publish(grid_dir: Path, dest: Path, records: Records | None = None, grid: dict | None = None) -> Path:
     """Publish a grid's records into ``dest`` (e.g. ``docs/results/<grid>``, to be committed): ``grid.json``,
     a ``notes.md`` and a ``cost.json`` if there are, and ``trials.jsonl``, one line per finished run
     (``minbert.lab.records``: its summary, dev evaluations and config; no checkpoints, no ``train.log``);
@@ -123,22 +124,24 @@ def publish(grid_dir: Path, dest: Path) -> Path:
     and ``--reuse DEST`` brings the runs back. Runs ``dest`` already holds that the grid directory has
     not finished (published before it was lost, or by another machine) are kept, and so is the line of
     a run the grid reused from ``dest`` itself (these very records, back by ``--reuse DEST``); runs of
-    variants the grid no longer has are dropped. Returns report.md's path."""
-    grid = json.loads((grid_dir / "grid.json").read_text())
+    variants the grid no longer has are dropped. The records are the grid directory's, or ``records``
+    and ``grid`` (grid.json's fields) when given (a study's). Returns report.md's path."""
+    grid = grid if grid is not None else json.loads((grid_dir / "grid.json").read_text())
     dest.mkdir(parents=True, exist_ok=True)
-    if grid_dir.resolve() == dest.resolve():
+    if grid_dir.resolve() == dest.resolve() and records is None:
         return write_report(dest)  # already there
     variants = list(grid["variants"])
     kept = {(t["variant"], int(t["seed"])): t for t in read_trials(dest / TRIALS) if t["variant"] in variants}
     lines = dict(kept)
-    for line in trial_lines(load_records(grid_dir)):  # unfinished runs are no records
+    for line in trial_lines(records or load_records(grid_dir)):  # unfinished runs are no records
         key = (line["variant"], line["seed"])
         source = line["summary"].get("reused_from")
         address = dest / line["variant"] / f"seed{line['seed']}"
         if not (key in kept and source and Path(source).resolve() == address.resolve()):
             lines[key] = line
-    for name in (n for n in PUBLISHED if n != TRIALS):
-        if (grid_dir / name).is_file():
+    write_text_atomically(dest / "grid.json", json.dumps(grid, indent=2, default=str) + "\n")
+    for name in (n for n in PUBLISHED if n not in (TRIALS, "grid.json")):
+        if (grid_dir / name).is_file() and grid_dir.resolve() != dest.resolve():
             shutil.copy2(grid_dir / name, dest / name)
     ordered = [lines[key] for key in sorted(lines, key=lambda vs: (variants.index(vs[0]), vs[1]))]
     write_text_atomically(dest / TRIALS, trials_text(ordered))
@@ -211,46 +214,66 @@ class GridJob:
 
 
 def write_study_report(study, grid_dir: Path, publish_to: Path | None = None) -> Path:
-    """The grid's report drawn from its study alone into ``grid_dir``; with ``publish_to``, also the
-    study's compact record there (``grid.json``, ``trials.jsonl``, ``notes.md`` / ``cost.json`` of
-    ``grid_dir`` if any) and the report. Returns the report's path."""
-    from minbert.lab.records import write_trials
-
+    """The grid's report drawn from its study alone into ``grid_dir``; with ``publish_to``, the study's
+    compact record published there too (:func:`publish`: ``grid.json``, ``trials.jsonl``, ``grid_dir``'s
+    ``notes.md`` / ``cost.json`` if any) with its report. Returns the report's path."""
     records = records_from_study(study)
     path = write_report(grid_dir, records)
     if publish_to is not None:
-        publish_to.mkdir(parents=True, exist_ok=True)
-        write_text_atomically(publish_to / "grid.json", json.dumps(grid_json_of(study), indent=2, default=str) + "\n")
-        for extra in (NOTES, COST_BENCH):
-            if (grid_dir / extra).is_file() and grid_dir.resolve() != publish_to.resolve():
-                shutil.copy2(grid_dir / extra, publish_to / extra)
-        write_trials(publish_to, records)
-        write_report(publish_to, records)
+        publish(grid_dir, publish_to, records, grid_json_of(study))
     return path
 
 
 def grid_worker(args: argparse.Namespace) -> int:
-    """One worker on a grid's study (``minbert.lab.worker.work``); every rank under torchrun."""
+    """One worker on a grid's study, from the command line; every rank under torchrun."""
     grid, runs = planned(args)
-    url = args.storage or default_storage(grid.output)
-    main = is_main_process()
     if world_size() > 1:  # under torchrun: every rank trains each run in-process, in one process group
         args.in_process = True
         distributed.init(pick_device(runs[0].config.train.device) if runs else torch.device("cpu"))
+    return execute(
+        grid,
+        runs,
+        args.storage,
+        study_name=args.study,
+        heartbeat=args.heartbeat,
+        isolate=not args.in_process,
+        reuse=args.reuse,
+        publish_to=Path(args.publish) if args.publish else None,
+        command=_command(args),
+    )
+
+
+def execute(
+    grid: Grid,
+    runs: list[Run],
+    storage: str | None = None,
+    *,
+    study_name: str | None = None,
+    heartbeat: float = 60,
+    isolate: bool = True,
+    reuse: list[Path] = (),
+    publish_to: Path | None = None,
+    command: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> int:
+    """Work on the grid's study (``storage``: a URL, default ``<output>/study.db``) until it has nothing
+    left (``minbert.lab.worker.work``), then redraw the report; returns the exit status. The study is
+    made or checked before anything is written. Under torchrun rank 0 alone reaches the study."""
+    url = storage or default_storage(grid.output)
+    main = is_main_process()
     study = None
     if main:
-        if not args.storage:  # the default SQLite file lives in the grid's directory
+        if not storage:  # the default SQLite file lives in the grid's directory
             grid.output.mkdir(parents=True, exist_ok=True)
-        study = grid_study(grid, runs, open_storage(url, args.heartbeat), args.study)  # checked before writing
+        study = grid_study(grid, runs, open_storage(url, heartbeat), study_name, command)
         grid.output.mkdir(parents=True, exist_ok=True)
-        write_grid_json(grid, runs, _command(args))
-    job = GridJob(grid, runs, study, url, reuse=args.reuse, publish_to=Path(args.publish) if args.publish else None)
+        write_grid_json(grid, runs, command)
+        echo(f"grid {grid.name}: {len(runs)} runs, study {study.study_name!r} in {url}")
+    job = GridJob(grid, runs, study, url, reuse=reuse, publish_to=publish_to, echo=echo)
+    status = work(job, isolate=isolate, echo=echo)
     if main:
-        print(f"grid {grid.name}: {len(runs)} runs, study {study.study_name!r} in {url}")
-    status = work(job, isolate=not args.in_process)
-    if main:
-        write_study_report(study, grid.output, job.publish_to)
-        print(f"report written to {grid.output / 'report.md'}")
+        write_study_report(study, grid.output, publish_to)
+        echo(f"report written to {grid.output / 'report.md'}")
     return status
 
 

@@ -107,7 +107,7 @@ def effective_budget(grid: dict, baseline: str) -> dict:
     return budget or grid.get("budget", {})
 
 
-def _grid_records(grid: dict[str, Any], runs: dict[str, dict[int, dict]]) -> Records:
+def grid_records(grid: dict[str, Any], runs: dict[str, dict[int, dict]]) -> Records:
     """Records of a grid.json and its finished runs (of the grid's variants, seeds in order)."""
     variants = list(grid["variants"])
 
@@ -131,7 +131,7 @@ def _grid_records(grid: dict[str, Any], runs: dict[str, dict[int, dict]]) -> Rec
 def from_grid_dir(grid_dir: Path) -> Records:
     """The records of a grid directory of ``minbert ablate``: grid.json and its run directories."""
     grid = json.loads((grid_dir / "grid.json").read_text())
-    return _grid_records(grid, finished_runs(grid_dir, list(grid["variants"])))
+    return grid_records(grid, finished_runs(grid_dir, list(grid["variants"])))
 
 
 def _nan(x: Any) -> Any:
@@ -221,7 +221,7 @@ def from_trials(grid_dir: str | Path) -> Records:
         if seed in runs[v]:
             raise ValueError(f"{grid_dir / TRIALS}, line {i}: a second run of {v} seed {seed}")
         runs[v][seed] = trial_run(line)
-    return _grid_records(grid, {v: dict(sorted(per_seed.items())) for v, per_seed in runs.items()})
+    return grid_records(grid, {v: dict(sorted(per_seed.items())) for v, per_seed in runs.items()})
 
 
 def saved_configs(grid_dir: str | Path) -> list[tuple[Path, dict[str, Any]]]:

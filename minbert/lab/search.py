@@ -39,6 +39,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,7 @@ import yaml
 
 from minbert.config import ConfigError, to_dict
 from minbert.lab.grid import Grid, GridError, check_runnable, grid_from_dict, plan, run_config
-from minbert.lab.study import KIND, StudyError, default_storage, load_study, open_storage
+from minbert.lab.study import KIND, StudyError, default_storage, load_study, make_pruner, open_storage
 from minbert.lab.worker import Assignment, add_worker_arguments, check_worker_arguments, spawn_workers, work
 from minbert.runtime.checkpointing import write_text_atomically
 
@@ -182,17 +183,6 @@ def parse_param(path: str, spec: Any) -> Param:
     )
 
 
-def make_pruner(spec: dict | None):
-    """Optuna's pruner for a space's ``pruner``: None (or ``none``) prunes nothing."""
-    import optuna
-
-    if not spec or spec.get("type") == "none":
-        return optuna.pruners.NopPruner()
-    kwargs = {k: v for k, v in spec.items() if k != "type"}
-    cls = {"median": optuna.pruners.MedianPruner, "successive_halving": optuna.pruners.SuccessiveHalvingPruner}
-    return cls[spec["type"]](**kwargs)
-
-
 def parse_pruner(value: Any) -> dict | None:
     spec = {"type": value} if isinstance(value, str) else value
     if spec is None:
@@ -317,7 +307,11 @@ class SearchJob:
         from optuna.trial import TrialState
 
         started = [t for t in self.study.get_trials(deepcopy=False) if t.state != TrialState.FAIL]
-        return self.study.ask() if len(started) < self.trials else None
+        if len(started) >= self.trials:
+            return None
+        with warnings.catch_warnings():  # the worker writes the heartbeats study.optimize would
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            return self.study.ask()
 
     def before(self, a: Assignment) -> bool:
         return (a.run_dir / "summary.json").is_file()  # its worker died while recording it

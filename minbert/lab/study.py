@@ -90,6 +90,7 @@ def open_storage(url: str, heartbeat: float = HEARTBEAT_SECONDS, create: bool = 
     :data:`GRACE_FACTOR` of them and stale trials retried. ``create=False`` refuses a SQLite file that
     does not exist (a report drawn from a study that is not there writes nothing)."""
     import optuna
+    import sqlalchemy
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -97,21 +98,32 @@ def open_storage(url: str, heartbeat: float = HEARTBEAT_SECONDS, create: bool = 
     url = normalize_url(url)
     if not create and url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
         raise StudyError(f"storage {url!r}: no such SQLite file")
-    interval = max(1, int(round(heartbeat)))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        return RDBStorage(
-            url,
-            heartbeat_interval=interval,
-            grace_period=GRACE_FACTOR * interval,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                max_retry=MAX_RETRIES, inherit_intermediate_values=True
-            ),
-            engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
-        )
+    try:  # unreachable or refused: said at once
+        engine = sqlalchemy.create_engine(url)
+        with engine.connect():
+            pass
+        engine.dispose()
     except (SQLAlchemyError, OSError) as e:
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
         raise StudyError(f"storage {url!r} is unreachable: {reason}") from e
+    interval = max(1, int(round(heartbeat)))
+    for attempt in range(8):
+        try:
+            return RDBStorage(
+                url,
+                heartbeat_interval=interval,
+                grace_period=GRACE_FACTOR * interval,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                    max_retry=MAX_RETRIES, inherit_intermediate_values=True
+                ),
+                engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+            )
+        except SQLAlchemyError as e:  # workers creating a new database's tables at the same moment
+            if attempt == 7:
+                reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+                raise StudyError(f"storage {url!r} could not be set up: {reason}") from e
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def load_study(name: str, storage, pruner=None):
@@ -125,6 +137,17 @@ def load_study(name: str, storage, pruner=None):
         raise StudyError(f"no study {name!r} in the storage; it holds: {', '.join(names) or 'none'}") from e
 
 
+def make_pruner(spec: dict | None):
+    """Optuna's pruner for a space's ``pruner``: None (or ``none``) prunes nothing."""
+    import optuna
+
+    if not spec or spec.get("type") == "none":
+        return optuna.pruners.NopPruner()
+    kwargs = {k: v for k, v in spec.items() if k != "type"}
+    cls = {"median": optuna.pruners.MedianPruner, "successive_halving": optuna.pruners.SuccessiveHalvingPruner}
+    return cls[spec["type"]](**kwargs)
+
+
 # ------------------------------------------------------------------ a grid's study
 
 
@@ -135,11 +158,11 @@ def fingerprint(configs: dict[str, dict]) -> str:
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def grid_info(grid, runs) -> dict[str, Any]:
+def grid_info(grid, runs, command: str | None = None) -> dict[str, Any]:
     """``grid.json``'s fields (``minbert.lab.grid.write_grid_json``) plus the fingerprint."""
     from minbert.lab.grid import grid_description
 
-    info = grid_description(grid, runs)
+    info = grid_description(grid, runs, command)
     return {**info, "kind": "grid", "fingerprint": fingerprint(info["configs"])}
 
 
@@ -150,7 +173,7 @@ def _key(trial) -> tuple[str, int] | None:
     return str(fixed["variant"]), int(fixed["seed"])
 
 
-def grid_study(grid, runs, storage, study_name: str | None = None, wait_seconds: float = 120):
+def grid_study(grid, runs, storage, study_name: str | None = None, command: str | None = None, wait_seconds=120):
     """The grid's study in ``storage``: created with a ``WAITING`` trial per run if it does not exist
     (by exactly one worker: study names are unique in the database), else checked to be this grid's;
     then every asked-for run that has no waiting, running or complete trial (its earlier trial
@@ -159,7 +182,7 @@ def grid_study(grid, runs, storage, study_name: str | None = None, wait_seconds:
     from optuna.exceptions import DuplicatedStudyError
     from optuna.trial import TrialState
 
-    info = grid_info(grid, runs)
+    info = grid_info(grid, runs, command)
     name = study_name or grid.name
     try:
         study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
@@ -313,33 +336,22 @@ def complete_runs(study) -> dict[str, dict[int, dict]]:
 
 
 def records_from_study(study):
-    """The report's :class:`~minbert.lab.records.Records` of a grid study, from the study alone."""
-    from minbert.lab.records import GRID_KEYS, Records, _nan, effective_budget
+    """The report's :class:`~minbert.lab.records.Records` of a grid study, from the study alone: its complete
+    trials read as a published grid's ``trials.jsonl`` lines are (null metrics back to NaN)."""
+    from minbert.lab.records import grid_records, trial_run
 
     info = study.user_attrs.get(KIND) or {}
     if info.get("kind") != "grid":
         raise StudyError(f"study {study.study_name!r} is not a minbert grid (made by another program, or a search)")
-    variants = list(info["variants"])
     found = complete_runs(study)
-    runs: dict[str, dict[int, dict]] = {}
-    for v in variants:
-        runs[v] = {}
-        for s, r in sorted(found.get(v, {}).items()):
-            summary = dict(r["summary"])
-            summary["best_score"] = _nan(summary.get("best_score"))
-            summary["best_metrics"] = _nan(summary.get("best_metrics") or {})
-            runs[v][s] = {"summary": summary, "dev": r["dev"], "dir": r["dir"], "config": r["config"]}
-    configs = {
-        v: next((r["config"] for r in found.get(v, {}).values() if r["config"]), info["configs"][v]) for v in variants
+    runs = {
+        v: {
+            s: trial_run({"summary": r["summary"], "evaluations": r["dev"], "dir": r["dir"], "config": r["config"]})
+            for s, r in sorted(found.get(v, {}).items())
+        }
+        for v in info["variants"]
     }
-    grid = {k: info.get(k) for k in GRID_KEYS}
-    grid.update(
-        description=info.get("description", ""),
-        variants=variants,
-        primary_metrics=dict(info.get("primary_metrics") or {}),
-        budget=effective_budget(info, info["baseline"]),
-    )
-    return Records(grid, runs, configs=configs)
+    return grid_records(info, runs)
 
 
 def grid_json_of(study) -> dict:

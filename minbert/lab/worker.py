@@ -117,8 +117,7 @@ def reporter(reporting: Reporting) -> Callable[[dict], bool]:
 
     import optuna
 
-    from minbert.lab.search import make_pruner
-    from minbert.lab.study import normalize_url
+    from minbert.lab.study import make_pruner, normalize_url
 
     storage = optuna.storages.RDBStorage(normalize_url(reporting.url))
     study = optuna.load_study(study_name=reporting.study, storage=storage, pruner=make_pruner(reporting.pruner))
@@ -284,14 +283,29 @@ def take_waiting(storage, study_id: int) -> int | None:
 
 
 def give_back(study, trial_id: int) -> None:
-    """An interrupted trial: failed, and a copy of it (parameters, reported values) enqueued for the next worker."""
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    """An interrupted trial: failed (``given_back`` in its system attributes), and a copy of it (parameters,
+    reported values, ``failed_trial`` naming it, as Optuna's retries of stale trials have) enqueued for
+    the next worker."""
+    import optuna
     from optuna.trial import TrialState
 
     storage = study._storage
     storage.set_trial_system_attr(trial_id, "given_back", True)
     storage.set_trial_state_values(trial_id, TrialState.FAIL)
-    RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(study, storage.get_trial(trial_id))
+    t = storage.get_trial(trial_id)
+    system = {k: v for k, v in t.system_attrs.items() if k != "given_back"}
+    history = [*system.get("retry_history", []), t.number]
+    system.update(failed_trial=system.get("failed_trial", t.number), retry_history=history)
+    study.add_trial(
+        optuna.create_trial(
+            state=TrialState.WAITING,
+            params=t.params,
+            distributions=t.distributions,
+            user_attrs=t.user_attrs,
+            system_attrs=system,
+            intermediate_values=t.intermediate_values,
+        )
+    )
 
 
 def running_elsewhere(storage, study_id: int) -> int:
@@ -324,7 +338,7 @@ def work(job: Job, isolate: bool = True, echo: Callable[[str], None] = print, de
     echo = echo if main else (lambda _: None)
     storage = job.study._storage if main else None
     study_id = storage.get_study_id_from_name(job.study.study_name) if main else -1
-    poll = storage.get_heartbeat_interval() if main else 0
+    poll = min(storage.get_heartbeat_interval() or 60, 2) if main else 0  # an idle worker looks every 2 s
     done = 0
     with Signals() as signals:
         while not signals.received:
@@ -348,9 +362,14 @@ def work(job: Job, isolate: bool = True, echo: Callable[[str], None] = print, de
                 continue
             echo(f"trial {a.number}: {a.label} -> {a.run_dir}")
             started = time.time()
-            reporting = Reporting(job.url, job.study.study_name, a.trial_id, job.pruner)
-            with Heartbeat(storage, a.trial_id) if main else _nothing():
-                code = train_trial(a, reporting, isolate, signals)
+            reporting = Reporting(job.url, job.study.study_name, a.trial_id, job.pruner) if main else None
+            try:
+                with Heartbeat(storage, a.trial_id) if main else _nothing():
+                    code = train_trial(a, reporting, isolate, signals)
+            except BaseException:  # Ctrl-C in an in-process run, an error of this worker: the trial goes back
+                if main:
+                    give_back(job.study, a.trial_id)
+                raise
             if not main:
                 continue
             if code == 0:
@@ -377,7 +396,8 @@ def work(job: Job, isolate: bool = True, echo: Callable[[str], None] = print, de
                 return 1
     if signals.received:
         return 128 + signals.received
-    echo(f"study {job.study.study_name}: nothing left to run ({done} trial(s) finished by this worker)")
+    if main:
+        echo(f"study {job.study.study_name}: nothing left to run ({done} trial(s) finished by this worker)")
     return 0
 
 

@@ -35,19 +35,21 @@ def fsync(path: Path) -> None:
 
 
 def write_text_atomically(path: str | Path, text: str) -> None:
+    """The whole text or the old file, never a part; the temporary file is this process's own, so that two
+    processes writing the same file (two workers redrawing a grid's report) do not clash."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     fsync(tmp)
     os.replace(tmp, path)
 
 
 def write_file_atomically(path: str | Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` creates the file ``tmp``; it then replaces ``path`` whole."""
+    """``write(tmp)`` creates the file ``tmp`` (this process's own); it then replaces ``path`` whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp" + path.suffix)  # keeps the suffix a writer may go by
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp{path.suffix}")  # keeps the suffix a writer may go by
     write(tmp)
     fsync(tmp)
     os.replace(tmp, path)

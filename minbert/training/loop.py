@@ -70,17 +70,9 @@ def fit(tr: Trainer, resume: bool = False, after_evaluation: Callable[[dict], bo
     step_rule = epoch_length(cfg.train.steps_per_epoch, tr.sizes)
     tr.objective.train_mode()
 
-    def evaluated() -> None:
-        evaluate(tr, progress, logger)
-        record = {**keeper.history[-1], "index": len(keeper.history) - 1}
-        (stop,) = agree(main and after_evaluation is not None and after_evaluation(record))
-        if stop:
-            logger.close()
-            raise Pruned(progress.step, len(keeper.history))
-
     with StopSignals() as signals:
         if cfg.train.eval_at_start and keeper.last_step < 0:  # the starting point, as an evaluation at step 0
-            evaluated()
+            evaluate(tr, progress, logger, after_evaluation)
         for epoch in range(progress.epoch, cfg.train.epochs if not progress.done else 0):
             if progress.plan is None:  # a new epoch: the sampler draws its plan
                 plan = list(tr.sampler.steps(epoch, tr.sizes, step_rule, rng))
@@ -98,7 +90,7 @@ def fit(tr: Trainer, resume: bool = False, after_evaluation: Callable[[dict], bo
                     lr = tr.scheduler.get_last_lr()[0]
                     logger.log(train_record(progress.step, progress.epoch, progress.running, lr))
                 if evaluation_due(cfg.train, progress, cfg.optim.grad_accum):
-                    evaluated()
+                    evaluate(tr, progress, logger, after_evaluation)
                 # rank 0's clock decides for every rank; a signal to any rank stops them all here
                 budget, due, signal = agree(
                     main and out_of_budget(cfg.train, progress),
@@ -117,13 +109,13 @@ def fit(tr: Trainer, resume: bool = False, after_evaluation: Callable[[dict], bo
             if main:
                 report_cost(tr.regularizer)
             if not (cfg.train.eval_every or cfg.train.evals_per_epoch):
-                evaluated()
+                evaluate(tr, progress, logger, after_evaluation)
             progress.plan = None
             if progress.stopping or keeper.out_of_patience:
                 break
         progress.done = True
         if keeper.last_step != progress.step:  # the budget or the last epoch ended between evaluations
-            evaluated()
+            evaluate(tr, progress, logger, after_evaluation)
         save_last(tr, progress, rng, scaler)
         (signal,) = agree(signals.received)
         if signal:  # during the last evaluation: saved, and a resume only writes the summary
@@ -196,9 +188,10 @@ def nonfinite(tr: Trainer, progress: Progress, what: str) -> None:
     log.warning("step %d: %s: skipped", progress.step + 1, what)
 
 
-def evaluate(tr: Trainer, progress: Progress, logger: RunLogger) -> None:
+def evaluate(tr: Trainer, progress: Progress, logger: RunLogger, after: Callable[[dict], bool] | None = None) -> None:
     """Evaluate the objective (the weight average's weights, with ``train.ema_decay``), log the record,
-    and write ``best/`` when the score is the best so far. Its time is left out of the training time."""
+    and write ``best/`` when the score is the best so far. Its time is left out of the training time.
+    ``after`` (``fit``'s ``after_evaluation``) then sees the record on rank 0; True stops every rank."""
     started = time.time()
     with tr.ema.swapped() if tr.ema else contextlib.nullcontext():  # evaluate (and keep) the average
         metrics = tr.objective.validate(tr.autocast)  # every rank gets the result: the barrier before best/
@@ -215,6 +208,11 @@ def evaluate(tr: Trainer, progress: Progress, logger: RunLogger) -> None:
             tr.objective.save_checkpoint(tr.run_dir / "best", extra, tr.child_tuning)
     progress.eval_seconds += time.time() - started
     tr.objective.train_mode()
+    main, index = is_main_process(), len(tr.keeper.history) - 1
+    (stop,) = agree(main and after is not None and after({**tr.keeper.history[-1], "index": index}))
+    if stop:
+        logger.close()
+        raise Pruned(progress.step, index + 1)
 
 
 def evaluation_due(train: TrainConfig, progress: Progress, grad_accum: int) -> bool:

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 import minbert.training as train_lib
-from minbert.lab import ablate
+from minbert.lab import ablate, worker
 from minbert.lab.ablate import PUBLISHED, add_arguments, execute, run
 from minbert.lab.grid import GridError, load_grid, plan, run_config
 from minbert.lab.records import TRIALS, read_jsonl, read_trials
@@ -29,9 +29,9 @@ def _one_thread():
 def count_fits(monkeypatch):
     """Count the runs that train (by run directory) and optionally stop the grid at the n-th one like a kill."""
     real_fit = train_lib.fit
-    state = {"calls": [], "kill_at": None, "resumed": []}
+    state = {"calls": [], "kill_at": None, "resumed": [], "interrupt_after": None}
 
-    def fit(tr, resume=False):
+    def fit(tr, resume=False, after_evaluation=None):
         state["calls"].append(tr.run_dir.relative_to(tr.run_dir.parents[1]).as_posix())
         if resume:
             state["resumed"].append(state["calls"][-1])
@@ -39,7 +39,11 @@ def count_fits(monkeypatch):
             tr.run_dir.mkdir(parents=True, exist_ok=True)
             (tr.run_dir / "metrics.jsonl").write_text('{"step": 1, "split": "dev"}\n')  # half-written remains
             raise KeyboardInterrupt
-        return real_fit(tr, resume=resume)
+        summary = real_fit(tr, resume=resume, after_evaluation=after_evaluation)
+        if len(state["calls"]) == state["interrupt_after"]:  # killed after its last state, before its summary
+            (tr.run_dir / "summary.json").unlink()
+            raise KeyboardInterrupt
+        return summary
 
     monkeypatch.setattr(train_lib, "fit", fit)
     return state
@@ -102,7 +106,7 @@ def test_grid_report_numbers_equal_the_runs_files(tiny_model_dir, data_dir, tmp_
         raise AssertionError("--report-only started a run")
 
     monkeypatch.setattr(train_lib, "setup", no_training)
-    monkeypatch.setattr(ablate, "run_one", no_training)
+    monkeypatch.setattr(worker, "train_trial", no_training)
     calls = list(count_fits["calls"])
     for source in (str(out), str(path)):  # the grid directory, the grid file
         for f in [out / "report.md", *(out / "plots").glob("*.png")]:
@@ -149,19 +153,20 @@ def test_killed_grid_resumes_and_runs_only_what_is_missing(tiny_model_dir, data_
 
     count_fits.update(calls=[], kill_at=None)
     assert cli(str(path)) == 0
-    assert count_fits["calls"] == ["mean/seed0", "mean/seed1"]
+    assert sorted(count_fits["calls"]) == ["mean/seed0", "mean/seed1"]
     assert {p: (out / p / "summary.json").stat().st_mtime_ns for p in finished} == finished
     dev = [json.loads(line) for line in (out / "mean" / "seed0" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in dev if r["split"] == "dev"] == [1, 2]  # the remains were wiped, not appended to
-    assert json.loads((out / "report.json").read_text())["missing"] == []
+    report = json.loads((out / "report.json").read_text())
+    assert report["missing"] == []
 
-    # a lost summary.json makes that run (and only that one) run again; --variant narrows the grid
-    (out / "cls" / "seed1" / "summary.json").unlink()
+    # the study is the record: lost, it is made again from the finished run directories, nothing retrained
+    (out / "study.db").unlink()
     count_fits["calls"] = []
-    assert cli(str(path), "--variant", "mean") == 0
+    assert cli(str(path), "--variant", "mean") == 0 and cli(str(path)) == 0
     assert count_fits["calls"] == []
-    assert cli(str(path), "--variant", "cls") == 0
-    assert count_fits["calls"] == ["cls/seed1"]
+    again = json.loads((out / "report.json").read_text())
+    assert again["results"] == report["results"] and again["curves"] == report["curves"]
 
 
 def test_a_run_another_grid_already_trained_is_reused_and_equals_training_it_again(
@@ -193,6 +198,7 @@ def test_a_run_another_grid_already_trained_is_reused_and_equals_training_it_aga
     # what reuse stands on: training that config again gives the same model and figures
     weights = load_file(str(copy / "best" / "model.safetensors"))
     ablate.shutil.rmtree(copy)
+    (tmp_path / "second" / "study.db").unlink()  # a new study: the other runs are recorded from their directories
     count_fits["calls"] = []
     assert cli(str(path)) == 0 and count_fits["calls"] == ["mean/seed0"]
     again = json.loads((copy / "summary.json").read_text())
@@ -216,6 +222,7 @@ def test_runs_recorded_before_a_config_field_existed_are_kept_and_reused(
         (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
     capsys.readouterr()
     count_fits["calls"] = []
+    (first / "study.db").unlink()  # a new study: the runs are recorded from their directories
     assert cli(str(path)) == 0 and count_fits["calls"] == []
     assert "warning" not in capsys.readouterr().out
     (tmp_path / "b").mkdir()
@@ -226,26 +233,26 @@ def test_runs_recorded_before_a_config_field_existed_are_kept_and_reused(
 
     saved["optim"]["lr"] = 0.5  # mean/seed0's
     (first / "mean" / "seed0" / "config.yaml").write_text(yaml.safe_dump(saved))
+    (first / "study.db").unlink()
     assert cli(str(path)) == 0 and count_fits["calls"] == []
     out = capsys.readouterr().out
     assert f"warning: {first / 'mean' / 'seed0'} is finished but was run with other values of ['optim.lr']" in out
-    assert "cls/seed0" not in out
+    assert "cls/seed0 is finished but" not in out
 
 
 def test_an_interrupted_run_with_a_last_state_is_resumed_not_restarted(tiny_model_dir, data_dir, tmp_path, count_fits):
     out = tmp_path / "grid"
     path = write_grid(tmp_path, tiny_grid(tiny_model_dir, data_dir, out, seeds=[0]))
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(ablate, "drop_resume_state", lambda run_dir: None)  # keep last/, to fake the kill below
-        assert cli(str(path)) == 0
+    count_fits["interrupt_after"] = 2  # mean/seed0: its last/ state written, then killed before its summary
+    assert cli(str(path)) == 130
     run = out / "mean" / "seed0"
     records = (run / "metrics.jsonl").read_text()
-    (run / "summary.json").unlink()  # as if killed after its last state was written
-    count_fits.update(calls=[], resumed=[])
+    assert (run / "last" / "state.json").is_file() and not (run / "summary.json").exists()
+    count_fits.update(calls=[], resumed=[], interrupt_after=None)
     assert cli(str(path)) == 0
-    assert count_fits["resumed"] == count_fits["calls"] == ["mean/seed0"]
+    assert count_fits["resumed"] == count_fits["calls"] == ["mean/seed0"]  # the trial given back, then resumed
     assert (run / "metrics.jsonl").read_text() == records  # continued, not trained again
-    assert (run / "summary.json").is_file()
+    assert (run / "summary.json").is_file() and not (run / "last").exists()
 
 
 @pytest.mark.parametrize(
@@ -309,7 +316,7 @@ def test_shipped_grids_train(path, tiny_model_dir, data_dir, tmp_path):
             grid.variants[name].pop(key)
     grid.extra = shrink
     runs = plan(grid, variants, [0])
-    assert execute(grid, runs, isolate=False, echo=lambda _: None) == runs
+    assert execute(grid, runs, isolate=False, echo=lambda _: None) == 0
     assert all(r.finished for r in runs)
     assert json.loads((grid.output / "report.json").read_text())["results"][grid.baseline]["n"] == 1
 
@@ -380,9 +387,9 @@ def test_publish_while_training_keeps_each_run_as_it_ends_and_reuse_brings_them_
     path = write_grid(tmp_path, tiny_grid(tiny_model_dir, data_dir, out))
     counted, published_before = train_lib.fit, []
 
-    def fit(tr, resume=False):  # what DEST holds when each run starts
+    def fit(tr, resume=False, after_evaluation=None):  # what DEST holds when each run starts
         published_before.append([f"{t['variant']}/seed{t['seed']}" for t in read_trials(dest / TRIALS)])
-        return counted(tr, resume=resume)
+        return counted(tr, resume=resume, after_evaluation=after_evaluation)
 
     monkeypatch.setattr(train_lib, "fit", fit)
     assert cli(str(path), "--publish", str(dest)) == 0
