@@ -41,7 +41,7 @@ def grid(steps: int, seeds: int, out: Path) -> dict:
         "name": "workers-bench",
         "description": "bench_workers.py: the default job's pooling variants, a short budget",
         "base": str(ROOT / "configs" / "default.yaml"),
-        "overrides": {"train.eval_every": steps, "train.eval_at_start": False},
+        "overrides": {"train.eval_every": steps, "train.evals_per_epoch": None},
         "budget": {"max_steps": steps},
         "seeds": list(range(seeds)),
         "baseline": "mean",

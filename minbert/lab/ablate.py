@@ -173,18 +173,16 @@ class GridJob:
     def assign(self, trial) -> Assignment:
         variant = trial.suggest_categorical("variant", list(self.grid.variants))
         seed = trial.suggest_int("seed", 0, 2**31 - 1)
-        return Assignment(trial._trial_id, trial.number, f"{variant} seed {seed}", run_config(self.grid, variant, seed))
+        cfg = run_config(self.grid, variant, seed)
+        return Assignment(trial._trial_id, trial.number, f"{variant} seed {seed}", cfg, dict(trial.params))
 
     def new_trial(self):
         return None  # a grid's trials are all enqueued when its study is made
 
-    def _run(self, a: Assignment) -> Run:
-        return Run(a.label.split(" seed ")[0], a.config.train.seed, a.config)
-
     def before(self, a: Assignment) -> bool:
         """A run directory already finished (trained before the study, or by a worker that died while
         recording it) is recorded as it is; a run another grid trained with the same config is reused."""
-        run = self._run(a)
+        run = Run(a.params["variant"], a.params["seed"], a.config)
         if run.finished:
             if fields := stale_fields(run):
                 self.echo(f"warning: {run.run_dir} is finished but was run with other values of {fields}; kept")

@@ -301,7 +301,8 @@ class SearchJob:
         values = {p.path: p.suggest(trial) for p in self.space.params}
         number = root_number(self.study._storage.get_trial(trial._trial_id))
         label = f"trial {number}: " + ", ".join(f"{k}={v!r}" for k, v in values.items())
-        return Assignment(trial._trial_id, trial.number, label, self.space.config(f"trial{number}", values))
+        cfg = self.space.config(f"trial{number}", values)
+        return Assignment(trial._trial_id, trial.number, label, cfg, values)
 
     def new_trial(self):
         from optuna.trial import TrialState

@@ -26,6 +26,7 @@ rank trains each of them in-process, together.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import shutil
@@ -66,8 +67,9 @@ class Assignment:
 
     trial_id: int
     number: int
-    label: str  # "variant mean seed 1", "trial 7"
+    label: str  # "mean seed 1", "trial 7: optim.lr=3e-05"
     config: Config
+    params: dict[str, Any]  # the trial's parameters (a grid's variant and seed)
 
     @property
     def run_dir(self) -> Path:
@@ -339,7 +341,7 @@ def work(job: Job, isolate: bool = True, echo: Callable[[str], None] = print, de
     storage = job.study._storage if main else None
     study_id = storage.get_study_id_from_name(job.study.study_name) if main else -1
     poll = min(storage.get_heartbeat_interval() or 60, 2) if main else 0  # an idle worker looks every 2 s
-    done = 0
+    done, waiting = 0, False
     with Signals() as signals:
         while not signals.received:
             choice = next_assignment(job, storage, study_id, deadline) if main else None
@@ -349,12 +351,14 @@ def work(job: Job, isolate: bool = True, echo: Callable[[str], None] = print, de
             if choice is None:
                 break
             if choice == "wait":
-                echo(f"waiting: trials of {job.study.study_name} are running on other workers")
-                waited = time.time()
+                if not waiting:
+                    echo(f"waiting: trials of {job.study.study_name} are running on other workers")
+                waiting, waited = True, time.time()
                 while time.time() - waited < poll and not signals.received:
                     time.sleep(0.2)
                 continue
             a, ready = choice
+            waiting = False
             if ready:  # a finished run adopted or reused: no training
                 if main:
                     job.after(a, record(job, a))
@@ -364,13 +368,15 @@ def work(job: Job, isolate: bool = True, echo: Callable[[str], None] = print, de
             started = time.time()
             reporting = Reporting(job.url, job.study.study_name, a.trial_id, job.pruner) if main else None
             try:
-                with Heartbeat(storage, a.trial_id) if main else _nothing():
+                with Heartbeat(storage, a.trial_id) if main else contextlib.nullcontext():
                     code = train_trial(a, reporting, isolate, signals)
             except BaseException:  # Ctrl-C in an in-process run, an error of this worker: the trial goes back
                 if main:
                     give_back(job.study, a.trial_id)
                 raise
-            if not main:
+            if not main:  # the other ranks follow rank 0: on to the next trial, or stopped with it
+                if code not in (0, PRUNED_EXIT):
+                    return code
                 continue
             if code == 0:
                 summary = record(job, a)
@@ -399,14 +405,6 @@ def work(job: Job, isolate: bool = True, echo: Callable[[str], None] = print, de
     if main:
         echo(f"study {job.study.study_name}: nothing left to run ({done} trial(s) finished by this worker)")
     return 0
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
 
 
 def record(job: Job, a: Assignment) -> dict:
