@@ -375,20 +375,12 @@ def run(args: argparse.Namespace) -> int:
         print_plan(grid, runs)
         return 0
     if args.workers > 1:
-        return spawn_workers(args.workers, _spawned_grid_worker, (vars(args),))
+        return spawn_workers(args.workers, grid_worker, vars(args), "ablate")
     try:
         return grid_worker(args)
     except KeyboardInterrupt:
         print("\ninterrupted: finished runs are kept in the study; rerun the same command to resume", file=sys.stderr)
         return 130
-
-
-def _spawned_grid_worker(options: dict) -> int:  # pragma: no cover - runs in a spawned process
-    try:
-        return grid_worker(argparse.Namespace(**{**options, "workers": 1}))
-    except ConfigError as e:
-        print(f"minbert ablate: error: {e}", file=sys.stderr)
-        return 2
 
 
 def report_only(args: argparse.Namespace) -> int:

@@ -179,15 +179,18 @@ def grid_from_dict(data: dict[str, Any], source: str | Path | None = None) -> Gr
     )
 
 
-def load_grid(path: str | Path) -> Grid:
-    path = Path(path)
+def read_yaml(path: Path, error: type[ConfigError] = ConfigError, what: str = "grid file") -> Any:
+    """A lab file's YAML, or ``error`` naming the file (missing, or not YAML)."""
     if not path.is_file():
-        raise GridError(f"grid file not found: {path}")
+        raise error(f"{what} not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise GridError(f"{path}: invalid YAML: {e}") from e
-    return grid_from_dict(data, source=path)
+        raise error(f"{path}: invalid YAML: {e}") from e
+
+
+def load_grid(path: str | Path) -> Grid:
+    return grid_from_dict(read_yaml(Path(path), GridError), source=path)
 
 
 # ------------------------------------------------------------------ configs and validation

@@ -45,29 +45,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from minbert.config import ConfigError, to_dict
-from minbert.lab.grid import Grid, GridError, check_runnable, grid_from_dict, plan, run_config
+from minbert.lab.grid import Grid, GridError, check_runnable, grid_from_dict, plan, read_yaml, run_config
 from minbert.lab.study import KIND, StudyError, default_storage, load_study, make_pruner, open_storage
 from minbert.lab.worker import Assignment, add_worker_arguments, check_worker_arguments, spawn_workers, work
 from minbert.runtime.checkpointing import write_text_atomically
 
-SPACE_FIELDS = (
-    "name",
-    "description",
-    "base",
-    "base_config",
-    "overrides",
-    "budget",
-    "output",
-    "seed",
-    "trials",
-    "params",
-    "sampler",
-    "pruner",
-    "confirm_seeds",
-)
+GRID_PART = ("name", "description", "base", "base_config", "overrides", "budget", "output")  # read as a grid's
+SPACE_FIELDS = (*GRID_PART, "seed", "trials", "params", "sampler", "pruner", "confirm_seeds")
 PRUNERS = ("median", "successive_halving", "none")
 DEFAULT = "default"  # the confirmation grid's baseline: the space's base config, no parameter changed
 
@@ -205,8 +190,7 @@ def space_from_dict(data: Any, source: str | Path | None = None, extra: list[str
     unknown = sorted(set(data) - set(SPACE_FIELDS))
     if unknown:
         raise _fail(unknown[0], f"is unknown; known fields: {', '.join(SPACE_FIELDS)}")
-    grid_keys = ("name", "description", "base", "base_config", "overrides", "budget", "output")
-    grid_part = {k: data[k] for k in grid_keys if data.get(k) is not None}
+    grid_part = {k: data[k] for k in GRID_PART if data.get(k) is not None}
     seed = data.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise _fail("seed", f"must be an integer >= 0, got {seed!r}")
@@ -240,14 +224,7 @@ def space_from_dict(data: Any, source: str | Path | None = None, extra: list[str
 
 
 def load_space(path: str | Path, extra: list[str] = ()) -> Space:
-    path = Path(path)
-    if not path.is_file():
-        raise SpaceError(f"search-space file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise SpaceError(f"{path}: invalid YAML: {e}") from e
-    return space_from_dict(data, source=path, extra=extra)
+    return space_from_dict(read_yaml(Path(path), SpaceError, "search-space file"), source=path, extra=extra)
 
 
 # ------------------------------------------------------------------ the study and its job
@@ -513,19 +490,12 @@ def search_worker(args: argparse.Namespace) -> int:
     return status
 
 
-def _spawned_search_worker(options: dict) -> int:  # pragma: no cover - runs in a spawned process
-    try:
-        return search_worker(argparse.Namespace(**{**options, "workers": 1}))
-    except ConfigError as e:
-        print(f"minbert search: error: {e}", file=sys.stderr)
-        return 2
-
-
 def run(args: argparse.Namespace) -> int:
     check_worker_arguments(args)
-    for name in ("trials", "confirm"):
-        if getattr(args, name) is not None and getattr(args, name) < 0 or (name == "trials" and args.trials == 0):
-            raise ConfigError(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    if args.trials is not None and args.trials < 1:
+        raise ConfigError(f"--trials must be a positive integer, got {args.trials}")
+    if args.confirm < 0:
+        raise ConfigError(f"--confirm must be 0 or more, got {args.confirm}")
     if args.minutes is not None and args.minutes <= 0:
         raise ConfigError(f"--minutes must be positive, got {args.minutes}")
     space = loaded(args)
@@ -544,7 +514,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"report written to {write_search_report(study, out, Path(args.publish) if args.publish else None)}")
         return 0
     if args.workers > 1:
-        return spawn_workers(args.workers, _spawned_search_worker, (vars(args),))
+        return spawn_workers(args.workers, search_worker, vars(args), "search")
     try:
         return search_worker(args)
     except KeyboardInterrupt:

@@ -195,18 +195,24 @@ def grid_study(grid, runs, storage, study_name: str | None = None, command: str 
             study.enqueue_trial({"variant": r.variant, "seed": r.seed}, skip_if_exists=False)
         study.set_user_attr("ready", True)  # the trials are all there: other workers may look
         return study
-    deadline = time.time() + wait_seconds
+    started = time.time()
     while not study.user_attrs.get("ready"):  # another worker is creating it right now
-        if time.time() > deadline:
-            raise StudyError(f"study {name!r} exists but its creator never finished enqueuing its trials")
+        kind = (study.user_attrs.get(KIND) or {}).get("kind")
+        if kind not in (None, "grid") or time.time() - started > (wait_seconds if kind else 10):
+            break  # a search's study, another program's, or a creator that died: said below
         time.sleep(0.5)
         study = load_study(name, storage)
     theirs = study.user_attrs.get(KIND) or {}
-    if theirs.get("kind") != "grid" or theirs.get("fingerprint") != info["fingerprint"]:
+    if theirs.get("kind") == "grid" and not study.user_attrs.get("ready"):
+        raise StudyError(f"study {name!r} exists but its creator never finished enqueuing its trials")
+    if theirs.get("kind") != "grid":
+        what = "a search's" if theirs.get("kind") == "search" else "not minbert's"
+        raise StudyError(f"study {name!r} in this storage is {what}, not a grid: use another --study name")
+    if theirs.get("fingerprint") != info["fingerprint"]:
         changed = _changed_fields(theirs.get("configs") or {}, info["configs"])
         raise StudyError(
             f"study {name!r} in this storage was made from another grid ({theirs.get('source') or 'unknown file'}; "
-            f"differs in {changed or 'its kind'}): use another --study name or another --storage"
+            f"differs in {changed or 'its seeds or budget'}): use another --study name or another --storage"
         )
     present = {
         _key(t)
@@ -246,17 +252,6 @@ def dev_metrics(summary: dict) -> dict[str, float]:
 COST_ATTRS = ("train_seconds", "examples_per_second", "peak_memory_mb", "cpu", "precision", "world_size", "steps")
 
 
-def _json_safe(x: Any) -> Any:
-    """NaN / inf -> None: user attributes are stored as strict JSON."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    return x
-
-
 def run_attrs(summary: dict, evaluations: list[dict] | None, config: dict, run_dir: Path, baseline: dict | None):
     """A finished run's user attributes (module docstring)."""
     attrs = {
@@ -270,7 +265,9 @@ def run_attrs(summary: dict, evaluations: list[dict] | None, config: dict, run_d
     if baseline is not None:
         diff = config_diff(flatten(baseline), flatten(config), ("name", "run_dir", "train.seed"))
         attrs["config_diff"] = {k: list(ab) for k, ab in diff.items()}
-    return _json_safe(attrs)
+    from minbert.lab.records import strict_json
+
+    return strict_json(attrs)  # user attributes are stored as strict JSON
 
 
 def finished_run_files(run_dir: Path) -> tuple[dict, list[dict], dict]:

@@ -418,15 +418,25 @@ def record(job: Job, a: Assignment) -> dict:
 # ------------------------------------------------------------------ many workers on one machine
 
 
-def _worker_process(target: Callable[..., int], args: tuple) -> None:  # pragma: no cover - a spawned process
-    sys.exit(target(*args))
+def _worker_process(target: Callable[[Any], int], options: dict, command: str) -> None:  # pragma: no cover
+    """A spawned worker: ``target`` on the command's options as one worker; a user's error is one line, exit 2."""
+    import argparse
+
+    from minbert.config import ConfigError
+
+    try:
+        sys.exit(target(argparse.Namespace(**{**options, "workers": 1})))
+    except ConfigError as e:
+        print(f"minbert {command}: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
-def spawn_workers(n: int, target: Callable[..., int], args: tuple) -> int:
-    """``n`` worker processes running ``target(*args)``; SIGINT / SIGTERM passed on to each. Returns the
-    worst exit status (an interruption's before a failure's)."""
+def spawn_workers(n: int, target: Callable[[Any], int], options: dict, command: str) -> int:
+    """``n`` worker processes, each running ``target`` (``minbert <command>``'s worker) on the parsed
+    ``options`` with ``--workers 1``; SIGINT / SIGTERM passed on to each. Returns the worst exit status
+    (an interruption's before a failure's)."""
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker_process, args=(target, args)) for _ in range(n)]
+    procs = [ctx.Process(target=_worker_process, args=(target, options, command)) for _ in range(n)]
     received = []
 
     def forward(signum, frame) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -76,16 +77,21 @@ def one_worker_reference(tiny_model_dir, data_dir, tmp_path) -> dict:
     out = tmp_path / "reference"
     (tmp_path / "ref").mkdir()
     grid_path = write_grid(tmp_path / "ref", tiny_grid(tiny_model_dir, data_dir, out))
-    code, text = finish(worker(grid_path, f"sqlite:///{tmp_path / 'ref' / 'ref.db'}"))
-    assert code == 0, text
+    assert (
+        main(["ablate", str(grid_path), "--in-process", "--storage", f"sqlite:///{tmp_path / 'ref' / 'ref.db'}"]) == 0
+    )
     return json.loads((out / "report.json").read_text())
 
 
 def test_two_workers_run_every_run_once_and_report_as_one_worker(tiny_model_dir, data_dir, tmp_path, storage):
     grid_path = write_grid(tmp_path, tiny_grid(tiny_model_dir, data_dir, tmp_path / "grid"))
-    first = worker(grid_path, storage)
-    second = worker(grid_path, storage)
-    (code1, out1), (code2, out2) = finish(first), finish(second)
+    if storage.startswith("sqlite"):  # --workers 2: one command, two worker processes
+        (code1, out1), (code2, out2) = finish(worker(grid_path, storage, "--workers", "2")), (0, "")
+        assert out1.count("nothing left to run") == 2, out1
+    else:  # the same command twice, as on two machines
+        first = worker(grid_path, storage)
+        second = worker(grid_path, storage)
+        (code1, out1), (code2, out2) = finish(first), finish(second)
     assert (code1, code2) == (0, 0), out1 + out2
     assert complete_keys(storage) == [("cls", 0), ("cls", 1), ("mean", 0), ("mean", 1)]
     assert len(trials(storage)) == 4  # each run exactly once: no duplicate, no failed trial
@@ -192,11 +198,6 @@ def test_sigterm_saves_gives_the_trial_back_and_a_rerun_finishes_the_grid(tiny_m
     assert "resumed from" in (run_dir / "train.log").read_text()
 
 
-def cli(*argv: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "minbert", *argv], cwd=ROOT, env=env, capture_output=True, text=True)
-
-
 @pytest.mark.parametrize(
     "url, message",
     [
@@ -217,27 +218,28 @@ def test_a_bad_storage_is_one_line_exit_2_and_nothing_written(tiny_model_dir, da
         assert "no such SQLite file" in capsys.readouterr().err and not (tmp_path / "none.db").exists()
 
 
-def test_a_study_made_from_another_grid_is_refused(tiny_model_dir, data_dir, tmp_path):
+def test_a_study_made_from_another_grid_is_refused(tiny_model_dir, data_dir, tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     grid_path = write_grid(tmp_path, tiny_grid(tiny_model_dir, data_dir, tmp_path / "grid", seeds=[0]))
-    assert cli("ablate", str(grid_path), "--storage", url).returncode == 0
+    ablate = ["ablate", str(grid_path), "--storage", url, "--in-process"]
+    assert main(ablate) == 0
     other = tiny_grid(tiny_model_dir, data_dir, tmp_path / "other", seeds=[0])
     other["base_config"]["optim"]["lr"] = 2e-3
     (tmp_path / "o").mkdir()
-    done = cli("ablate", str(write_grid(tmp_path / "o", other)), "--storage", url)
-    assert done.returncode == 2 and "made from another grid" in done.stderr and "optim.lr" in done.stderr
-    assert "Traceback" not in done.stderr and not (tmp_path / "other").exists()
+    capsys.readouterr()
+    assert main(["ablate", str(write_grid(tmp_path / "o", other)), "--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert "made from another grid" in err and "optim.lr" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "other").exists()
     # more seeds of the same grid are the same study: only the new runs train
-    done = cli("ablate", str(grid_path), "--storage", url, "--seeds", "0", "1")
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count(" done in ") == 2
+    assert main([*ablate, "--seeds", "0", "1"]) == 0
+    assert capsys.readouterr().out.count(" done in ") == 2
     assert complete_keys(url) == [("cls", 0), ("cls", 1), ("mean", 0), ("mean", 1)]
     # the report from the study alone, without the run directories
     for d in (tmp_path / "grid").iterdir():
         if d.is_dir() and d.name != "plots":
-            subprocess.run(["rm", "-rf", str(d)], check=True)
-    done = cli("ablate", str(grid_path), "--storage", url, "--report-only", "--publish", str(tmp_path / "pub"))
-    assert done.returncode == 0, done.stderr
+            shutil.rmtree(d)
+    assert main([*ablate, "--report-only", "--publish", str(tmp_path / "pub")]) == 0
     report = json.loads((tmp_path / "pub" / "report.json").read_text())
     assert sorted(report["runs"]["mean"]) == ["0", "1"]
     assert (tmp_path / "pub" / "trials.jsonl").is_file() and not (tmp_path / "pub" / "mean").exists()
