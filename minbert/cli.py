@@ -33,7 +33,7 @@ EPILOG = """examples:
   minbert run                                            the default multitask job (make run)
   minbert ablate configs/ablations/pooling.yaml         variants x seeds -> report.md
   minbert ablate GRID.yaml --storage postgresql://HOST/DB   the same command on every machine: one grid
-  minbert search configs/search/lr.yaml --trials 20 --confirm 2   TPE search, then the best 2 at 3 seeds
+  minbert search configs/search/recipe.yaml --trials 20 --confirm 2   TPE search, then the best 2 at 3 seeds
   minbert pretrain --task sst --task quora --max-steps 200 --output runs/mlm   MLM further pretraining
 """
 
@@ -145,10 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "ablate",
         help="run a grid of config variants x seeds (an Optuna study, any number of workers) and write a report",
+        description=ablate.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ablate.add_arguments(p)
 
-    p = sub.add_parser("search", help="search a space of recipes (Optuna TPE, pruning) with any number of workers")
+    p = sub.add_parser(
+        "search",
+        help="search a space of recipes (Optuna TPE, pruning) with any number of workers",
+        description=search.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     search.add_arguments(p)
 
     p = sub.add_parser("pretrain", help="MLM (+NSP) further pretraining on task text; writes an HF checkpoint")

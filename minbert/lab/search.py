@@ -1,7 +1,7 @@
 """``minbert search``: a recipe search over config fields, as an Optuna study that any number of workers share.
 
-    minbert search configs/search/lr.yaml --trials 20 [--storage URL] [--workers N] [--confirm K]
-    minbert search configs/search/lr.yaml --report-only [--publish DIR]
+    minbert search configs/search/recipe.yaml --trials 20 [--storage URL] [--workers N] [--confirm K]
+    minbert search configs/search/recipe.yaml --report-only [--publish DIR]
 
 A search-space file::
 

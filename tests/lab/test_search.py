@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from minbert.cli import main
 from minbert.lab.search import load_space
-from tests.lab.grids import tiny_grid
+from tests.lab.grids import ROOT, tiny_grid
 
 pytestmark = pytest.mark.slow
 
@@ -122,3 +122,9 @@ def test_the_space_names_every_corner_it_checked(tiny_model_dir, data_dir, tmp_p
     cfg = space.config("trial3", {"optim.lr": 1e-4, "tasks.sts.pooling": "mean"})
     assert cfg.optim.lr == 1e-4 and cfg.tasks["sts"].pooling == "mean" and cfg.train.max_steps == 6
     assert cfg.run_dir.endswith("trial3/seed0")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "search").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_spaces_are_valid(path, data_dir):
+    space = load_space(path, extra=[f"data_dir={data_dir}"])
+    assert space.params and space.pruner is not None and space.confirm_seeds == [0, 1, 2]
