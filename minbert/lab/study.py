@@ -95,6 +95,7 @@ def open_storage(url: str, heartbeat: float = HEARTBEAT_SECONDS, create: bool = 
     from sqlalchemy.exc import SQLAlchemyError
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, retries
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # minbert says what a worker does itself
     url = normalize_url(url)
     if not create and url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
         raise StudyError(f"storage {url!r}: no such SQLite file")
@@ -298,10 +299,10 @@ def record_trial(study, trial_id: int, run_dir: Path, baseline: dict | None) -> 
         if i not in reported and isinstance(score, (int, float)) and math.isfinite(score):
             storage.set_trial_intermediate_value(trial_id, i, float(score))
     value = summary.get("best_score")
-    if not isinstance(value, (int, float)) or not math.isfinite(value):
-        storage.set_trial_state_values(trial_id, TrialState.FAIL)
-    else:
-        storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [float(value)])
+    # a run whose every evaluation was NaN (diverged, train.nonfinite=skip) is finished all the same: its
+    # report says NaN (from the summary); Optuna takes no NaN value, so the study ranks it last
+    finite = isinstance(value, (int, float)) and math.isfinite(value)
+    storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [float(value) if finite else -math.inf])
     return summary
 
 
