@@ -3,7 +3,7 @@
     open_storage(url)                       -> an Optuna RDBStorage with heartbeats (or StudyError)
     grid_study(grid, runs, storage)         -> the grid's study, created with one trial per run
     records_from_study(study)               -> the report's Records, from the study alone
-    record_trial(study, trial, run, ...)    -> a finished run's value, user attributes, state
+    record_trial(study, trial_id, run_dir, baseline) -> a finished run's value, user attributes, state
 
 A grid's study holds one trial per (variant, seed): enqueued (``WAITING``) when the study is
 created, its parameters ``variant`` and ``seed`` fixed, taken by exactly one worker at a time

@@ -1,7 +1,7 @@
 """A worker: take the next trial of a study, train it, record it, until the study has none left.
 
-    work(job, storage)           -> the exit status: 0 done, 1 a run failed, 130 / 143 interrupted
-    spawn_workers(n, target)     -> N such workers on this machine, as processes
+    work(job, isolate, echo, deadline)          -> the exit status: 0 done, 1 a run failed, 130 / 143 interrupted
+    spawn_workers(n, target, options, command) -> N such workers on this machine, as processes
 
 Any number of workers share a study, on one machine or many: the same command started N times
 (``minbert ablate GRID --storage URL`` / ``minbert search SPACE --storage URL``), or ``--workers N``.
@@ -388,6 +388,7 @@ def work(job: Job, isolate: bool = True, echo: Callable[[str], None] = print, de
                 done += 1
             elif code == PRUNED_EXIT:
                 storage.set_trial_state_values(a.trial_id, TrialState.PRUNED)
+                shutil.rmtree(a.run_dir / "last", ignore_errors=True)  # a pruned run is never resumed either
                 echo(f"trial {a.number}: {a.label} pruned after {time.time() - started:.0f}s")
                 job.after(a, None)
             elif code in (130, 143) or signals.received:
