@@ -45,7 +45,14 @@ from minbert.lab.records import (
 )
 from minbert.lab.report import COST_BENCH, NOTES, RUN_LABELS, jsonl_to_tensorboard, write_report
 from minbert.lab.study import default_storage, grid_json_of, grid_study, load_study, open_storage, records_from_study
-from minbert.lab.worker import Assignment, add_worker_arguments, check_worker_arguments, spawn_workers, work
+from minbert.lab.worker import (
+    Assignment,
+    add_worker_arguments,
+    check_worker_arguments,
+    run_overrides,
+    spawn_workers,
+    work,
+)
 from minbert.runtime import distributed
 from minbert.runtime.checkpointing import write_text_atomically
 from minbert.runtime.process import is_main_process, pick_device, world_size
@@ -278,9 +285,7 @@ def execute(
 def planned(args: argparse.Namespace) -> tuple[Grid, list[Run]]:
     grid = load_grid(args.grid)
     grid.output = Path(args.output) if args.output else grid.output
-    grid.extra = list(args.set) + ([f"data_dir={args.data_dir}"] if args.data_dir else [])
-    if args.threads:
-        grid.extra.append(f"train.threads={args.threads}")
+    grid.extra = run_overrides(args)
     return grid, plan(grid, args.variant, args.seeds, check=not args.report_only)
 
 
@@ -304,14 +309,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="validate every variant and show the plan; no training")
     parser.add_argument("--output", help="grid directory (default: the grid's output, else runs/ablations/<name>)")
     parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a field of every run, before the variants' overrides (repeatable)",
-    )
-    parser.add_argument("--data-dir", help="task data directory (same as --set data_dir=DIR)")
-    parser.add_argument(
         "--publish",
         metavar="DIR",
         help="after each finished run (or with --report-only), write the grid's compact record into DIR "
@@ -327,11 +324,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="before training a run, look under DIR (e.g. runs/ablations, or another grid's directory) "
         "for a finished run with the same config and seed, and copy it instead (its summary "
         "says reused_from); repeatable",
-    )
-    parser.add_argument(
-        "--in-process",
-        action="store_true",
-        help="train in this process instead of one subprocess per run (peak memory is then the whole grid's)",
     )
     add_worker_arguments(parser, default_study="the grid's name")
 

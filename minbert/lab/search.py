@@ -48,7 +48,14 @@ from typing import Any
 from minbert.config import ConfigError, to_dict
 from minbert.lab.grid import Grid, GridError, check_runnable, grid_from_dict, plan, read_yaml, run_config
 from minbert.lab.study import KIND, StudyError, default_storage, load_study, make_pruner, open_storage
-from minbert.lab.worker import Assignment, add_worker_arguments, check_worker_arguments, spawn_workers, work
+from minbert.lab.worker import (
+    Assignment,
+    add_worker_arguments,
+    check_worker_arguments,
+    run_overrides,
+    spawn_workers,
+    work,
+)
 from minbert.runtime.checkpointing import write_text_atomically
 
 GRID_PART = ("name", "description", "base", "base_config", "overrides", "budget", "output")  # read as a grid's
@@ -438,17 +445,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--publish", metavar="DIR", help="also write the report and compact records into DIR")
     parser.add_argument("--dry-run", action="store_true", help="check the space and show it; no study, no training")
     parser.add_argument("--output", help="output directory (default: the space's output, else runs/search/<name>)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of every run")
-    parser.add_argument("--data-dir", help="task data directory (same as --set data_dir=DIR)")
-    parser.add_argument("--in-process", action="store_true", help="train in this process, not one subprocess per run")
     add_worker_arguments(parser, default_study="the space's name")
 
 
 def loaded(args: argparse.Namespace) -> Space:
-    extra = list(args.set) + ([f"data_dir={args.data_dir}"] if args.data_dir else [])
-    if args.threads:
-        extra.append(f"train.threads={args.threads}")
-    space = load_space(args.space, extra)
+    space = load_space(args.space, run_overrides(args))
     if args.output:
         space.grid.output = Path(args.output)
     return space

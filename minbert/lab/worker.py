@@ -467,8 +467,21 @@ def spawn_workers(n: int, target: Callable[[Any], int], options: dict, command: 
 
 
 def add_worker_arguments(parser, default_study: str) -> None:
-    """The options ``minbert ablate`` and ``minbert search`` share: where the study lives and how this
-    machine works on it."""
+    """The options ``minbert ablate`` and ``minbert search`` share: what every run gets, where the study
+    lives and how this machine works on it (:func:`run_overrides` reads the first kind)."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field of every run, before a grid's variant overrides (repeatable)",
+    )
+    parser.add_argument("--data-dir", help="task data directory (same as --set data_dir=DIR)")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="train in this process instead of one subprocess per run (peak memory is then the whole grid's)",
+    )
     parser.add_argument(
         "--storage",
         metavar="URL",
@@ -497,6 +510,12 @@ def add_worker_arguments(parser, default_study: str) -> None:
         help="a running trial's heartbeat interval (default 60); a worker silent for 3 of them is taken for "
         "dead and its trial handed to another worker",
     )
+
+
+def run_overrides(args) -> list[str]:
+    """Every run's ``key=value`` overrides from the command line: ``--set``, ``--data-dir``, ``--threads``."""
+    extra = list(args.set) + ([f"data_dir={args.data_dir}"] if args.data_dir else [])
+    return extra + ([f"train.threads={args.threads}"] if args.threads else [])
 
 
 def check_worker_arguments(args) -> None:
