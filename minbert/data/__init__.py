@@ -25,6 +25,7 @@ from minbert.data.batching import (
     Forever,
     make_loader,
     padding_fraction,
+    train_loader,
 )
 from minbert.data.read import DataError, Example, ReadReport, read_examples
 
@@ -39,6 +40,7 @@ __all__ = [
     "Example",
     "ReadReport",
     "make_loader",
+    "train_loader",
     "padding_fraction",
     "read_examples",
     "reversed_pairs",

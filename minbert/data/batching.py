@@ -19,9 +19,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from minbert.bert.tokenizer import BertTokenizer, Encoding
+from minbert.config import TrainConfig
 from minbert.data.augment import reversed_pairs
 from minbert.data.read import Example
 from minbert.data.specs import INPUT_FORMATS, LABEL_KINDS
+from minbert.runtime.process import rank, world_size
 
 # How a dataset encodes its examples: the task specs' formats, plus "hybrid" (cross and bi).
 DATASET_FORMATS = (*INPUT_FORMATS, "hybrid")
@@ -393,3 +395,17 @@ def padding_fraction(batches: Iterable[Batch | Mapping[str, torch.Tensor]]) -> f
             total += mask.numel()
             pad += mask.numel() - int(mask.sum())
     return pad / total if total else 0.0
+
+
+def train_loader(dataset: EncodedDataset, batch_size: int, train: TrainConfig) -> DataLoader:
+    """A training loader of a run: bucketed, shuffled from ``train.seed``, ``train.num_workers`` workers,
+    and under torchrun this rank's share of the batches."""
+    return make_loader(
+        dataset,
+        batch_size,
+        shuffle=True,
+        seed=train.seed,
+        num_workers=train.num_workers,
+        num_replicas=world_size(),
+        rank=rank(),
+    )

@@ -21,12 +21,11 @@ from torch.optim import SGD
 from minbert.bert import BertConfig, BertModel, BertTokenizer, from_pretrained
 from minbert.bert.hub import resolve_model_dir
 from minbert.config import Config, ConfigError, TaskConfig
-from minbert.data import DataError, EncodedDataset, make_loader, read_examples, reversed_pairs
+from minbert.data import DataError, EncodedDataset, make_loader, read_examples, reversed_pairs, train_loader
 from minbert.multitask import COMBINERS, SAMPLERS
 from minbert.optim.child_tuning import CHILD_TUNING
 from minbert.optim.schedules import get_schedule
 from minbert.regularizers import REGULARIZERS
-from minbert.runtime.process import rank, world_size
 from minbert.tasks import TaskSpec, load_task_specs
 from minbert.tasks.losses import HybridLoss, build_loss
 from minbert.tasks.model import MultitaskModel
@@ -198,14 +197,10 @@ def make_tasks(cfg: Config, tokenizer: BertTokenizer, splits: tuple[str, ...] = 
                 # Similarity and paraphrase are symmetric: (b, a) is as valid an example as (a, b).
                 examples = examples + reversed_pairs(examples)
             # Under torchrun each rank takes its own share of every task's batches.
-            task.train = make_loader(
+            task.train = train_loader(
                 EncodedDataset(examples, tokenizer, task.input_format, tcfg.max_length, spec.label_kind),
                 tcfg.batch_size,
-                shuffle=True,
-                seed=cfg.train.seed,
-                num_workers=cfg.train.num_workers,
-                num_replicas=world_size(),
-                rank=rank(),
+                cfg.train,
             )
     return tasks
 

@@ -33,10 +33,10 @@ from minbert.bert.hub import resolve_model_dir
 from minbert.bert.mlm import BertForMaskedLM, BertForPreTraining, MLMMasker, PreTrainingOutput, nsp_pairs
 from minbert.bert.model import BertConfig
 from minbert.config import Config, ConfigError, resolve_data_dir
-from minbert.data import Batch, EncodedDataset, Example, make_loader, read_examples
+from minbert.data import Batch, EncodedDataset, Example, read_examples, train_loader
 from minbert.runtime.checkpointing import write_dir_atomically
 from minbert.runtime.distributed import broadcast_object
-from minbert.runtime.process import AutocastFactory, is_main_process, rank, world_size
+from minbert.runtime.process import AutocastFactory, is_main_process, rank
 from minbert.tasks import get_task
 
 EVAL_MASK_SEED = 1234  # the held-out slice is masked once with this seed: every evaluation sees the same masks
@@ -161,15 +161,7 @@ class MaskedLM:
             sentences = [s for doc in self.train_docs for s in doc]
             examples = [Example(str(i), (s,), None, i + 1) for i, s in enumerate(sentences)]
             dataset = EncodedDataset(examples, tokenizer, "single", p.max_length)
-        self.loader = make_loader(
-            dataset,
-            p.batch_size,
-            shuffle=True,
-            seed=cfg.train.seed,
-            num_workers=cfg.train.num_workers,
-            num_replicas=world_size(),
-            rank=rank(),
-        )
+        self.loader = train_loader(dataset, p.batch_size, cfg.train)
         self.eval_batches = self._masked_eval_batches(p.max_length, cfg.train.eval_batch_size)
 
     def _masked_eval_batches(self, max_length: int, batch_size: int) -> list[dict[str, torch.Tensor]]:
