@@ -3,8 +3,8 @@
     write_untrained_run(cfg, run_dir) -> run_dir
 
 For benchmarks whose figures do not depend on trained heads (prediction speed: every sentence is
-encoded and scored the same way whatever the heads' weights), so that they need no training run.
-``tests/tiny.py`` holds the same helper for the tests.
+encoded and scored the same way whatever the heads' weights), so that they need no training run;
+the tests use it too (through ``tests/tiny.py``).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.untrained import write_untrained_run  # noqa: F401 - the tests use it from here
 from minbert.config import load_config
 from minbert.data import Example
 
@@ -48,25 +49,6 @@ def tiny_config(tiny_model_dir, data_dir, tmp_path, tasks, **sections):
     for key, value in sections.items():
         base.setdefault(key, {}).update(value)
     return load_config(base=base)
-
-
-def write_untrained_run(cfg, run_dir) -> Path:
-    """A finished-looking run directory without training: ``best/`` holds the config's pretrained
-    encoder and freshly initialised task modules, with no tuned thresholds (binary tasks decide at
-    0.5). For tests that need a run's shape (pair modes, poolings, the real encoder) but not trained
-    heads; ``benchmarks/untrained.py`` holds the same helper for the benchmarks."""
-    from minbert.bert import BertTokenizer
-    from minbert.training.build import build_model, check, load_bert
-    from minbert.training.runs import save_run_checkpoint, start_run_dir, write_summary
-
-    run_dir = Path(run_dir)
-    tasks = check(cfg)
-    model = build_model(tasks, load_bert(cfg))
-    start_run_dir(run_dir, cfg)
-    tokenizer = BertTokenizer.from_pretrained(cfg.model.pretrained)
-    save_run_checkpoint(run_dir / "best", model, tokenizer, {name: None for name in tasks}, extra={"step": 0})
-    write_summary(run_dir, {"untrained": True})
-    return run_dir
 
 
 PAIRS = [
